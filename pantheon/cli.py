@@ -1,0 +1,398 @@
+"""The ``pantheon`` command line.
+
+``pantheon demo`` runs the main job offline on a generated phantom with the bundled demo weights;
+``pantheon nemesis <action>`` runs one NEMESIS pipeline on any image Pantheon reads.
+An expected failure prints one sentence on stderr and exits with status 2, leaving no output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .errors import Cancelled, PantheonError
+
+EXIT_ERROR, EXIT_CANCELLED = 2, 130
+
+
+class TqdmProgress:
+    """A progress callback drawing one tqdm bar (on stderr), silent with ``quiet``."""
+
+    def __init__(self, quiet: bool = False, desc: str = ""):
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=1000, desc=desc, unit="‰", bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}",
+                            file=sys.stderr, leave=False)
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        if self.bar is None:
+            return
+        self.bar.n = int(round(1000 * fraction))
+        if message:
+            self.bar.set_postfix_str(message[:60], refresh=False)
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------- argument helpers
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", metavar="PATH|CARD",
+                   help="NEMESIS weights: a file (.pt published format or .safetensors) or a model-card id "
+                        "(default: the bundled demo weights 'nemesis-demo'; official: 'nemesis-mae-768')")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision for the encoder (default fp32)")
+    p.add_argument("--batch-size", type=int, default=1, help="superpatches per forward pass (default 1)")
+    p.add_argument("--allow-download", action="store_true", help="download weights named by a card if not cached")
+    p.add_argument("--trust-unverified", action="store_true",
+                   help="accept downloaded weights whose card has no checksum yet (the hash is recorded)")
+
+
+def _add_io_args(p: argparse.ArgumentParser, needs_input: bool = True) -> None:
+    if needs_input:
+        p.add_argument("input", help="CT image: NIfTI, NRRD, MHA/MHD or a DICOM series folder")
+    p.add_argument("-o", "--output", required=True, help="output folder (created; files are replaced atomically)")
+    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd"], help="image format (default nii.gz)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_tiling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stride", type=int, nargs="+", metavar="N",
+                   help="superpatch stride in voxels, one value or three (D H W), multiples of the patch size; "
+                        "smaller than the superpatch averages overlapping tiles (default: no overlap)")
+    p.add_argument("--cache-dir", help="keep computed token features here and reuse them for the same image")
+
+
+def _add_point_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--point", type=float, nargs=3, metavar=("R", "A", "S"),
+                   help="world point in RAS millimetres (the coordinates 3D Slicer shows)")
+    g.add_argument("--point-lps", type=float, nargs=3, metavar=("L", "P", "S"), help="world point in LPS millimetres")
+    g.add_argument("--voxel", type=float, nargs=3, metavar=("I", "J", "K"), help="voxel index (i, j, k) of the input")
+
+
+def _point_lps(args, volume):
+    import numpy as np
+    if args.point is not None:
+        r, a, s = args.point
+        return np.array([-r, -a, s])
+    if args.point_lps is not None:
+        return np.array(args.point_lps)
+    return volume.ijk_to_world(np.array(args.voxel))[0]
+
+
+def _stride(args):
+    if not args.stride:
+        return None
+    if len(args.stride) not in (1, 3):
+        raise PantheonError("--stride takes one value or three (D H W).")
+    return args.stride[0] if len(args.stride) == 1 else tuple(args.stride)
+
+
+def _read_input(path: str):
+    from .io import read_volume
+    return read_volume(path)
+
+
+def _engine(args, progress=None):
+    from .pipelines.nemesis import load_engine
+    return load_engine(args.weights, args.device, args.precision, args.batch_size, args.allow_download,
+                       args.trust_unverified, progress)
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_features(args, progress):
+    import numpy as np
+    from .outputs import staged_output
+    from .pipelines import nemesis as nem
+    vol = _read_input(args.input)
+    engine = _engine(args)
+    fg = nem.features(vol, engine, _stride(args), args.cache_dir, progress=progress)
+    with staged_output(args.output) as stage:
+        np.savez_compressed(stage / "features.npz", tokens=fg.tokens.astype(np.float16), centres_lps=fg.centres_lps,
+                            patch_size=fg.patch_size, superpatch_size=fg.superpatch_size, stride=fg.stride)
+        (stage / "result.json").write_text(json.dumps({
+            "outputs": {"features": {"kind": "token-features", "file": "features.npz",
+                                     "grid": list(fg.tokens.shape[:3]), "dim": int(fg.tokens.shape[3]),
+                                     "axes": "model (D=k, H=i, W=j of the RAS-canonical volume)"}},
+            "notes": nem._notes(engine, fg)}, indent=2) + "\n")
+    return {"features": str(Path(args.output) / "features.npz"), "grid": list(fg.tokens.shape)}
+
+
+def _run_and_write(args, progress, fn, preview=True):
+    from .outputs import write_result
+    vol = _read_input(args.input)
+    engine = _engine(args)
+    result = fn(vol, engine)
+    files = write_result(result, args.output, args.format, source=vol, preview=preview)
+    return {"files": [str(f) for f in files], "scalars": result.scalars}
+
+
+def cmd_organs(args, progress):
+    from .pipelines import nemesis as nem
+
+    def run(vol, engine):
+        probe = nem.load_probe_for(engine, args.probe)
+        return nem.organ_maps(vol, engine, probe, args.organs, _stride(args), args.cache_dir, progress=progress)
+    return _run_and_write(args, progress, run)
+
+
+def cmd_pca(args, progress):
+    from .pipelines import nemesis as nem
+    return _run_and_write(args, progress, lambda vol, eng: nem.pca(vol, eng, _stride(args), args.cache_dir,
+                                                                  progress=progress))
+
+
+def cmd_similar(args, progress):
+    from .pipelines import nemesis as nem
+    return _run_and_write(args, progress, lambda vol, eng: nem.similarity(
+        vol, eng, _point_lps(args, vol), _stride(args), args.cache_dir, progress=progress))
+
+
+def cmd_reconstruct(args, progress):
+    from .pipelines import nemesis as nem
+    ratio = args.mask_ratio[0] if len(args.mask_ratio) == 1 else tuple(args.mask_ratio[:2])
+    if len(args.mask_ratio) > 2:
+        raise PantheonError("--mask-ratio takes one value or two (plane axis).")
+    return _run_and_write(args, progress, lambda vol, eng: nem.reconstruct(
+        vol, eng, _point_lps(args, vol), ratio, args.noise, args.seed, progress=progress))
+
+
+def _pairs_from(args):
+    """(image, label) volumes from --data (images/ + labels/ with matching names, or a CSV) or phantoms."""
+    if args.phantoms:
+        from .synth import make_abdomen_phantom
+        return [make_abdomen_phantom(args.seed + n) for n in range(args.phantoms)]
+    if not args.data:
+        raise PantheonError("Give --data (a folder with images/ and labels/, or a CSV with image,label columns) "
+                            "or --phantoms N.")
+    from .io import read_volume
+    data = Path(args.data)
+    if data.suffix.lower() == ".csv":
+        import csv
+        with open(data, newline="") as f:
+            rows = [(data.parent / r["image"], data.parent / r["label"]) for r in csv.DictReader(f)]
+    else:
+        images = sorted(p for p in (data / "images").iterdir() if not p.name.startswith("."))
+        rows = [(p, data / "labels" / p.name) for p in images]
+        missing = [str(l) for _, l in rows if not l.exists()]
+        if missing:
+            raise PantheonError(f"No label map for {len(missing)} image(s), e.g. {missing[0]}.")
+    if not rows:
+        raise PantheonError(f"No cases found in {data}.")
+    return [(read_volume(i), read_volume(l)) for i, l in rows]
+
+
+def cmd_train_probe(args, progress):
+    from .train.nemesis import train_probe
+    pairs = _pairs_from(args)
+    engine = _engine(args)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    probe, metrics = train_probe(pairs, engine, out / "probe.safetensors.partial", holdout_fraction=args.holdout,
+                                 epochs=args.epochs, seed=args.seed, progress=progress)
+    (out / "probe.safetensors.partial").replace(out / "probe.safetensors")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_probe_card(out, engine)
+    return {"probe": str(out / "probe.safetensors"),
+            "held_out_auroc": {k: round(v["auroc"], 4) for k, v in metrics["held_out"].items()}}
+
+
+def _write_probe_card(out: Path, engine) -> None:
+    from .models.nemesis.probe import BTCV_ORGANS
+    from .registry import ModelCard, save_card, sha256_file
+    card = ModelCard.from_dict({
+        "id": "nemesis-probe-" + engine.weights_sha256[:8], "version": "1.0.0", "model": "nemesis",
+        "task": "organ presence per superpatch (BTCV organs), frozen-encoder linear probe",
+        "description": f"Probe trained with `pantheon nemesis train-probe` on encoder {engine.weights_id}.",
+        "demo": "demo" in engine.weights_id,
+        "input": {"modality": "CT", "axis_order": "DHW", "intensity_window": [-175, 250], "orientation": "RAS"},
+        "labels": [{"value": idx, "name": name} for name, idx, *_ in BTCV_ORGANS],
+        "file": "probe.safetensors", "sha256": sha256_file(out / "probe.safetensors"),
+        "extra": {"encoder_sha256": engine.weights_sha256, "encoder": engine.weights_id}})
+    save_card(card, out / "probe.card.json")
+
+
+def cmd_pretrain(args, progress):
+    from .train.nemesis import PretrainConfig, pretrain
+    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every)
+    if args.embed_dim:
+        cfg.model["embed_dim"] = args.embed_dim
+    if args.superpatch:
+        cfg.model["superpatch_size"] = [args.superpatch] * 3
+    if args.data:
+        from .io import read_volume
+        paths = sorted(p for p in Path(args.data).iterdir() if not p.name.startswith("."))
+        volumes = [read_volume(p) for p in paths]
+    elif args.phantoms:
+        from .synth import make_abdomen_phantom
+        volumes = [make_abdomen_phantom(args.seed + n)[0] for n in range(args.phantoms)]
+    else:
+        raise PantheonError("Give --data (a folder of CT images) or --phantoms N.")
+    weights = pretrain(volumes, args.output, cfg, resume=not args.restart, device=args.device if args.device != "auto" else
+                       ("cuda" if __import__("torch").cuda.is_available() else "cpu"), progress=progress,
+                       log=lambda m: print(m, file=sys.stderr) if not args.quiet else None)
+    return {"weights": str(weights)}
+
+
+def cmd_demo(args, progress):
+    """Generate a phantom, run organ maps and the PCA map with the bundled demo weights."""
+    from .io import write_volume
+    from .outputs import write_result
+    from .pipelines import nemesis as nem
+    from .progress import Reporter
+    from .results import Result
+    from .synth import make_abdomen_phantom
+    rep = Reporter(progress)
+    ct, labels = make_abdomen_phantom(args.seed)
+    engine = nem.load_engine(args.weights, args.device)
+    probe = nem.load_probe_for(engine, args.probe)
+    fg = nem.features(ct, engine, progress=rep.sub(0, 0.8))
+    organs = nem.organ_maps(ct, engine, probe, feature_grid=fg, progress=rep.sub(0.8, 0.9))
+    pcs = nem.pca(ct, engine, feature_grid=fg, progress=rep.sub(0.9, 0.95))
+    combined = Result(heatmaps=organs.heatmaps, volumes=pcs.volumes, scalars=pcs.scalars, notes=organs.notes)
+    files = write_result(combined, args.output, args.format, source=ct)
+    out = Path(args.output)
+    write_volume(ct, out / f"phantom_ct.{args.format}")
+    write_volume(labels, out / f"phantom_labels.{args.format}")
+    rep(1.0, "Done")
+    return {"files": [str(f) for f in files] + [str(out / f"phantom_ct.{args.format}"),
+                                                 str(out / f"phantom_labels.{args.format}")],
+            "preview": str(out / "preview.png"), "weights": engine.weights_id,
+            "warning": organs.notes.get("warning", "")}
+
+
+def cmd_build_demo_weights(args, progress):
+    from .train.demo_weights import build_demo_weights
+    return build_demo_weights(args.output, steps=args.steps, cases=args.cases, seed=args.seed, progress=progress,
+                              log=lambda m: print(m, file=sys.stderr))
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pantheon", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pantheon {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="offline demo: NEMESIS organ maps and PCA map on a generated phantom")
+    demo.add_argument("-o", "--output", default="pantheon-demo-output", help="output folder (default pantheon-demo-output)")
+    demo.add_argument("--seed", type=int, default=1234, help="phantom seed")
+    demo.add_argument("--weights", help="encoder weights (default: bundled demo)")
+    demo.add_argument("--probe", help="organ probe weights (default: bundled demo probe)")
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd"])
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    nem = sub.add_parser("nemesis", help="NEMESIS CT foundation model pipelines",
+                         description="NEMESIS (arXiv 2604.01612): self-supervised CT features on 128^3 superpatches. "
+                                     "Inputs are CT volumes in Hounsfield units, any orientation; every output lands "
+                                     "on the input's voxels.")
+    act = nem.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    p = act.add_parser("features", help="token feature grid over the whole volume (features.npz)")
+    _add_io_args(p); _add_engine_args(p); _add_tiling_args(p)
+    p.set_defaults(func=cmd_features)
+
+    p = act.add_parser("organs", help="organ-presence probability heatmaps (8 BTCV organs)")
+    _add_io_args(p); _add_engine_args(p); _add_tiling_args(p)
+    p.add_argument("--probe", metavar="PATH|CARD", help="probe weights (default: bundled demo probe)")
+    p.add_argument("--organs", nargs="+", metavar="ORGAN", help="only these organs (e.g. liver spleen 'left kidney')")
+    p.set_defaults(func=cmd_organs)
+
+    p = act.add_parser("pca", help="first three principal components of the token features (RGB volume)")
+    _add_io_args(p); _add_engine_args(p); _add_tiling_args(p)
+    p.set_defaults(func=cmd_pca)
+
+    p = act.add_parser("similar", help="cosine similarity of every token to the token at a point")
+    _add_io_args(p); _add_engine_args(p); _add_tiling_args(p); _add_point_args(p)
+    p.set_defaults(func=cmd_similar)
+
+    p = act.add_parser("reconstruct", help="masked reconstruction of the superpatch centred on a point")
+    _add_io_args(p); _add_engine_args(p); _add_point_args(p)
+    p.add_argument("--mask-ratio", type=float, nargs="+", default=[0.5, 0.5], metavar="R",
+                   help="plane and axis mask ratios (one value for both; default 0.5 0.5)")
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std on the [0, 1] input (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="mask and noise seed")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = act.add_parser("train-probe", help="fit the organ probe on labelled CTs (BTCV label indices)")
+    p.add_argument("--data", help="folder with images/ and labels/ (same file names) or a CSV with image,label")
+    p.add_argument("--phantoms", type=int, default=0, help="use N generated phantoms instead of --data")
+    p.add_argument("--holdout", type=float, default=0.25, help="fraction of cases held out for AUROC (default 0.25)")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    _add_io_args(p, needs_input=False); _add_engine_args(p)
+    p.set_defaults(func=cmd_train_probe)
+
+    p = act.add_parser("pretrain", help="MAE pretraining (dual masking, noise levels) — resumable")
+    p.add_argument("--data", help="folder of CT images")
+    p.add_argument("--phantoms", type=int, default=0, help="pretrain on N generated phantoms instead of --data")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--embed-dim", type=int, help="encoder width (default 96, the demo model)")
+    p.add_argument("--superpatch", type=int, help="superpatch edge in voxels (default 64, the demo model)")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="run folder (checkpoint.pt, nemesis.safetensors)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = act.add_parser("build-demo-weights", help="retrain the bundled demo encoder and probe from scratch")
+    p.add_argument("-o", "--output", default=str(Path(__file__).resolve().parents[1] / "Resources" / "weights"))
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--cases", type=int, default=48, help="phantoms for the probe (a quarter held out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_build_demo_weights)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    progress = TqdmProgress(getattr(args, "quiet", False), desc=getattr(args, "action", args.command))
+    t0 = time.perf_counter()
+    try:
+        summary = args.func(args, progress)
+    except Cancelled:
+        progress.close()
+        print("pantheon: cancelled; no output was written.", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        progress.close()
+        print("pantheon: interrupted; no output was written.", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (PantheonError, ValueError) as exc:
+        progress.close()
+        if args.debug:
+            raise
+        print(f"pantheon: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except MemoryError:
+        progress.close()
+        print("pantheon: error: out of memory; try a smaller --batch-size, --precision bf16 or a GPU.", file=sys.stderr)
+        return EXIT_ERROR
+    progress.close()
+    summary = dict(summary or {})
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

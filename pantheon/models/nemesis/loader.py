@@ -1,0 +1,152 @@
+"""Loading NEMESIS checkpoints: the published ``torch.save`` format and Pantheon's safetensors.
+
+Never executes pickled code: ``torch.load(weights_only=True)`` or safetensors. The architecture is
+read from tensor shapes; what shapes cannot tell (heads, superpatch size) comes from the
+checkpoint's config when present, else the paper defaults; keyword overrides win over both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Dict, Mapping, Tuple
+
+import torch
+
+from ...errors import CheckpointError
+from .mae import NemesisMAE
+
+PAPER_DEFAULTS = dict(num_heads=8, decoder_num_heads=8, superpatch_size=(128, 128, 128))
+_ARCH_KEYS = ("superpatch_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_depth",
+              "decoder_num_heads", "num_maegic_tokens", "ffn_dim", "dropout")
+
+
+def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """(state dict, config) from a checkpoint file, safely. Raises CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Checkpoint {path} is empty (0 bytes).")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"Checkpoint {path} contains Python objects beyond plain tensors and "
+                              f"settings; refusing to execute them ({str(exc).splitlines()[0]}).") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupted and cannot be read "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).") from None
+    config: dict = {}
+    if isinstance(obj, Mapping) and "model_state_dict" in obj:
+        state = obj["model_state_dict"]
+        config = obj.get("config") or {}
+    elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        state = obj["state_dict"]
+        config = obj.get("config") or {}
+    else:
+        state = obj
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"Checkpoint {path} holds no state dict of tensors; it is not a NEMESIS checkpoint.")
+    state = {re.sub(r"^module\.", "", k): v for k, v in state.items()}  # DataParallel prefix
+    if isinstance(config, Mapping) and isinstance(config.get("model"), Mapping):
+        config = {**config, **config["model"]}  # nested {"model": {...}} as in some training configs
+    return state, dict(config) if isinstance(config, Mapping) else {}
+
+
+def _read_safetensors(path: Path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+    try:
+        state = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupted and cannot be read ({exc}).") from None
+    try:
+        config = json.loads(meta.get("config", "{}"))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"Checkpoint {path} has an unreadable config in its metadata.") from None
+    return state, config
+
+
+def infer_architecture(state: Mapping[str, torch.Tensor], path="checkpoint") -> dict:
+    """Architecture arguments recoverable from tensor shapes alone."""
+    try:
+        linear_w = state["encoder.adaptive_agg.linear.weight"]
+        embed_w = state["encoder.adaptive_agg.embed.weight"]
+        pos = state["encoder.adaptive_agg.pos_embed"]
+    except KeyError as exc:
+        raise CheckpointError(f"{path} is not a NEMESIS checkpoint: it has no {exc.args[0]!r} tensor.") from None
+    embed_dim, patch_voxels = linear_w.shape
+    sub, plane = embed_w.shape
+    pd = pos.shape[1]
+    side = math.isqrt(plane)
+    if side * side != plane or pd * plane != patch_voxels:
+        raise CheckpointError(f"{path}: patch embedding shapes {tuple(linear_w.shape)} and {tuple(embed_w.shape)} "
+                              "do not describe a NEMESIS patch.")
+
+    def count_blocks(prefix):
+        ids = {int(m.group(1)) for k in state for m in [re.match(rf"{prefix}\.blocks\.(\d+)\.", k)] if m}
+        return max(ids) + 1 if ids else 0
+
+    ffn = state.get("encoder.blocks.0.ffn.0.weight")
+    return dict(embed_dim=int(embed_dim), patch_size=(int(pd), side, side), num_maegic_tokens=int(embed_dim // sub),
+                depth=count_blocks("encoder"), decoder_depth=count_blocks("decoder"),
+                ffn_dim=int(ffn.shape[0]) if ffn is not None else 1024)
+
+
+def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path="checkpoint") -> None:
+    """Strict match: raise one CheckpointError naming every missing, unexpected and wrong-shaped key."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(f"{k} {tuple(state[k].shape)} (model {tuple(expected[k].shape)})"
+                   for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        def fmt(name, items):
+            if not items:
+                return None
+            shown = ", ".join(items[:8]) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+            return f"{len(items)} {name}: {shown}"
+        parts = [p for p in (fmt("missing", missing), fmt("unexpected", unexpected), fmt("wrong-shaped", wrong)) if p]
+        raise CheckpointError(f"{path} does not match the NEMESIS architecture: " + "; ".join(parts) + ".")
+
+
+def load_nemesis(path, **overrides) -> NemesisMAE:
+    """Load a NEMESIS checkpoint into a :class:`NemesisMAE` in eval mode.
+
+    Accepts the published format (dict with ``model_state_dict``), a bare state dict, an optional
+    ``module.`` prefix, and Pantheon's ``.safetensors`` (config in the metadata).
+    """
+    state, config = read_checkpoint(path)
+    unknown = set(overrides) - set(_ARCH_KEYS)
+    if unknown:
+        raise TypeError(f"unknown NEMESIS argument(s): {', '.join(sorted(unknown))}")
+    args = dict(PAPER_DEFAULTS)
+    args.update({k: config[k] for k in ("num_heads", "decoder_num_heads", "superpatch_size") if k in config})
+    args.update(infer_architecture(state, path))
+    args.update(overrides)
+    try:
+        model = NemesisMAE(**args)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: cannot build a NEMESIS model with {args}: {exc}") from None
+    check_state_dict(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def save_nemesis(model: NemesisMAE, path, extra_metadata: Dict[str, str] | None = None) -> None:
+    """Save weights as safetensors with the architecture config in the metadata (atomic)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    meta = {"config": json.dumps(model.config), "format": "pantheon-nemesis-v1", **(extra_metadata or {})}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)

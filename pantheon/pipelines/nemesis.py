@@ -1,0 +1,517 @@
+"""Whole-volume NEMESIS pipelines; every output lands on the voxels of the input CT.
+
+How a CT volume reaches the model:
+
+1. Checked (3D, finite, Hounsfield-like range), then reoriented *exactly* (axis permutation and
+   flips, no resampling) to the closest ``orientation`` of the model card (default RAS, nibabel's
+   canonical); the reference pretraining fed raw NIfTI voxel arrays, mostly stored that way.
+2. HU window [-175, 250] -> [0, 1]; model axis order (k, i, j): the nibabel array (i, j, k)
+   transposed slices-first, i.e. ``array_kji.transpose(0, 2, 1)``.
+3. Tiled into superpatches with a stride that is a multiple of the patch size (so tokens of
+   overlapping tiles coincide and are averaged), zero-padded at the borders (0 = -175 HU, as the
+   reference pads), batched through the encoder.
+
+Token grids map back by trilinear upsampling with token centres at patch centres (which is what
+``F.interpolate(..., align_corners=False)`` does for an integer scale) and the inverse reorientation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError, PantheonError
+from ..io.volume import Volume
+from ..models.nemesis import NemesisMAE, OrganProbe
+from ..models.nemesis.probe import BTCV_ORGANS
+from ..progress import Reporter
+from ..results import HeatmapOutput, Result
+
+HU_WINDOW = (-175.0, 250.0)
+DEFAULT_ORIENTATION = "RAS"
+
+
+# ---------------------------------------------------------------------------- devices
+def pick_device(device: str = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PantheonError("CUDA was requested but no CUDA device is available to PyTorch; use --device cpu.")
+    return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX); without them CPU
+    autocast to bf16 is emulated and several times slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision in (None, "fp32", "float32"):
+        return nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
+
+
+# ---------------------------------------------------------------------------- input checks
+def check_ct(volume: Volume, name: str = "input") -> None:
+    """Raise InputError with one sentence when ``volume`` cannot be a CT in Hounsfield units."""
+    if volume.components != 1:
+        raise InputError(f"The {name} image has {volume.components} components; NEMESIS needs a single-channel CT.")
+    if volume.is_2d or min(volume.shape) < 2:
+        raise InputError(f"The {name} image is 2D (shape {volume.shape}); NEMESIS needs a 3D CT volume.")
+    a = volume.array
+    if a.size == 0:
+        raise InputError(f"The {name} image is empty.")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        bad = int((~np.isfinite(a)).sum())
+        raise InputError(f"The {name} image contains {bad} NaN or infinite voxels; fix or mask them before running NEMESIS.")
+    lo, hi = float(a.min()), float(a.max())
+    if lo == hi:
+        raise InputError(f"The {name} image is constant ({lo:g}); there is nothing to analyse.")
+    # Subsample for speed: percentiles of a few million voxels are stable.
+    sample = a.reshape(-1)[:: max(1, a.size // 2_000_000)].astype(np.float32)
+    p1, p99 = np.percentile(sample, [1, 99.9])
+    if p1 > -200 or p99 > 6000 or lo < -3100:
+        raise InputError(f"The {name} image values run from {lo:g} to {hi:g} (1st percentile {p1:g}); that is not a CT "
+                         "in Hounsfield units (air is about -1000 HU). Rescale it to HU first.")
+
+
+@dataclass
+class PreparedCT:
+    """A CT in model space plus what is needed to map results back onto the input voxels."""
+
+    source: Volume
+    canonical: Volume  # exact reorientation of ``source``
+    undo: Callable[[Volume], Volume]
+    model_array: np.ndarray  # (D, H, W) float32 in [0, 1], model axis order
+
+    def model_to_canonical_array(self, model_array: np.ndarray) -> np.ndarray:
+        """(D, H, W[, C]) in model axes -> (k, j, i[, C]) array of the canonical volume."""
+        return np.swapaxes(model_array, 1, 2)
+
+    def to_input_geometry(self, model_array: np.ndarray) -> Volume:
+        """A model-axes array of the model-array shape -> Volume on the input's own voxel grid."""
+        return self.undo(self.canonical.with_array(self.model_to_canonical_array(model_array)))
+
+    def model_index_to_world(self, dhw: np.ndarray) -> np.ndarray:
+        """(N, 3) continuous model indices (d, h, w) -> (N, 3) LPS mm."""
+        dhw = np.atleast_2d(dhw)
+        ijk = np.stack([dhw[:, 1], dhw[:, 2], dhw[:, 0]], axis=1)  # model (k, i, j)
+        return self.canonical.ijk_to_world(ijk)
+
+    def world_to_model_index(self, points: np.ndarray) -> np.ndarray:
+        ijk = self.canonical.world_to_ijk(points)
+        return np.stack([ijk[:, 2], ijk[:, 0], ijk[:, 1]], axis=1)
+
+
+def prepare_ct(volume: Volume, window: Sequence[float] = HU_WINDOW, orientation: str = DEFAULT_ORIENTATION,
+               check: bool = True) -> PreparedCT:
+    if check:
+        check_ct(volume)
+    canonical, undo = volume.to_canonical(orientation)
+    lo, hi = float(window[0]), float(window[1])
+    # one float32 copy in model axis order, then in-place ops: a 512x512x256 CT stays ~270 MB
+    arr = np.empty((canonical.shape[0], canonical.shape[2], canonical.shape[1]), dtype=np.float32)
+    arr[...] = canonical.array.transpose(0, 2, 1)
+    np.clip(arr, lo, hi, out=arr)
+    arr -= lo
+    arr /= hi - lo
+    return PreparedCT(volume, canonical, undo, arr)
+
+
+# ---------------------------------------------------------------------------- tiling
+def tile_starts(length: int, size: int, stride: int) -> List[int]:
+    """Start offsets covering [0, length) with tiles of ``size`` every ``stride`` (last one may overhang)."""
+    if length <= size:
+        return [0]
+    n = math.ceil((length - size) / stride) + 1
+    return [i * stride for i in range(n)]
+
+
+def superpatch_tiles(shape: Sequence[int], size: Sequence[int], stride: Sequence[int]) -> List[Tuple[int, int, int]]:
+    starts = [tile_starts(n, s, st) for n, s, st in zip(shape, size, stride)]
+    return [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+
+
+def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """array[start:start+size] along the first three axes, zero-filled where it leaves the array."""
+    out = np.zeros(tuple(size) + array.shape[3:], dtype=array.dtype)
+    src, dst = [], []
+    for s, n, dim in zip(start, size, array.shape[:3]):
+        a, b = max(s, 0), min(s + n, dim)
+        if b <= a:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+# ---------------------------------------------------------------------------- engine
+class NemesisEngine:
+    """A loaded NEMESIS model on a device, with batching and precision settings."""
+
+    def __init__(self, model: NemesisMAE, device: str = "auto", precision: str = "fp32", batch_size: int = 1,
+                 weights_id: str = "unknown", weights_sha256: str = ""):
+        self.device = pick_device(device)
+        self.model = model.eval().to(self.device)
+        self.precision = precision
+        autocast_for(self.device, precision)  # validates the name early
+        if self.device.type == "cpu" and precision in ("bf16", "fp16") and not cpu_has_native_bf16():
+            import warnings
+            warnings.warn(f"{precision} on this CPU has no hardware support and runs slower than fp32; "
+                          "use fp32 on this machine.", RuntimeWarning, stacklevel=2)
+        self.batch_size = max(1, int(batch_size))
+        self.weights_id = weights_id
+        self.weights_sha256 = weights_sha256
+
+    @property
+    def superpatch(self) -> Tuple[int, int, int]:
+        return self.model.superpatch_size
+
+    @property
+    def patch(self) -> Tuple[int, int, int]:
+        return self.model.patch_size
+
+    def encode_batch(self, batch: np.ndarray) -> np.ndarray:
+        """(B, D, H, W) float32 superpatches -> (B, N, E) float32 tokens."""
+        x = torch.from_numpy(batch[:, None]).to(self.device)
+        with torch.inference_mode(), autocast_for(self.device, self.precision):
+            tokens = self.model.encode(x)
+        return tokens.float().cpu().numpy()
+
+
+@dataclass
+class FeatureGrid:
+    """Token features over a whole volume (model axes) and where each token centre is in the world."""
+
+    tokens: np.ndarray  # (Gd, Gh, Gw, E) float32
+    centres_lps: np.ndarray  # (Gd, Gh, Gw, 3) world (LPS mm) position of each token centre
+    patch_size: Tuple[int, int, int]
+    superpatch_size: Tuple[int, int, int]
+    stride: Tuple[int, int, int]
+    key: str = ""
+
+    def save(self, path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, tokens=self.tokens, centres_lps=self.centres_lps, patch_size=self.patch_size,
+                 superpatch_size=self.superpatch_size, stride=self.stride, key=self.key)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path) -> "FeatureGrid":
+        with np.load(path) as z:
+            return cls(z["tokens"], z["centres_lps"], tuple(z["patch_size"].tolist()),
+                       tuple(z["superpatch_size"].tolist()), tuple(z["stride"].tolist()), str(z["key"]))
+
+
+def _resolve_stride(engine: NemesisEngine, stride) -> Tuple[int, int, int]:
+    s = engine.superpatch if stride is None else ((stride,) * 3 if isinstance(stride, int) else tuple(stride))
+    for st, p, sp in zip(s, engine.patch, engine.superpatch):
+        if st <= 0 or st % p or st > sp:
+            raise ValueError(f"stride {s} must be positive multiples of the patch size {engine.patch} "
+                             f"and at most the superpatch size {engine.superpatch}")
+    return tuple(int(x) for x in s)
+
+
+def feature_key(prepared: PreparedCT, engine: NemesisEngine, stride) -> str:
+    h = hashlib.sha256()
+    h.update(prepared.model_array.tobytes())
+    h.update(json.dumps([list(prepared.model_array.shape), engine.weights_sha256 or engine.weights_id,
+                         list(stride), engine.precision]).encode())
+    return h.hexdigest()
+
+
+def compute_features(prepared: PreparedCT, engine: NemesisEngine, stride=None, cache_dir=None,
+                     progress=None, cancel=None) -> FeatureGrid:
+    """Token features for the whole volume; overlapping tiles are averaged token by token."""
+    rep = Reporter(progress, cancel)
+    stride = _resolve_stride(engine, stride)
+    key = feature_key(prepared, engine, stride)
+    cache_file = Path(cache_dir) / f"nemesis-features-{key[:32]}.npz" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        rep(1.0, "Features loaded from cache")
+        return FeatureGrid.load(cache_file)
+    arr, S, P = prepared.model_array, engine.superpatch, engine.patch
+    tiles = superpatch_tiles(arr.shape, S, stride)
+    grid = tuple(math.ceil(n / p) for n, p in zip(arr.shape, P))
+    per_tile = tuple(s // p for s, p in zip(S, P))
+    total = None
+    count = np.zeros(grid, dtype=np.float32)
+    rep(0.0, f"Encoding {len(tiles)} superpatches")
+    for first in range(0, len(tiles), engine.batch_size):
+        chunk = tiles[first:first + engine.batch_size]
+        batch = np.stack([crop_padded(arr, t, S) for t in chunk])
+        tokens = engine.encode_batch(batch)  # (B, N, E)
+        if total is None:
+            total = np.zeros(grid + (tokens.shape[-1],), dtype=np.float32)
+        for t, tok in zip(chunk, tokens):
+            tok = tok.reshape(per_tile + (-1,))
+            g0 = [s // p for s, p in zip(t, P)]
+            g1 = [min(a + n, g) for a, n, g in zip(g0, per_tile, grid)]
+            sl = tuple(slice(a, b) for a, b in zip(g0, g1))
+            total[sl] += tok[tuple(slice(0, b - a) for a, b in zip(g0, g1))]
+            count[sl] += 1
+        rep((first + len(chunk)) / len(tiles), f"Encoded {first + len(chunk)}/{len(tiles)} superpatches")
+    tokens = total / np.maximum(count, 1)[..., None]
+    idx = np.stack(np.meshgrid(*[np.arange(g) * p + (p - 1) / 2 for g, p in zip(grid, P)], indexing="ij"), -1)
+    centres = prepared.model_index_to_world(idx.reshape(-1, 3)).reshape(grid + (3,))
+    fg = FeatureGrid(tokens, centres, P, S, stride, key)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        fg.save(cache_file)
+    return fg
+
+
+def token_map_to_input(prepared: PreparedCT, token_map: np.ndarray, patch: Sequence[int]) -> Volume:
+    """(Gd, Gh, Gw[, C]) token-resolution map -> Volume on the input's voxels (trilinear)."""
+    t = torch.from_numpy(np.ascontiguousarray(token_map, dtype=np.float32))
+    t = t[None, None] if t.ndim == 3 else t.permute(3, 0, 1, 2)[None]
+    up = F.interpolate(t, scale_factor=tuple(float(p) for p in patch), mode="trilinear", align_corners=False)[0]
+    D, H, W = prepared.model_array.shape
+    up = up[:, :D, :H, :W].numpy()
+    out = up[0] if token_map.ndim == 3 else np.moveaxis(up, 0, -1)
+    return prepared.to_input_geometry(np.ascontiguousarray(out))
+
+
+# ---------------------------------------------------------------------------- pipelines
+def features(volume: Volume, engine: NemesisEngine, stride=None, cache_dir=None, window=HU_WINDOW,
+             orientation=DEFAULT_ORIENTATION, progress=None, cancel=None) -> FeatureGrid:
+    """Token feature grid over the whole volume plus world positions of token centres."""
+    prepared = prepare_ct(volume, window, orientation)
+    return compute_features(prepared, engine, stride, cache_dir, progress, cancel)
+
+
+def _nearest_token(fg: FeatureGrid, point_lps) -> Tuple[int, int, int]:
+    d = np.linalg.norm(fg.centres_lps - np.asarray(point_lps, dtype=np.float64), axis=-1)
+    return tuple(int(i) for i in np.unravel_index(np.argmin(d), d.shape))
+
+
+def similarity(volume: Volume, engine: NemesisEngine, point_lps, stride=None, cache_dir=None,
+               window=HU_WINDOW, orientation=DEFAULT_ORIENTATION, feature_grid: Optional[FeatureGrid] = None,
+               progress=None, cancel=None) -> Result:
+    """Cosine similarity of every token to the token nearest ``point_lps``, as a heatmap on the input."""
+    rep = Reporter(progress, cancel)
+    prepared = prepare_ct(volume, window, orientation)
+    point = np.asarray(point_lps, dtype=np.float64).reshape(3)
+    ijk = volume.world_to_ijk(point)[0]
+    if np.any(ijk < -0.5) or np.any(ijk > np.array(volume.size_ijk) - 0.5):
+        raise InputError(f"The point {tuple(np.round(point, 1))} (LPS mm) lies outside the image.")
+    fg = feature_grid or compute_features(prepared, engine, stride, cache_dir, rep.sub(0, 0.9), cancel)
+    ref = fg.tokens[_nearest_token(fg, point)]
+    norms = np.linalg.norm(fg.tokens, axis=-1) * np.linalg.norm(ref) + 1e-8
+    sim = (fg.tokens @ ref) / norms
+    rep(0.95, "Mapping similarity onto the image")
+    res = Result()
+    res.heatmaps["similarity"] = HeatmapOutput(token_map_to_input(prepared, sim, fg.patch_size), "viridis", (-1.0, 1.0),
+                                               "Cosine similarity of NEMESIS tokens to the chosen point")
+    res.notes.update(_notes(engine, fg))
+    rep(1.0, "Done")
+    return res
+
+
+def pca(volume: Volume, engine: NemesisEngine, stride=None, cache_dir=None, window=HU_WINDOW,
+        orientation=DEFAULT_ORIENTATION, feature_grid: Optional[FeatureGrid] = None, progress=None,
+        cancel=None) -> Result:
+    """First three principal components of the token features as a 3-component volume in [0, 1]."""
+    rep = Reporter(progress, cancel)
+    prepared = prepare_ct(volume, window, orientation)
+    fg = feature_grid or compute_features(prepared, engine, stride, cache_dir, rep.sub(0, 0.9), cancel)
+    X = fg.tokens.reshape(-1, fg.tokens.shape[-1]).astype(np.float64)
+    X = X - X.mean(0)
+    # SVD of the (E x E) covariance: cheap however many tokens there are.
+    eigval, eigvec = np.linalg.eigh(X.T @ X)
+    comps = eigvec[:, ::-1][:, :3]
+    comps *= np.sign(comps[np.argmax(np.abs(comps), axis=0), range(3)])  # deterministic sign
+    proj = X @ comps
+    lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
+    proj = np.clip((proj - lo) / np.maximum(hi - lo, 1e-8), 0, 1).astype(np.float32)
+    rep(0.95, "Mapping the PCA map onto the image")
+    explained = eigval[::-1][:3] / max(eigval.sum(), 1e-12)
+    res = Result()
+    res.volumes["pca"] = token_map_to_input(prepared, proj.reshape(fg.tokens.shape[:3] + (3,)), fg.patch_size)
+    res.scalars.update({f"pca_explained_variance_{i + 1}": float(v) for i, v in enumerate(explained)})
+    res.notes.update(_notes(engine, fg))
+    rep(1.0, "Done")
+    return res
+
+
+def window_means(tokens: np.ndarray, window: Sequence[int]) -> np.ndarray:
+    """Mean of tokens in a box of ``window`` tokens centred on each token (clipped at the borders)."""
+    G = tokens.shape[:3]
+    cs = np.pad(tokens.astype(np.float64), [(1, 0)] * 3 + [(0, 0)]).cumsum(0).cumsum(1).cumsum(2)
+    lo = [np.clip(np.arange(g) - w // 2, 0, g) for g, w in zip(G, window)]
+    hi = [np.clip(np.arange(g) - w // 2 + w, 0, g) for g, w in zip(G, window)]
+    a0, b0, c0 = np.ix_(lo[0], lo[1], lo[2])
+    a1, b1, c1 = np.ix_(hi[0], hi[1], hi[2])
+    s = (cs[a1, b1, c1] - cs[a0, b1, c1] - cs[a1, b0, c1] - cs[a1, b1, c0]
+         + cs[a0, b0, c1] + cs[a0, b1, c0] + cs[a1, b0, c0] - cs[a0, b0, c0])
+    n = (a1 - a0) * (b1 - b0) * (c1 - c0)
+    return (s / np.maximum(n, 1)[..., None]).astype(np.float32)
+
+
+def organ_maps(volume: Volume, engine: NemesisEngine, probe: OrganProbe, organs: Optional[Sequence[str]] = None,
+               stride=None, cache_dir=None, window=HU_WINDOW, orientation=DEFAULT_ORIENTATION,
+               feature_grid: Optional[FeatureGrid] = None, progress=None, cancel=None) -> Result:
+    """Organ-presence probability heatmaps, one per BTCV organ, on the input's voxels.
+
+    The paper's probe answers "is this organ in this superpatch?" from the mean token. Here it is
+    applied to a superpatch-sized window of cached tokens centred on every token position, so each
+    voxel gets the probability that the organ is present in the superpatch centred on it: a smooth
+    map at token resolution from one encoder pass (instead of one pass per window).
+    """
+    rep = Reporter(progress, cancel)
+    prepared = prepare_ct(volume, window, orientation)
+    fg = feature_grid or compute_features(prepared, engine, stride, cache_dir, rep.sub(0, 0.85), cancel)
+    names = [o[0] for o in BTCV_ORGANS]
+    wanted = list(organs) if organs else names
+    unknown = [o for o in wanted if o not in names]
+    if unknown:
+        raise PantheonError(f"Unknown organ(s) {', '.join(unknown)}; choose from {', '.join(names)}.")
+    means = window_means(fg.tokens, [s // p for s, p in zip(fg.superpatch_size, fg.patch_size)])
+    with torch.inference_mode():
+        probs = torch.sigmoid(probe.eval().cpu()(torch.from_numpy(means.reshape(-1, means.shape[-1]))))
+    probs = probs.numpy().reshape(means.shape[:3] + (-1,))
+    res = Result()
+    for n, (name, _, color, code, meaning) in enumerate(BTCV_ORGANS):
+        if name not in wanted:
+            continue
+        rep.sub(0.85, 1.0)(len(res.heatmaps) / len(wanted), f"Mapping {name}")
+        res.heatmaps[name.replace(" ", "_")] = HeatmapOutput(
+            token_map_to_input(prepared, probs[..., n], fg.patch_size), "inferno", (0.0, 1.0),
+            f"Probability that the {name} is present in the superpatch centred here (SNOMED CT {code} {meaning})")
+    res.notes.update(_notes(engine, fg))
+    rep(1.0, "Done")
+    return res
+
+
+def _notes(engine: NemesisEngine, fg: Optional[FeatureGrid] = None) -> Dict[str, str]:
+    notes = {"model": "NEMESIS (arXiv 2604.01612)", "weights": engine.weights_id,
+             "device": str(engine.device), "precision": engine.precision}
+    if engine.weights_id.endswith("demo") or "demo" in engine.weights_id:
+        notes["warning"] = "Demo weights trained on synthetic phantoms: not for clinical use."
+    if fg is not None:
+        notes["stride"] = "x".join(map(str, fg.stride))
+    return notes
+
+
+def ssim_3d(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    from monai.metrics.regression import SSIMMetric
+    metric = SSIMMetric(spatial_dims=3, data_range=data_range)
+    return float(metric(torch.from_numpy(a[None, None].astype(np.float32)),
+                        torch.from_numpy(b[None, None].astype(np.float32))).mean())
+
+
+def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=(0.5, 0.5), noise_std: float = 0.0,
+                seed: int = 0, window=HU_WINDOW, orientation=DEFAULT_ORIENTATION, progress=None,
+                cancel=None) -> Result:
+    """Masked reconstruction of the superpatch centred on ``point_lps``.
+
+    Returns the masked input, reconstruction and absolute error as Volumes on the input's voxel
+    lattice (the superpatch region, in HU), plus PSNR and SSIM on [0, 1] data over the superpatch.
+    """
+    rep = Reporter(progress, cancel)
+    prepared = prepare_ct(volume, window, orientation)
+    S = engine.superpatch
+    centre = prepared.world_to_model_index(np.asarray(point_lps, dtype=np.float64).reshape(1, 3))[0]
+    if np.any(centre < -0.5) or np.any(centre > np.array(prepared.model_array.shape) - 0.5):
+        raise InputError(f"The point {tuple(np.round(np.asarray(point_lps, float), 1))} (LPS mm) lies outside the image.")
+    start = [int(round(c)) - s // 2 for c, s in zip(centre, S)]
+    patch = crop_padded(prepared.model_array, start, S)
+    rep(0.1, "Reconstructing")
+    x = torch.from_numpy(patch[None, None]).to(engine.device)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.inference_mode(), autocast_for(engine.device, engine.precision):
+        out = engine.model.reconstruct(x, mask_ratio=mask_ratio, noise_std=noise_std, generator=gen)
+    rep.check()
+    recon = out.volume.float().cpu().numpy()[0, 0]
+    token_mask = out.mask.cpu().numpy()[0].reshape(engine.model.grid)
+    voxel_mask = np.kron(token_mask, np.ones(engine.patch, dtype=bool))
+    masked_input = np.where(voxel_mask, 0.0, out.model_input.float().cpu().numpy()[0, 0])
+    lo, hi = float(window[0]), float(window[1])
+    mse = float(np.mean((recon - patch) ** 2))
+    res = Result()
+    res.scalars["psnr_db"] = float(-10 * math.log10(max(mse, 1e-12)))
+    res.scalars["ssim"] = ssim_3d(np.clip(recon, 0, 1), patch)
+    res.scalars["masked_fraction"] = float(token_mask.mean())
+    # The superpatch region on the input's lattice: a sub-grid of the canonical grid, mapped back.
+    origin_model = np.array(start, dtype=np.float64)
+    origin = prepared.model_index_to_world(origin_model[None])[0]
+    sub = Volume(np.zeros(S, np.float32).swapaxes(1, 2), prepared.canonical.spacing, origin,
+                 prepared.canonical.direction)
+
+    def to_input(model_arr):
+        return prepared.undo(sub.with_array(np.ascontiguousarray(model_arr.swapaxes(1, 2).astype(np.float32))))
+
+    res.volumes["masked_input"] = to_input(masked_input * (hi - lo) + lo)
+    res.volumes["reconstruction"] = to_input(recon * (hi - lo) + lo)
+    res.heatmaps["error"] = HeatmapOutput(to_input(np.abs(recon - patch) * (hi - lo)), "hot", (0.0, 100.0),
+                                          "Absolute reconstruction error (HU) inside the window")
+    res.notes.update(_notes(engine))
+    res.notes["mask_ratio"] = str(mask_ratio)
+    res.notes["noise_std"] = str(noise_std)
+    rep(1.0, "Done")
+    return res
+
+
+# ---------------------------------------------------------------------------- weights
+DEMO_ENCODER_CARD = "nemesis-demo"
+DEMO_PROBE_CARD = "nemesis-demo-probe"
+
+
+def resolve_weights_argument(weights: Optional[str], default_card: str, allow_download: bool = False,
+                             trust_unverified: bool = False, progress=None, cancel=None):
+    """``weights`` is a file path or a model-card id (default ``default_card``) -> (path, card or None)."""
+    from ..registry import get_card, resolve_weights
+    if weights and Path(weights).expanduser().is_file():
+        return Path(weights).expanduser().resolve(), None
+    if weights and any(sep in weights for sep in ("/", "\\")) or (weights or "").endswith((".pt", ".pth", ".safetensors")):
+        from ..errors import CheckpointError
+        raise CheckpointError(f"Weights file {weights} does not exist.")
+    card = get_card(weights or default_card)
+    return resolve_weights(card, allow_download=allow_download, trust_unverified=trust_unverified,
+                           progress=progress, cancel=cancel), card
+
+
+def load_engine(weights: Optional[str] = None, device: str = "auto", precision: str = "fp32", batch_size: int = 1,
+                allow_download: bool = False, trust_unverified: bool = False, progress=None,
+                cancel=None) -> NemesisEngine:
+    """A ready engine from a weights path or card id (default: the bundled demo encoder)."""
+    from ..models.nemesis import load_nemesis
+    from ..registry import sha256_file
+    path, card = resolve_weights_argument(weights, DEMO_ENCODER_CARD, allow_download, trust_unverified,
+                                          progress, cancel)
+    model = load_nemesis(path)
+    label = card.id + ("-demo" if card.demo and "demo" not in card.id else "") if card else path.name
+    return NemesisEngine(model, device, precision, batch_size, weights_id=label, weights_sha256=sha256_file(path))
+
+
+def load_probe_for(engine: NemesisEngine, probe: Optional[str] = None) -> OrganProbe:
+    from ..train.nemesis import load_probe
+    path, _ = resolve_weights_argument(probe, DEMO_PROBE_CARD)
+    model, meta = load_probe(path, engine.weights_sha256)
+    if model.linear.in_features != engine.model.embed_dim:
+        from ..errors import CheckpointError
+        raise CheckpointError(f"Probe {path} expects {model.linear.in_features}-dim tokens but the encoder "
+                              f"makes {engine.model.embed_dim}-dim tokens.")
+    return model

@@ -1,0 +1,19 @@
+"""Weights registry: model cards, where their weights are found, and verified downloads.
+
+- :mod:`.card`: :class:`ModelCard` (JSON schema checked by hand), built-in cards in ``cards/``.
+- :mod:`.resolve`: :func:`resolve_weights`, explicit path > cache > bundled > download.
+- :mod:`.download`: :func:`download` (urllib, atomic, checksummed) and :func:`sha256_file`.
+"""
+
+from .card import (CARDS_DIR, CARDS_PATH_ENV, MODELS, ModelCard, card_dirs, get_card, list_cards,
+                   load_card, save_card)
+from .download import clear_hash_cache, download, sha256_file
+from .resolve import (BUNDLED_ENV, CACHE_ENV, REPO_WEIGHTS_DIR, bundled_weight_dirs, cached_path,
+                      default_cache_dir, resolve_weights, sidecar_path)
+
+__all__ = [
+    "CARDS_DIR", "CARDS_PATH_ENV", "MODELS", "ModelCard", "card_dirs", "get_card", "list_cards",
+    "load_card", "save_card", "clear_hash_cache", "download", "sha256_file", "BUNDLED_ENV",
+    "CACHE_ENV", "REPO_WEIGHTS_DIR", "bundled_weight_dirs", "cached_path", "default_cache_dir",
+    "resolve_weights", "sidecar_path",
+]

@@ -1,0 +1,274 @@
+"""Training for NEMESIS (arXiv 2604.01612): MAE pretraining and the frozen-encoder organ probe.
+
+Pretraining follows the paper: dual masking (plane 0.5, axis 0.5), noise level drawn per batch
+from {0, 0.01, 0.03, 0.05} with the clean superpatch as target, loss = per-patch MSE over masked
+patches, AdamW (lr 1e-4, weight decay 0.05, betas (0.9, 0.95)), cosine schedule with linear warm-up
+(per step rather than per epoch: our runs are short), gradient clipping at 1.0 as in the release.
+Checkpoints hold only tensors and plain values, so resuming uses ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InputError
+from ..io.volume import Volume
+from ..models.nemesis import NemesisMAE, OrganProbe, save_nemesis
+from ..models.nemesis.probe import BTCV_ORGANS
+from ..pipelines.nemesis import (HU_WINDOW, DEFAULT_ORIENTATION, NemesisEngine, crop_padded, prepare_ct,
+                                 superpatch_tiles)
+from ..progress import Reporter
+
+
+# ============================================================================ pretraining
+@dataclass
+class PretrainConfig:
+    model: dict = field(default_factory=lambda: dict(superpatch_size=[64, 64, 64], patch_size=[8, 8, 8],
+                                                     embed_dim=96, depth=3, num_heads=4, decoder_depth=1,
+                                                     decoder_num_heads=4, num_maegic_tokens=8, ffn_dim=256))
+    steps: int = 1000
+    batch_size: int = 4
+    mask_ratio: Tuple[float, float] = (0.5, 0.5)
+    noise_levels: Tuple[float, ...] = (0.0, 0.01, 0.03, 0.05)
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: Tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 50
+    min_lr: float = 1e-6
+    grad_clip: float = 1.0
+    min_foreground: float = 0.05  # skip superpatches that are mostly air, as the reference does
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+def cosine_with_warmup(step: int, cfg: PretrainConfig) -> float:
+    """Learning-rate multiplier at ``step``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return max(cfg.min_lr / cfg.lr, 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def sample_superpatches(arrays: Sequence[np.ndarray], size, count: int, rng: np.random.Generator,
+                        min_foreground: float) -> np.ndarray:
+    out = []
+    while len(out) < count:
+        arr = arrays[rng.integers(len(arrays))]
+        for _ in range(10):
+            start = [int(rng.integers(0, max(1, n - s + 1))) for n, s in zip(arr.shape, size)]
+            patch = crop_padded(arr, start, size)
+            if patch.mean() >= min_foreground:
+                break
+        out.append(patch)
+    return np.stack(out)[:, None]
+
+
+def pretrain(volumes: Sequence[Volume], out_dir, cfg: PretrainConfig = PretrainConfig(), resume: bool = True,
+             window=HU_WINDOW, orientation=DEFAULT_ORIENTATION, device="cpu", progress=None, cancel=None,
+             log=print) -> Path:
+    """Pretrain a NEMESIS MAE on CT volumes; returns the path of the final safetensors weights.
+
+    ``out_dir/checkpoint.pt`` is written every ``checkpoint_every`` steps (atomically); rerunning
+    with ``resume=True`` continues from it with identical batches (the sampler is seeded per step).
+    """
+    rep = Reporter(progress, cancel)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = [prepare_ct(v, window, orientation).model_array for v in volumes]
+    if not arrays:
+        raise InputError("Pretraining needs at least one CT volume.")
+    torch.manual_seed(cfg.seed)
+    model = NemesisMAE(**cfg.model).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg))
+    step, history = 0, []
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume and ckpt_path.is_file():
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(ckpt["model_state_dict"])
+            opt.load_state_dict(ckpt["optimizer_state_dict"])
+            sched.load_state_dict(ckpt["scheduler_state_dict"])
+            step, history = int(ckpt["step"]), list(ckpt.get("history", []))
+        except Exception as exc:  # a damaged checkpoint must not be silently restarted over
+            raise CheckpointError(f"Cannot resume from {ckpt_path}: {exc}. Delete it to start afresh.") from None
+        log(f"Resuming pretraining at step {step}/{cfg.steps}")
+
+    def save_checkpoint():
+        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
+        torch.save({"step": step, "model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
+                    "scheduler_state_dict": sched.state_dict(), "history": history,
+                    "config": json.loads(json.dumps(asdict(cfg)))}, tmp)
+        tmp.replace(ckpt_path)
+
+    t0 = time.perf_counter()
+    while step < cfg.steps:
+        rep(step / cfg.steps, f"step {step}/{cfg.steps}")
+        rng = np.random.default_rng([cfg.seed, step])
+        batch = torch.from_numpy(sample_superpatches(arrays, model.superpatch_size, cfg.batch_size, rng,
+                                                     cfg.min_foreground)).to(device)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        noise = float(cfg.noise_levels[int(rng.integers(len(cfg.noise_levels)))])
+        out = model(batch, mask_ratio=tuple(cfg.mask_ratio), noise_std=noise, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        history.append(float(out.loss.detach()))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint()
+            recent = float(np.mean(history[-cfg.checkpoint_every:]))
+            log(f"step {step}/{cfg.steps}  masked-patch MSE {recent:.5f}  lr {sched.get_last_lr()[0]:.2e}  "
+                f"{time.perf_counter() - t0:.0f}s")
+    model.eval()
+    weights = out_dir / "nemesis.safetensors"
+    save_nemesis(model, weights, {"demo": "true", "steps": str(step), "window": json.dumps(list(window)),
+                                  "orientation": orientation})
+    rep(1.0, "Pretraining finished")
+    return weights
+
+
+# ============================================================================ organ probe
+def probe_targets(label_tile: np.ndarray, min_voxels: int = 100) -> np.ndarray:
+    """8 binary labels for one superpatch: organ present when it covers more than ``min_voxels`` voxels."""
+    counts = np.bincount(label_tile.reshape(-1).astype(np.int64), minlength=16)
+    return np.array([counts[idx] > min_voxels if idx < len(counts) else False for _, idx, *_ in BTCV_ORGANS],
+                    dtype=np.float32)
+
+
+def extract_probe_samples(pairs: Iterable[Tuple[Volume, Volume]], engine: NemesisEngine, stride=None,
+                          min_voxels: int = 100, window=HU_WINDOW, orientation=DEFAULT_ORIENTATION,
+                          progress=None, cancel=None):
+    """Mean encoder token and organ targets of every superpatch tile: (X (n, E), Y (n, 8), case index (n,))."""
+    rep = Reporter(progress, cancel)
+    pairs = list(pairs)
+    S = engine.superpatch
+    stride = tuple(S) if stride is None else ((stride,) * 3 if isinstance(stride, int) else tuple(stride))
+    X, Y, case = [], [], []
+    for n, (image, label) in enumerate(pairs):
+        if not image.same_geometry(label):
+            raise InputError(f"Case {n}: the label map does not share the image's geometry (shape, spacing, "
+                             "origin and direction must match).")
+        prepared = prepare_ct(image, window, orientation)
+        lab_canon, _ = label.to_canonical(orientation)
+        lab = np.ascontiguousarray(lab_canon.array.transpose(0, 2, 1))
+        tiles = superpatch_tiles(prepared.model_array.shape, S, stride)
+        for first in range(0, len(tiles), engine.batch_size):
+            chunk = tiles[first:first + engine.batch_size]
+            tokens = engine.encode_batch(np.stack([crop_padded(prepared.model_array, t, S) for t in chunk]))
+            X.extend(tokens.mean(1))
+            Y.extend(probe_targets(crop_padded(lab, t, S), min_voxels) for t in chunk)
+            case.extend([n] * len(chunk))
+        rep((n + 1) / len(pairs), f"Encoded case {n + 1}/{len(pairs)}")
+    return np.asarray(X, np.float32), np.asarray(Y, np.float32), np.asarray(case)
+
+
+def fit_probe(X: np.ndarray, Y: np.ndarray, epochs: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4,
+              seed: int = 0) -> OrganProbe:
+    """Full-batch AdamW on pooled features with BCE-with-logits (features are few and small)."""
+    torch.manual_seed(seed)
+    probe = OrganProbe(X.shape[1], Y.shape[1])
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    xt, yt = torch.from_numpy(X), torch.from_numpy(Y)
+    pos = yt.mean(0).clamp(0.02, 0.98)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(1 - pos) / pos)  # organs like the gallbladder are rare
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss_fn(probe(xt), yt).backward()
+        opt.step()
+    return probe.eval()
+
+
+def per_organ_auroc(probe: OrganProbe, X: np.ndarray, Y: np.ndarray) -> dict:
+    from sklearn.metrics import f1_score, roc_auc_score
+    with torch.no_grad():
+        p = torch.sigmoid(probe(torch.from_numpy(X))).numpy()
+    out = {}
+    for n, (name, *_rest) in enumerate(BTCV_ORGANS):
+        both = len(np.unique(Y[:, n])) == 2
+        out[name] = {"auroc": float(roc_auc_score(Y[:, n], p[:, n])) if both else float("nan"),
+                     "f1": float(f1_score(Y[:, n], p[:, n] > 0.5, zero_division=0)),
+                     "positives": int(Y[:, n].sum()), "n": int(len(Y))}
+    valid = [v["auroc"] for v in out.values() if not math.isnan(v["auroc"])]
+    out["mean"] = {"auroc": float(np.mean(valid)) if valid else float("nan"),
+                   "f1": float(np.mean([v["f1"] for k, v in out.items() if k != "mean"]))}
+    return out
+
+
+def save_probe(probe: OrganProbe, path, encoder_sha256: str, window=HU_WINDOW, orientation=DEFAULT_ORIENTATION,
+               metrics: Optional[dict] = None) -> Path:
+    """Probe weights as safetensors (organs, window and encoder checksum in the metadata), atomically."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    meta = {"format": "pantheon-nemesis-probe-v1", "organs": json.dumps([o[0] for o in BTCV_ORGANS]),
+            "btcv_labels": json.dumps([o[1] for o in BTCV_ORGANS]), "window": json.dumps(list(window)),
+            "orientation": orientation, "encoder_sha256": encoder_sha256,
+            "embed_dim": str(probe.linear.in_features), "metrics": json.dumps(metrics or {})}
+    save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_probe(path, encoder_sha256: Optional[str] = None) -> Tuple[OrganProbe, dict]:
+    """Load probe weights; refuse a probe trained on another encoder when its checksum is given."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Probe weights {path} do not exist.")
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"Probe weights {path} are truncated or corrupted ({exc}).") from None
+    if meta.get("format") != "pantheon-nemesis-probe-v1" or "linear.weight" not in state:
+        raise CheckpointError(f"{path} is not a NEMESIS organ probe.")
+    if encoder_sha256 and meta.get("encoder_sha256") and meta["encoder_sha256"] != encoder_sha256:
+        raise CheckpointError(f"Probe {path} was trained on a different NEMESIS encoder "
+                              f"(sha256 {meta['encoder_sha256'][:12]}…, loaded {encoder_sha256[:12]}…).")
+    probe = OrganProbe(state["linear.weight"].shape[1], state["linear.weight"].shape[0])
+    probe.load_state_dict(state)
+    return probe.eval(), meta
+
+
+def train_probe(pairs: Sequence[Tuple[Volume, Volume]], engine: NemesisEngine, out_path=None,
+                holdout_fraction: float = 0.25, stride=None, min_voxels: int = 100, epochs: int = 300,
+                seed: int = 0, window=HU_WINDOW, orientation=DEFAULT_ORIENTATION, progress=None, cancel=None):
+    """Fit the organ probe on (image, BTCV label map) pairs with the encoder frozen.
+
+    Features are computed once per superpatch; the held-out split is by case, so no superpatch of a
+    test case is seen in training. Returns (probe, metrics); with ``out_path`` also saves the probe.
+    """
+    rep = Reporter(progress, cancel)
+    pairs = list(pairs)
+    if len(pairs) < 2:
+        raise InputError("Training a probe needs at least two labelled cases (one is held out).")
+    X, Y, case = extract_probe_samples(pairs, engine, stride, min_voxels, window, orientation,
+                                       rep.sub(0, 0.9), cancel)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pairs))
+    n_test = max(1, int(round(len(pairs) * holdout_fraction)))
+    test_cases = set(order[:n_test].tolist())
+    test = np.isin(case, list(test_cases))
+    probe = fit_probe(X[~test], Y[~test], epochs=epochs, seed=seed)
+    metrics = {"held_out": per_organ_auroc(probe, X[test], Y[test]),
+               "train": per_organ_auroc(probe, X[~test], Y[~test]),
+               "cases": {"train": len(pairs) - n_test, "held_out": n_test},
+               "superpatches": {"train": int((~test).sum()), "held_out": int(test.sum())}}
+    rep(0.95, "Probe fitted")
+    if out_path is not None:
+        save_probe(probe, out_path, engine.weights_sha256, window, orientation, metrics)
+    rep(1.0, "Done")
+    return probe, metrics
