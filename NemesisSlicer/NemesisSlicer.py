@@ -1,18 +1,40 @@
 """NemesisSlicer: 3D Slicer module of the Pantheon extension (NEMESIS CT foundation model).
 
-This file only declares the module, a thin widget, a logic stub and the self-test.
-It must stay importable in Slicer's own Python without torch, MONAI or any model code:
-computations run in Pantheon's worker process, never in the Slicer process.
+The Slicer process never imports torch, MONAI or model code: every computation runs in
+Pantheon's long-lived worker process (``pantheon.worker.client``), which keeps loaded weights
+and computed features, so moving a similarity point is answered from cached features. Scene
+conversion goes through ``pantheon.slicerbridge``. GUI-free helpers live in ``NemesisSlicerLib``.
+
+Scripting (Slicer's Python console), blocking::
+
+    logic = slicer.util.getModuleLogic("NemesisSlicer")   # or NemesisSlicerLogic()
+    imported = logic.process("organs", volumeNode, organs=["liver", "spleen"])
+    imported = logic.process("pca", volumeNode)
+    imported = logic.process("similarity", volumeNode, point_lps=logic.pointLPSFromCrosshair())
 """
 
+import logging
+import os
+import shutil
+import time
+from typing import Annotated, Optional
+
+import qt
 import slicer
 from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+from NemesisSlicerLib import core as lib
+
+log = logging.getLogger("NemesisSlicer")
 
 
 #
@@ -33,9 +55,12 @@ class NemesisSlicer(ScriptedLoadableModule):
 <p>NEMESIS, a self-supervised masked-autoencoder foundation model for 3D CT (superpatch encoder features, reconstruction and downstream heads).</p>
 <p>Paper: NEMESIS: Noise-suppressed Efficient MAE with Enhanced Superpatch Integration Strategy. arXiv:2604.01612; IEEE AICAS 2026.
 <a href="https://arxiv.org/abs/2604.01612">https://arxiv.org/abs/2604.01612</a></p>
-<p>The published NEMESIS MAE checkpoints can be used; small demo weights trained on synthetic phantoms are also provided and are labelled as such.</p>
+<p>Organ maps, a reconstruction explorer (mask ratio and noise at the crosshair), a feature PCA map,
+point similarity (move the point: the map updates from cached features) and training an organ probe
+from segmentations in the scene. Computation runs in a separate worker process; its Python needs
+PyTorch and MONAI, which the module offers to install on first use (never silently).</p>
+<p>The published NEMESIS MAE checkpoints can be used (downloaded only after you agree); small demo weights trained on synthetic phantoms are also provided and are labelled as such.</p>
 <p>For research use only; not for clinical decisions.</p>
-<p>The analysis panel is coming in a later release.</p>
 """)
         self.parent.acknowledgementText = _("""
 <p>NemesisSlicer is part of Pantheon, a 3D Slicer extension for the NEMESIS, MATHENA and NeoNet research
@@ -45,27 +70,406 @@ Pantheon re-implements them for research use. Built on 3D Slicer, PyTorch and MO
 
 
 #
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class NemesisSlicerParameterNode:
+    """Panel state, saved with the scene. Widgets bind through their SlicerParameterName property."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    weightsChoice: Annotated[str, Choice(list(lib.WEIGHTS_CHOICES)), Default(lib.WEIGHTS_DEMO)]
+    weightsPath: str
+    probePath: str
+    device: Annotated[str, Choice(list(lib.DEVICES)), Default("auto")]
+    workerPython: str  # empty: Slicer's own Python
+    organAorta: Annotated[bool, Default(True)]
+    organGallbladder: Annotated[bool, Default(True)]
+    organSpleen: Annotated[bool, Default(True)]
+    organLeftKidney: Annotated[bool, Default(True)]
+    organRightKidney: Annotated[bool, Default(True)]
+    organLiver: Annotated[bool, Default(True)]
+    organStomach: Annotated[bool, Default(True)]
+    organPancreas: Annotated[bool, Default(True)]
+    maskRatioPlane: Annotated[float, WithinRange(0.0, 0.95), Default(0.5)]
+    maskRatioAxis: Annotated[float, WithinRange(0.0, 0.95), Default(0.5)]
+    noiseStd: Annotated[float, WithinRange(0.0, 1.0), Default(0.0)]
+    similarityPoint: vtkMRMLMarkupsFiducialNode
+    similarityAutoUpdate: Annotated[bool, Default(True)]
+    trainVolume: vtkMRMLScalarVolumeNode
+    trainSegmentation: vtkMRMLSegmentationNode
+    probeEpochs: Annotated[int, WithinRange(1, 2000), Default(100)]
+    probeHoldout: Annotated[float, WithinRange(0.0, 0.5), Default(0.2)]
+
+
+# organ name -> parameter node field (the check box of the same name + "CheckBox")
+ORGAN_FIELDS = {name: box[:-len("CheckBox")] for name, box in lib.ORGANS}
+
+
+#
 # NemesisSlicerWidget
 #
 
 
-class NemesisSlicerWidget(ScriptedLoadableModuleWidget):
-    """Thin panel: loads Resources/UI/NemesisSlicer.ui. The full panel comes in a later release."""
+class NemesisSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Thin panel: UI wiring, an idle/running/cancelling state machine and a 100 ms poll timer."""
+
+    POLL_MS = 100
+    LOG_LIMIT = 200000  # characters kept in the log box
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
         self.logic = None
         self.ui = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.task = None  # the NemesisTask being polled
+        self.state = "idle"  # idle | running | cancelling
+        self.timer = None
+        self.trainPairs = []  # [(volume node ID, segmentation node ID)]
 
+    # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/NemesisSlicer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = NemesisSlicerLogic()
+        self.logic.logCallback = self.appendLog
+
+        self.ui.deviceComboBox.clear()
+        for device in lib.DEVICES:
+            self.ui.deviceComboBox.addItem(device)
+
+        self.actionButtons = {
+            "organs": self.ui.organsApplyButton,
+            "reconstruct": self.ui.reconstructApplyButton,
+            "pca": self.ui.pcaApplyButton,
+            "similarity": self.ui.similarityApplyButton,
+            "train_probe": self.ui.trainProbeButton,
+        }
+        self.buttonTexts = {action: button.text for action, button in self.actionButtons.items()}
+        for action, button in self.actionButtons.items():
+            button.connect("clicked(bool)", lambda checked=False, a=action: self.onActionButton(a))
+
+        self.ui.weightsDemoRadioButton.connect("toggled(bool)", self.onWeightsChoiceChanged)
+        self.ui.weightsOfficialRadioButton.connect("toggled(bool)", self.onWeightsChoiceChanged)
+        self.ui.weightsFileRadioButton.connect("toggled(bool)", self.onWeightsChoiceChanged)
+        self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)", self.onPathsChanged)
+        self.ui.probePathLineEdit.connect("currentPathChanged(QString)", self.onPathsChanged)
+        self.ui.workerPythonLineEdit.connect("currentPathChanged(QString)", self.onPathsChanged)
+        self.ui.workerSlicerPythonRadioButton.connect("toggled(bool)", self.onWorkerPythonChoiceChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.checkEnvironmentButton.connect("clicked(bool)", self.onCheckEnvironment)
+        self.ui.addTrainPairButton.connect("clicked(bool)", self.onAddTrainPair)
+        self.ui.clearTrainPairsButton.connect("clicked(bool)", self.onClearTrainPairs)
+        self.ui.clearLogButton.connect("clicked(bool)", lambda checked=False: self.ui.logTextEdit.clear())
+        self.ui.similarityPointSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSimilarityPointChanged)
+        self.ui.similarityAutoUpdateCheckBox.connect("toggled(bool)", self.onSimilarityPointChanged)
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(self.POLL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.showError("")
+        self.initializeParameterNode()
+        self.updateButtons()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.timer is not None:
+            self.timer.stop()
+        if self.logic is not None:
+            self.logic.shutdown()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.logic.stopObservingSimilarityPoint()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ parameter node
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        self._parameterNode = inputParameterNode
+        if self._parameterNode is not None:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.ui.weightsDemoRadioButton.checked = self._parameterNode.weightsChoice == lib.WEIGHTS_DEMO
+            self.ui.weightsOfficialRadioButton.checked = self._parameterNode.weightsChoice == lib.WEIGHTS_OFFICIAL
+            self.ui.weightsFileRadioButton.checked = self._parameterNode.weightsChoice == lib.WEIGHTS_FILE
+            self.ui.weightsPathLineEdit.currentPath = self._parameterNode.weightsPath or ""
+            self.ui.probePathLineEdit.currentPath = self._parameterNode.probePath or ""
+            self.ui.workerPythonLineEdit.currentPath = self._parameterNode.workerPython or ""
+            self.ui.workerSlicerPythonRadioButton.checked = not self._parameterNode.workerPython
+            self.ui.workerCustomPythonRadioButton.checked = bool(self._parameterNode.workerPython)
+
+    def onWeightsChoiceChanged(self, checked=True) -> None:
+        if self._parameterNode is None:
+            return
+        if self.ui.weightsOfficialRadioButton.checked:
+            self._parameterNode.weightsChoice = lib.WEIGHTS_OFFICIAL
+        elif self.ui.weightsFileRadioButton.checked:
+            self._parameterNode.weightsChoice = lib.WEIGHTS_FILE
+        else:
+            self._parameterNode.weightsChoice = lib.WEIGHTS_DEMO
+        self.ui.weightsPathLineEdit.enabled = self.ui.weightsFileRadioButton.checked
+
+    def onPathsChanged(self, path="") -> None:
+        if self._parameterNode is None:
+            return
+        self._parameterNode.weightsPath = self.ui.weightsPathLineEdit.currentPath
+        self._parameterNode.probePath = self.ui.probePathLineEdit.currentPath
+        self.onWorkerPythonChoiceChanged()
+
+    def onWorkerPythonChoiceChanged(self, checked=True) -> None:
+        if self._parameterNode is None:
+            return
+        custom = self.ui.workerCustomPythonRadioButton.checked
+        self.ui.workerPythonLineEdit.enabled = custom
+        python = self.ui.workerPythonLineEdit.currentPath if custom else ""
+        if python != self._parameterNode.workerPython:
+            self._parameterNode.workerPython = python
+        if (python or None) != self.logic.workerPython and self.task is None:
+            self.logic.setWorkerPython(python or None)
+
+    def onDeviceChanged(self, index=0) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.device = self.ui.deviceComboBox.currentText or "auto"
+
+    # ------------------------------------------------------------------ log and errors
+    def appendLog(self, text) -> None:
+        if self.ui is None:
+            return
+        box = self.ui.logTextEdit
+        box.appendPlainText(str(text))
+        if len(box.toPlainText()) > self.LOG_LIMIT:
+            box.setPlainText(box.toPlainText()[-self.LOG_LIMIT // 2:])
+
+    def showError(self, message, popup=False) -> None:
+        self.ui.errorLabel.text = message
+        self.ui.errorLabel.visible = bool(message)
+        if message:
+            self.appendLog("ERROR: " + message)
+            if popup:
+                slicer.util.errorDisplay(message, windowTitle=_("NEMESIS"))
+
+    # ------------------------------------------------------------------ state machine
+    def setState(self, state) -> None:
+        self.state = state
+        self.updateButtons()
+
+    def updateButtons(self) -> None:
+        running = self.task is not None
+        for action, button in self.actionButtons.items():
+            mine = running and self.task.action == action
+            button.text = (_("Cancelling...") if self.state == "cancelling" else _("Cancel")) if mine \
+                else self.buttonTexts[action]
+            button.enabled = (mine and self.state == "running") or (not running and self._canRun(action))
+        self.ui.checkEnvironmentButton.enabled = not running
+        self.ui.progressBar.visible = running
+
+    def _canRun(self, action) -> bool:
+        p = self._parameterNode
+        if p is None:
+            return False
+        if action == "train_probe":
+            return bool(self.trainPairs) or bool(p.trainVolume and p.trainSegmentation)
+        if action == "similarity":
+            return bool(p.inputVolume and p.similarityPoint and p.similarityPoint.GetNumberOfControlPoints())
+        return bool(p.inputVolume)
+
+    def onActionButton(self, action) -> None:
+        if self.task is not None:
+            if self.task.action == action and self.state == "running":
+                self.task.cancel()
+                self.setState("cancelling")
+            return
+        self.showError("")
+        try:
+            with slicer.util.tryWithErrorDisplay(_("NEMESIS could not start."), waitCursor=True):
+                if not self.logic.ensureRequirements():
+                    self.showError(_("The worker's Python lacks PyTorch/MONAI; nothing was run."))
+                    return
+                task = self.downloadTaskIfNeeded(action) or self.startAction(action)
+        except Exception as exc:
+            self.showError(str(exc))
+            return
+        if task is not None:
+            self.track(task)
+
+    def startAction(self, action):
+        p = self._parameterNode
+        weights = self.weightsArgument()
+        common = dict(weights=weights, device=p.device or "auto")
+        if action == "organs":
+            organs = [name for name, fieldName in ORGAN_FIELDS.items() if getattr(p, fieldName)]
+            if not organs:
+                raise ValueError(_("Choose at least one organ."))
+            return self.logic.submit("organs", p.inputVolume, organs=organs, probe=p.probePath or None, **common)
+        if action == "pca":
+            return self.logic.submit("pca", p.inputVolume, **common)
+        if action == "reconstruct":
+            point = self.logic.pointLPSFromCrosshair()
+            return self.logic.submit("reconstruct", p.inputVolume, point_lps=point,
+                                     mask_ratio=(p.maskRatioPlane, p.maskRatioAxis), noise_std=p.noiseStd, **common)
+        if action == "similarity":
+            point = self.logic.pointLPSFromMarkups(p.similarityPoint)
+            task = self.logic.submit("similarity", p.inputVolume, point_lps=point, **common)
+            self.onSimilarityPointChanged()
+            return task
+        if action == "train_probe":
+            pairs = [(slicer.mrmlScene.GetNodeByID(v), slicer.mrmlScene.GetNodeByID(s)) for v, s in self.trainPairs]
+            if not pairs:
+                pairs = [(p.trainVolume, p.trainSegmentation)]
+            return self.logic.trainProbe(pairs, weights=weights, device=p.device or "auto", epochs=p.probeEpochs,
+                                         holdout_fraction=p.probeHoldout, blocking=False)
+        raise ValueError(f"unknown action {action}")
+
+    def weightsArgument(self) -> dict:
+        """The weights choice as worker parameters."""
+        p = self._parameterNode
+        return self.logic.weightsArgument(p.weightsChoice, p.weightsPath)
+
+    def downloadTaskIfNeeded(self, action):
+        """Official checkpoint not cached yet: ask (what, from where, to where), then download it with
+        progress and Cancel; the action starts when the download has finished."""
+        p = self._parameterNode
+        if p.weightsChoice != lib.WEIGHTS_OFFICIAL or self.logic.officialWeightsCached():
+            return None
+        if not slicer.util.confirmOkCancelDisplay(self.logic.officialDownloadText(),
+                                                  windowTitle=_("Download NEMESIS weights")):
+            raise ValueError(_("The official checkpoint is not downloaded; choose the demo weights or a file."))
+        return self.logic.startOfficialWeightsDownload(followUp=action)
+
+    def track(self, task) -> None:
+        self.task = task
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = _("Starting...")
+        self.setState("running")
+        self.timer.start()
+
+    def onPoll(self) -> None:
+        if self.task is not None:
+            try:
+                self.task.poll()
+            except Exception as exc:  # protocol trouble: stop polling, say so
+                self.task.state, self.task.error = "failed", {"kind": "internal", "message": str(exc)}
+            fraction, message = self.task.progress
+            self.ui.progressBar.value = int(round(100 * max(0.0, min(1.0, fraction))))
+            self.ui.statusLabel.text = message
+            for line in self.task.messages:
+                self.appendLog(line)
+            self.task.messages.clear()
+            if self.task.done:
+                self.onTaskFinished(self.task)
+        elif self._parameterNode is not None and self._parameterNode.similarityAutoUpdate:
+            try:
+                task = self.logic.pumpSimilarity()
+            except Exception as exc:  # e.g. the point left the image: say so, keep the panel alive
+                self.showError(str(exc))
+                task = None
+            if task is not None:
+                self.track(task)
+        if self.task is None and not self.logic.similarityPending():
+            self.timer.stop()
+
+    def onTaskFinished(self, task) -> None:
+        self.task = None
+        self.setState("idle")
+        if task.state == "done" and getattr(task, "follow_up", None):
+            self.appendLog(f"Weights ready: {task.result}")
+            self.onActionButton(task.follow_up)  # the action the download was for
+            return
+        if task.state == "done":
+            self.ui.statusLabel.text = _("Done: {action}").format(action=task.action)
+            imported = task.imported
+            notes = imported.get("notes", {}) if isinstance(imported, dict) else getattr(imported, "notes", {})
+            for key, value in (notes or {}).items():
+                self.appendLog(f"{key}: {value}")
+            if task.action == "reconstruct":
+                scalars = getattr(imported, "scalars", {}) or {}
+                self.ui.reconstructMetricsLabel.text = lib.metrics_text(scalars)
+            if task.action == "train_probe" and self.logic.lastProbePath:
+                self.ui.probePathLineEdit.currentPath = self.logic.lastProbePath
+                self.appendLog(f"Probe saved to {self.logic.lastProbePath}; organ maps now use it.")
+        elif task.state == "cancelled":
+            self.ui.statusLabel.text = _("Cancelled")
+        else:
+            self.ui.statusLabel.text = _("Failed")
+            self.showError(task.error.get("message", ""), popup=True)
+        if self.logic.similarityPending():
+            self.timer.start()
+
+    # ------------------------------------------------------------------ environment
+    def onCheckEnvironment(self) -> None:
+        self.showError("")
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Checking the worker failed."), waitCursor=True):
+                env = self.logic.workerEnvironment(refresh=True)
+                self.appendLog(lib.environment_text(env))
+                self.ui.environmentLabel.text = lib.environment_text(env)
+                if env.get("missing"):
+                    self.logic.ensureRequirements()
+        except Exception as exc:
+            self.showError(str(exc))
+
+    # ------------------------------------------------------------------ similarity / probe pairs
+    def onSimilarityPointChanged(self, *args) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        if p.similarityAutoUpdate and p.similarityPoint and p.inputVolume:
+            try:
+                self.logic.observeSimilarityPoint(p.similarityPoint, p.inputVolume, params=dict(
+                    weights=self.logic.weightsArgument(p.weightsChoice, p.weightsPath), device=p.device or "auto"))
+            except ValueError as exc:
+                self.showError(str(exc))
+                return
+            self.timer.start()
+        else:
+            self.logic.stopObservingSimilarityPoint()
+        self.updateButtons()
+
+    def onAddTrainPair(self) -> None:
+        p = self._parameterNode
+        if not (p.trainVolume and p.trainSegmentation):
+            self.showError(_("Choose a volume and its segmentation first."))
+            return
+        self.trainPairs.append((p.trainVolume.GetID(), p.trainSegmentation.GetID()))
+        self.ui.trainPairsListWidget.addItem(f"{p.trainVolume.GetName()}  +  {p.trainSegmentation.GetName()}")
+        self.updateButtons()
+
+    def onClearTrainPairs(self) -> None:
+        self.trainPairs = []
+        self.ui.trainPairsListWidget.clear()
+        self.updateButtons()
 
 
 #
@@ -74,10 +478,332 @@ class NemesisSlicerWidget(ScriptedLoadableModuleWidget):
 
 
 class NemesisSlicerLogic(ScriptedLoadableModuleLogic):
-    """Logic stub. Processing will be delegated to Pantheon's worker process (no torch here)."""
+    """GUI-free NEMESIS logic; usable from the Python console, scripts and tests.
 
-    def __init__(self) -> None:
+    Owns one long-lived worker client (created on first use, never at import). ``submit`` is
+    non-blocking (returns a ``NemesisTask`` to poll from the GUI thread); ``process`` blocks.
+    """
+
+    def __init__(self, workerPython: Optional[str] = None, clientFactory=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.workerPython = workerPython  # None: Slicer's own Python
+        self.clientFactory = clientFactory  # for tests; default pantheon.worker.client.WorkerClient
+        self.logCallback = None
+        self.confirmCallback = None  # text -> bool; default slicer.util.confirmOkCancelDisplay
+        self.pipRunner = None  # command list -> return code; default subprocess (custom worker Python)
+        self._client = None
+        self._environment = None
+        self.lastProbePath = None
+        self._similarity = None  # (markups node, volume node, params, observer tags)
+        self._similarityDebouncer = lib.Debouncer(0.3)
+        self._similarityTask = None
+
+    def getParameterNode(self):
+        return NemesisSlicerParameterNode(super().getParameterNode())
+
+    # ------------------------------------------------------------------ worker
+    def log(self, text) -> None:
+        log.info(text)
+        if self.logCallback is not None:
+            self.logCallback(text)
+
+    def workerPythonExecutable(self) -> Optional[str]:
+        """The worker's interpreter: the chosen one, else Slicer's PythonSlicer (None outside Slicer:
+        the client then uses the current interpreter)."""
+        if self.workerPython:
+            return self.workerPython
+        if hasattr(slicer, "app"):
+            return shutil.which("PythonSlicer") or None
+        return None
+
+    @property
+    def client(self):
+        if self._client is None:
+            factory = self.clientFactory
+            if factory is None:
+                from pantheon.worker.client import WorkerClient
+                factory = WorkerClient
+            self._client = factory(python=self.workerPythonExecutable(), log_callback=self.log)
+        return self._client
+
+    def setWorkerPython(self, python: Optional[str]) -> None:
+        """Use another interpreter for the worker (the current worker is stopped)."""
+        self.workerPython = python or None
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.stopObservingSimilarityPoint()
+        if self._client is not None:
+            try:
+                self._client.shutdown()
+            finally:
+                self._client = None
+                self._environment = None
+
+    # ------------------------------------------------------------------ requirements
+    def workerEnvironment(self, refresh: bool = False) -> dict:
+        if self._environment is None or refresh:
+            self._environment = self.client.check_environment()
+        return self._environment
+
+    def missingRequirements(self, refresh: bool = False) -> list:
+        """Packages the worker's Python lacks (e.g. ["torch", "monai"]); empty when ready."""
+        return list(self.workerEnvironment(refresh).get("missing") or [])
+
+    def installPlan(self, missing=None, cuda: Optional[bool] = None):
+        missing = self.missingRequirements() if missing is None else missing
+        if cuda is None:
+            cuda = False
+            if self._parameterNodeValue("device") == "cuda":
+                cuda = True
+        return lib.install_plan(missing, python=self.workerPython, cuda=cuda,
+                                have_pytorch_extension=self._pytorchUtils() is not None)
+
+    def ensureRequirements(self, confirm=None, cuda: Optional[bool] = None) -> bool:
+        """True when the worker's Python has what NEMESIS needs; otherwise say what will be installed
+        and where, ask, and install only if the user agrees. Never called at import time."""
+        missing = self.missingRequirements()
+        if not missing:
+            return True
+        plan = self.installPlan(missing, cuda)
+        confirm = confirm or self.confirmCallback or (
+            lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install NEMESIS requirements")))
+        if not confirm(plan.describe()):
+            self.log("Installation declined: " + ", ".join(plan.requirements))
+            return False
+        self.installRequirements(plan)
+        self.shutdown()  # the next job starts a fresh worker that sees the new packages
+        return not self.missingRequirements(refresh=True)
+
+    def installRequirements(self, plan) -> None:
+        for step in plan.steps:
+            self.log(f"Installing {', '.join(step.requirements)} into {plan.target}...")
+            if step.via == "pytorchutils":
+                torchUtils = self._pytorchUtils()
+                spec = step.requirements[0]
+                torchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                            torchVersionRequirement=spec[len("torch"):])
+            elif plan.python is None:
+                slicer.util.pip_install(" ".join(step.requirements + step.pip_args))
+            else:
+                cmd = step.pip_command(plan.python)
+                runner = self.pipRunner or self._runPip
+                code = runner(cmd)
+                if code != 0:
+                    raise RuntimeError(f"pip failed (exit code {code}): {' '.join(cmd)}")
+
+    def _runPip(self, cmd) -> int:
+        import subprocess
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            self.log(line.rstrip())
+        return proc.wait()
+
+    @staticmethod
+    def _pytorchUtils():
+        try:
+            import PyTorchUtils  # the PyTorch extension, when installed
+            return PyTorchUtils
+        except ImportError:
+            return None
+
+    def _parameterNodeValue(self, name):
+        try:
+            return getattr(self.getParameterNode(), name)
+        except Exception:
+            return None
+
+    # ------------------------------------------------------------------ weights
+    def weightsArgument(self, choice, path=None, allowDownload=False) -> dict:
+        """UI weights choice -> worker parameters (card id or checkpoint path, download flags)."""
+        return lib.weights_params(choice, path, allow_download=allowDownload)
+
+    def officialWeightsCached(self) -> bool:
+        try:
+            from pantheon.registry import cached_path, get_card
+            return cached_path(get_card(lib.OFFICIAL_CARD)).is_file()
+        except Exception:
+            return False
+
+    def downloadOfficialWeights(self, progress=None, cancel=None):
+        """Download (with checksum recording) the official checkpoint into Pantheon's weights cache.
+        Blocking; network and hashing only (no torch). Returns the file path."""
+        from pantheon.registry import get_card, resolve_weights
+        return str(resolve_weights(get_card(lib.OFFICIAL_CARD), allow_download=True, trust_unverified=True,
+                                   progress=progress, cancel=cancel))
+
+    def startOfficialWeightsDownload(self, followUp=None):
+        """Non-blocking download on a background thread; returns a task with the NemesisTask interface."""
+        return lib.ThreadTask(followUp or "download",
+                              lambda progress, cancel: self.downloadOfficialWeights(progress, cancel), followUp)
+
+    def officialDownloadText(self) -> str:
+        try:
+            from pantheon.registry import cached_path, get_card
+            card = get_card(lib.OFFICIAL_CARD)
+            url, dest = card.url, cached_path(card)
+        except Exception:
+            url, dest = "Hugging Face (whilethis/NEMESIS)", "Pantheon's weights cache"
+        return (f"Download the official NEMESIS checkpoint ({lib.OFFICIAL_SIZE_TEXT})?\n\nFrom: {url}\nTo: {dest}\n\n"
+                "The download runs in the worker with progress in this panel and can be cancelled. "
+                "No SHA-256 is published for this file yet: the checksum computed after download is "
+                "recorded next to it and checked on every later use.")
+
+    # ------------------------------------------------------------------ points
+    @staticmethod
+    def pointLPSFromRAS(ras) -> list:
+        return lib.ras_to_lps(ras)
+
+    def pointLPSFromCrosshair(self) -> list:
+        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair is None:
+            raise ValueError("No crosshair in the scene; place the crosshair (Shift + move) first.")
+        return lib.ras_to_lps(crosshair.GetCrosshairRAS())
+
+    def pointLPSFromMarkups(self, markupsNode, index: int = 0) -> list:
+        if markupsNode is None or markupsNode.GetNumberOfControlPoints() <= index:
+            raise ValueError("Place a point first (Similarity: point).")
+        ras = [0.0, 0.0, 0.0]
+        markupsNode.GetNthControlPointPositionWorld(index, ras)
+        return lib.ras_to_lps(ras)
+
+    # ------------------------------------------------------------------ running jobs
+    def buildParams(self, action, **kw) -> dict:
+        return lib.build_params(action, **kw)
+
+    def submit(self, action, inputVolumeNode, params=None, extraInputs=None, show=True, **kw):
+        """Start ``action`` on ``inputVolumeNode`` in the worker; returns a NemesisTask to poll."""
+        if action not in lib.ACTIONS:
+            raise ValueError(f"Unknown action {action!r}; use one of {', '.join(lib.ACTIONS)}.")
+        if inputVolumeNode is None and action != "train_probe":
+            raise ValueError("Choose an input volume.")
+        full = dict(params) if params is not None else self.buildParams(action, **kw)
+        from pantheon import slicerbridge as bridge
+        tmp = lib.private_temp_dir()
+        try:
+            inputs = {}
+            if inputVolumeNode is not None:
+                inputs["volume"] = str(bridge.export_volume(inputVolumeNode, os.path.join(tmp, "input.nrrd")))
+            inputs.update(extraInputs or {})
+            job = self.client.submit(lib.ACTIONS[action], full, inputs, output_dir=os.path.join(tmp, "output"))
+        except Exception:
+            lib.remove_tree(tmp)
+            raise
+
+        def onResult(result):
+            if action == "train_probe":
+                self.lastProbePath = lib.probe_path_from_result(result)
+                return result
+            # a re-run of the same action reuses that action's output nodes (same IDs)
+            return bridge.import_result(result, inputVolumeNode, action, show=show)
+
+        self.log(f"Started {action} ({lib.ACTIONS[action]})")
+        return lib.NemesisTask(action, job, tmp, onResult, context=inputVolumeNode)
+
+    def wait(self, task, progress=None, cancel=None, timeout: Optional[float] = None, interval: float = 0.05):
+        """Poll ``task`` until it ends; raise on failure, return what was imported."""
+        start = time.monotonic()
+        while not task.done:
+            task.poll()
+            for line in task.messages:
+                self.log(line)
+            task.messages.clear()
+            if progress is not None:
+                progress(*task.progress)
+            if cancel is not None and cancel():
+                task.cancel()
+            if timeout is not None and time.monotonic() - start > timeout and not task.cancel_requested:
+                task.cancel()
+            if not task.done:
+                time.sleep(interval)
+        if task.state != "done":
+            raise lib.TaskError(task.error.get("kind", "internal"), task.error.get("message", ""))
+        return task.imported
+
+    def process(self, action, inputVolumeNode, progress=None, cancel=None, timeout=None, show=True, params=None, **kw):
+        """Blocking: export, run in the worker, import the results; returns the ImportedResult."""
+        return self.wait(self.submit(action, inputVolumeNode, params=params, show=show, **kw), progress, cancel, timeout)
+
+    def trainProbe(self, pairs, weights=None, device="auto", epochs=100, holdout_fraction=0.2, outputFolder=None,
+                   blocking=True, progress=None, cancel=None):
+        """Train an organ probe from (volume node, segmentation node) pairs (segment names or SNOMED
+        codes give the BTCV organ); returns the result dict (probe path, metrics)."""
+        from pantheon import slicerbridge as bridge
+        pairs = [(v, s) for v, s in pairs if v is not None and s is not None]
+        if not pairs:
+            raise ValueError("Add at least one volume with its segmentation.")
+        outputFolder = outputFolder or os.path.join(os.path.expanduser("~"), ".cache", "pantheon", "probes",
+                                                    time.strftime("nemesis-probe-%Y%m%d-%H%M%S"))
+        os.makedirs(outputFolder, exist_ok=True)
+        staging = lib.private_temp_dir("nemesis-train-")
+        inputs = {}
+        try:
+            for n, (volumeNode, segmentationNode) in enumerate(pairs):
+                inputs[f"image_{n}"] = str(bridge.export_volume(volumeNode, os.path.join(staging, f"image_{n}.nrrd")))
+                inputs[f"label_{n}"] = str(bridge.export_segmentation(segmentationNode, volumeNode,
+                                                                      os.path.join(staging, f"label_{n}.nrrd")))
+            params = dict(weights or lib.weights_params(lib.WEIGHTS_DEMO))
+            params.update(device=device, epochs=int(epochs), holdout_fraction=float(holdout_fraction),
+                          output=str(outputFolder))
+            task = self.submit("train_probe", None, params=params, extraInputs=inputs)
+        except Exception:
+            lib.remove_tree(staging)
+            raise
+        task.on_finish = lambda t: lib.remove_tree(staging)
+        if not blocking:
+            return task
+        return self.wait(task, progress, cancel)
+
+    # ------------------------------------------------------------------ similarity point observer
+    def observeSimilarityPoint(self, markupsNode, inputVolumeNode, params=None, delay_s: float = 0.3) -> None:
+        """Re-run similarity whenever the point moves (debounced; features come from the worker's cache).
+        Call ``pumpSimilarity()`` periodically (the widget's timer does) to start due jobs."""
+        self.stopObservingSimilarityPoint()
+        tags = [markupsNode.AddObserver(event, self._onSimilarityPointEvent)
+                for event in (markupsNode.PointModifiedEvent, markupsNode.PointEndInteractionEvent,
+                              markupsNode.PointPositionDefinedEvent)]
+        self._similarity = (markupsNode, inputVolumeNode, dict(params or {}), tags)
+        self._similarityDebouncer.delay_s = delay_s
+
+    def stopObservingSimilarityPoint(self) -> None:
+        if self._similarity is not None:
+            node, _, _, tags = self._similarity
+            for tag in tags:
+                node.RemoveObserver(tag)
+            self._similarity = None
+        self._similarityDebouncer.cancel()
+
+    def _onSimilarityPointEvent(self, caller, event) -> None:
+        if self._similarity is None or caller.GetNumberOfControlPoints() == 0:
+            return
+        # While the point is dragged, PointModifiedEvent keeps restarting the debounce timer, so the job
+        # starts once the point rests; the end of an interaction (or a newly placed point) starts it at once.
+        immediate = event in ("PointEndInteractionEvent", "PointPositionDefinedEvent",
+                              caller.PointEndInteractionEvent, caller.PointPositionDefinedEvent)
+        self._similarityDebouncer.request(self.pointLPSFromMarkups(caller), immediate=immediate)
+
+    def similarityPending(self) -> bool:
+        return self._similarityDebouncer.pending
+
+    def pumpSimilarity(self, now: Optional[float] = None):
+        """Start the debounced similarity job if one is due and none is running; returns the new task."""
+        if self._similarity is None or not self._similarityDebouncer.due(now):
+            return None
+        if self._similarityTask is not None and not self._similarityTask.done:
+            return None  # the newest point waits for the running job
+        _, volumeNode, params, _ = self._similarity
+        point = self._similarityDebouncer.take()
+        self._similarityTask = self.submit("similarity", volumeNode, point_lps=point, **params)
+        return self._similarityTask
+
+
+def ijkToRASArray(volumeNode):
+    """The node's IJKToRAS matrix as a 4x4 numpy array."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
 
 
 #
@@ -86,7 +812,13 @@ class NemesisSlicerLogic(ScriptedLoadableModuleLogic):
 
 
 class NemesisSlicerTest(ScriptedLoadableModuleTest):
-    """Self-test, run by CTest (slicer_add_python_unittest) and from the Reload & Test button."""
+    """Self-test, run by CTest (slicer_add_python_unittest) and from the Reload & Test button.
+
+    The end-to-end part makes a synthetic abdominal CT (with the worker's Python), runs organ maps
+    and the feature PCA with the bundled demo weights and checks the heatmaps lie on the input's
+    voxels. It is skipped, with a message, when the worker's Python lacks PyTorch/MONAI, unless
+    PANTHEON_SELFTEST_REQUIRE_WORKER=1.
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -94,10 +826,60 @@ class NemesisSlicerTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_LogicInstantiates()
+        self.setUp()
+        self.test_PointsAndWeights()
+        self.setUp()
+        self.test_OrganMapsAndPCAOnPhantom()
 
     def test_LogicInstantiates(self):
         self.delayDisplay("Starting the test")
         logic = NemesisSlicerLogic()
         self.assertIsInstance(logic, ScriptedLoadableModuleLogic)
         self.assertEqual(logic.moduleName, "NemesisSlicer")
+        self.assertIsNone(logic._client)  # the worker starts on first use only
         self.delayDisplay("Test passed")
+
+    def test_PointsAndWeights(self):
+        logic = NemesisSlicerLogic()
+        self.assertEqual(logic.pointLPSFromRAS([1.0, -2.0, 3.0]), [-1.0, 2.0, 3.0])
+        self.assertEqual(logic.weightsArgument("demo"), {"weights": lib.DEMO_CARD})
+        self.assertEqual(logic.weightsArgument("official")["weights"], lib.OFFICIAL_CARD)
+        self.delayDisplay("Points and weights: passed")
+
+    def test_OrganMapsAndPCAOnPhantom(self):
+        import numpy as np
+
+        if not isinstance(getattr(slicer.mrmlScene, "GetNumberOfNodes", lambda: None)(), int):
+            self.delayDisplay("No MRML scene here: end-to-end test skipped")
+            return
+        logic = NemesisSlicerLogic()
+        try:
+            missing = logic.missingRequirements()
+            if missing and os.environ.get("PANTHEON_SELFTEST_REQUIRE_WORKER") != "1":
+                self.delayDisplay(f"The worker's Python lacks {', '.join(missing)}: end-to-end test skipped")
+                return
+            self.assertEqual(missing, [])
+            self.delayDisplay("Making a synthetic abdominal CT")
+            folder = lib.private_temp_dir("nemesis-selftest-")
+            try:
+                ctPath, _ = lib.make_phantom_files(folder, logic.workerPythonExecutable(), seed=3, oblique=10.0,
+                                                   shape=(48, 64, 64))
+                volumeNode = slicer.util.loadVolume(ctPath, {"name": "NemesisPhantom", "show": False})
+            finally:
+                lib.remove_tree(folder)
+            self.delayDisplay("Organ maps with the demo weights")
+            organs = logic.process("organs", volumeNode, organs=["liver", "spleen"], device="cpu", show=False)
+            self.delayDisplay("Feature PCA map")
+            pca = logic.process("pca", volumeNode, device="cpu", show=False)
+            ijkToRAS = ijkToRASArray(volumeNode)
+            dims = volumeNode.GetImageData().GetDimensions()
+            self.assertGreaterEqual(len(organs.nodes), 2)
+            self.assertIn("pca", pca.nodes)
+            for node in list(organs.nodes.values()) + list(pca.nodes.values()):
+                if not node.IsA("vtkMRMLVolumeNode"):
+                    continue
+                self.assertEqual(node.GetImageData().GetDimensions(), dims)
+                np.testing.assert_allclose(ijkToRASArray(node), ijkToRAS, atol=1e-4)
+            self.delayDisplay("Test passed")
+        finally:
+            logic.shutdown()

@@ -26,3 +26,15 @@ def _torch_threads():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture
+def mrml_scene():
+    """A fresh real MRML scene (PyPI slicer-core) installed as ``slicer.mrmlScene`` for one test."""
+    slicer = pytest.importorskip("slicer")
+    scene = slicer.vtkMRMLScene()
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = scene
+    yield scene
+    slicer.mrmlScene = previous
+    scene.Clear(1)

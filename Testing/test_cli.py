@@ -164,3 +164,30 @@ def test_pretrain_resumes_where_it_stopped(tmp_path, capsys):
     assert second["step"] == 3 and second["history"][:2] == first["history"]
     assert (tmp_path / "run" / "nemesis.safetensors").is_file()
     capsys.readouterr()
+
+
+def test_train_probe_from_a_folder_writes_probe_card_and_metrics(tmp_path, capsys):
+    from pantheon.registry import load_card
+    from pantheon.synth import make_abdomen_phantom
+    from pantheon.train.nemesis import load_probe
+    for sub in ("images", "labels"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for n in range(3):
+        ct, lab = make_abdomen_phantom(n, shape=(40, 64, 64))
+        write_volume(ct, tmp_path / "data" / "images" / f"case{n}.nii.gz")
+        write_volume(lab, tmp_path / "data" / "labels" / f"case{n}.nii.gz")
+    out = tmp_path / "probe"
+    code, stdout, err = run(["nemesis", "train-probe", "--data", str(tmp_path / "data"), "-o", str(out),
+                             "--weights", FIXTURE_WEIGHTS, "--epochs", "20", "--quiet"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "probe.card.json", "probe.safetensors"]
+    card = load_card(out / "probe.card.json")
+    assert card.sha256 == sha256_file(out / "probe.safetensors")
+    assert card.extra["encoder_sha256"] == sha256_file(FIXTURE_WEIGHTS)
+    load_probe(out / "probe.safetensors", sha256_file(FIXTURE_WEIGHTS))
+    assert json.loads((out / "metrics.json").read_text())["cases"] == {"train": 2, "held_out": 1}
+    # a label folder missing a case is refused with one sentence
+    (tmp_path / "data" / "labels" / "case2.nii.gz").unlink()
+    code, _, err = run(["nemesis", "train-probe", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "p2"),
+                        "--weights", FIXTURE_WEIGHTS, "--quiet"], capsys)
+    assert code == 2 and "No label map" in err

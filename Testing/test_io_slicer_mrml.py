@@ -19,13 +19,8 @@ from test_io_support import assert_same_voxels, random_volume, voxel_indices  # 
 
 
 @pytest.fixture
-def scene():
-    s = vtkMRMLScene()
-    previous = getattr(slicer, "mrmlScene", None)
-    slicer.mrmlScene = s
-    yield s
-    slicer.mrmlScene = previous
-    s.Clear(1)
+def scene(mrml_scene):
+    return mrml_scene
 
 
 def _node_from_volume(scene, v: Volume):

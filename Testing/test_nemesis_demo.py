@@ -62,3 +62,21 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     from PIL import Image
     with Image.open(out / "preview.png") as img:
         assert img.size[0] > 800 and img.size[1] > 300
+
+
+def test_demo_weight_builder_writes_loadable_weights_and_valid_cards(tmp_path):
+    from pantheon.models.nemesis import load_nemesis
+    from pantheon.registry import load_card
+    from pantheon.train.demo_weights import build_demo_weights
+    from pantheon.train.nemesis import load_probe
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    summary = build_demo_weights(tmp_path / "w", steps=2, cases=3, pretrain_phantoms=1, phantom_shape=(40, 64, 64), cards_dir=cards, log=lambda m: None)
+    enc, probe = load_card(cards / "nemesis-demo.json"), load_card(cards / "nemesis-demo-probe.json")
+    assert enc.demo and probe.demo
+    assert sha256_file(tmp_path / "w" / enc.file) == enc.sha256
+    assert sha256_file(tmp_path / "w" / probe.file) == probe.sha256
+    model = load_nemesis(tmp_path / "w" / enc.file)
+    loaded, meta = load_probe(tmp_path / "w" / probe.file, enc.sha256)
+    assert loaded.linear.in_features == model.embed_dim
+    assert set(summary["held_out_auroc"]) == {o[0] for o in BTCV_ORGANS} | {"mean"}

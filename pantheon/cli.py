@@ -193,7 +193,7 @@ def _pairs_from(args):
 
 
 def cmd_train_probe(args, progress):
-    from .train.nemesis import train_probe
+    from .train.nemesis import train_probe, write_probe_card
     pairs = _pairs_from(args)
     engine = _engine(args)
     out = Path(args.output)
@@ -202,24 +202,9 @@ def cmd_train_probe(args, progress):
                                  epochs=args.epochs, seed=args.seed, progress=progress)
     (out / "probe.safetensors.partial").replace(out / "probe.safetensors")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _write_probe_card(out, engine)
+    write_probe_card(out, engine)
     return {"probe": str(out / "probe.safetensors"),
             "held_out_auroc": {k: round(v["auroc"], 4) for k, v in metrics["held_out"].items()}}
-
-
-def _write_probe_card(out: Path, engine) -> None:
-    from .models.nemesis.probe import BTCV_ORGANS
-    from .registry import ModelCard, save_card, sha256_file
-    card = ModelCard.from_dict({
-        "id": "nemesis-probe-" + engine.weights_sha256[:8], "version": "1.0.0", "model": "nemesis",
-        "task": "organ presence per superpatch (BTCV organs), frozen-encoder linear probe",
-        "description": f"Probe trained with `pantheon nemesis train-probe` on encoder {engine.weights_id}.",
-        "demo": "demo" in engine.weights_id,
-        "input": {"modality": "CT", "axis_order": "DHW", "intensity_window": [-175, 250], "orientation": "RAS"},
-        "labels": [{"value": idx, "name": name} for name, idx, *_ in BTCV_ORGANS],
-        "file": "probe.safetensors", "sha256": sha256_file(out / "probe.safetensors"),
-        "extra": {"encoder_sha256": engine.weights_sha256, "encoder": engine.weights_id}})
-    save_card(card, out / "probe.card.json")
 
 
 def cmd_pretrain(args, progress):
@@ -354,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = act.add_parser("build-demo-weights", help="retrain the bundled demo encoder and probe from scratch")
     p.add_argument("-o", "--output", default=str(Path(__file__).resolve().parents[1] / "Resources" / "weights"))
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--cases", type=int, default=48, help="phantoms for the probe (a quarter held out)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--cases", type=int, default=40, help="phantoms for the probe (a quarter held out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_demo_weights)

@@ -23,8 +23,9 @@ PRETRAIN_PHANTOM_SEEDS = range(10_000, 10_024)  # disjoint from probe seeds and 
 PROBE_PHANTOM_SEED0 = 20_000
 
 
-def build_demo_weights(out_dir, steps: int = 1500, cases: int = 48, seed: int = 0, probe_stride: int = 32,
-                       cards_dir=None, progress=None, cancel=None, log=print) -> dict:
+def build_demo_weights(out_dir, steps: int = 1000, cases: int = 40, seed: int = 0, probe_stride: int = 32,
+                       pretrain_phantoms: int = len(PRETRAIN_PHANTOM_SEEDS), phantom_shape=None, cards_dir=None, progress=None,
+                       cancel=None, log=print) -> dict:
     from ..models.nemesis import load_nemesis
     from ..models.nemesis.probe import BTCV_ORGANS
     from ..registry import CARDS_DIR, ModelCard, save_card, sha256_file
@@ -36,7 +37,7 @@ def build_demo_weights(out_dir, steps: int = 1500, cases: int = 48, seed: int = 
     out_dir.mkdir(parents=True, exist_ok=True)
     cards_dir = Path(cards_dir) if cards_dir else CARDS_DIR
     log("Generating pretraining phantoms")
-    volumes = [make_abdomen_phantom(s)[0] for s in PRETRAIN_PHANTOM_SEEDS]
+    volumes = [make_abdomen_phantom(s, shape=phantom_shape)[0] for s in PRETRAIN_PHANTOM_SEEDS[:pretrain_phantoms]]
     run_dir = Path(tempfile.mkdtemp(prefix="nemesis-demo-pretrain-"))
     cfg = PretrainConfig(steps=steps, seed=seed, lr=1e-3, warmup_steps=max(1, steps // 20))
     try:
@@ -49,7 +50,7 @@ def build_demo_weights(out_dir, steps: int = 1500, cases: int = 48, seed: int = 
     engine = NemesisEngine(load_nemesis(encoder_path), "cpu", "fp32", batch_size=8, weights_id=DEMO_ENCODER_CARD,
                            weights_sha256=encoder_sha)
     log(f"Fitting the organ probe on {cases} phantoms")
-    pairs = [make_abdomen_phantom(PROBE_PHANTOM_SEED0 + n) for n in range(cases)]
+    pairs = [make_abdomen_phantom(PROBE_PHANTOM_SEED0 + n, shape=phantom_shape) for n in range(cases)]
     probe_path = out_dir / "nemesis-demo-probe.safetensors"
     _, metrics = train_probe(pairs, engine, probe_path, stride=probe_stride, seed=seed,
                              progress=rep.sub(0.6, 0.98), cancel=cancel)

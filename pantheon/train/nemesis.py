@@ -272,3 +272,20 @@ def train_probe(pairs: Sequence[Tuple[Volume, Volume]], engine: NemesisEngine, o
         save_probe(probe, out_path, engine.weights_sha256, window, orientation, metrics)
     rep(1.0, "Done")
     return probe, metrics
+
+
+def write_probe_card(out_dir, engine: NemesisEngine, file_name: str = "probe.safetensors") -> Path:
+    """A model card (``probe.card.json``) for a probe saved in ``out_dir``, tied to its encoder."""
+    from ..registry import ModelCard, save_card, sha256_file
+    out_dir = Path(out_dir)
+    card = ModelCard.from_dict({
+        "id": "nemesis-probe-" + (engine.weights_sha256 or "unknown")[:8], "version": "1.0.0", "model": "nemesis",
+        "task": "organ presence per superpatch (BTCV organs), frozen-encoder linear probe",
+        "description": f"Probe trained with Pantheon's train-probe on encoder {engine.weights_id}.",
+        "demo": "demo" in engine.weights_id,
+        "input": {"modality": "CT", "axis_order": "DHW", "intensity_window": list(HU_WINDOW),
+                  "orientation": DEFAULT_ORIENTATION},
+        "labels": [{"value": idx, "name": name} for name, idx, *_ in BTCV_ORGANS],
+        "file": file_name, "sha256": sha256_file(out_dir / file_name, use_cache=False),
+        "extra": {"encoder_sha256": engine.weights_sha256, "encoder": engine.weights_id}})
+    return save_card(card, out_dir / "probe.card.json")

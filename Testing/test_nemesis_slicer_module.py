@@ -1,0 +1,594 @@
+"""NemesisSlicer module below the Qt layer.
+
+No Slicer application runs here. NemesisSlicer.py is loaded in-process with small stand-ins for
+the parts PyPI ``slicer-core`` lacks (``qt``, ``slicer.i18n``, ``slicer.ScriptedLoadableModule``,
+``slicer.parameterNodeWrapper``); everything else is real: the MRML scene, markups,
+segmentations, ``slicer.util``, the worker subprocess with the bundled demo weights and the
+scene bridge. What stays untested here is the Qt widget itself (signals, layouts, dialogs).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+import sys
+import time
+import types
+import unittest
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "NemesisSlicer"
+MODULE_FILE = MODULE_DIR / "NemesisSlicer.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "NemesisSlicer.ui"
+
+sys.path.insert(0, str(MODULE_DIR))
+from NemesisSlicerLib import core as lib  # noqa: E402  (pure Python)
+
+sys.path.remove(str(MODULE_DIR))
+
+
+# ============================================================================ pure helpers
+
+
+def test_ras_lps():
+    assert lib.ras_to_lps([1.5, -2.0, 3.0]) == [-1.5, 2.0, 3.0]
+    assert lib.lps_to_ras(lib.ras_to_lps((4, 5, 6))) == [4.0, 5.0, 6.0]
+
+
+def test_weights_choice_mapping(tmp_path):
+    assert lib.weights_params("demo") == {"weights": "nemesis-demo"}
+    assert lib.weights_params(None) == {"weights": "nemesis-demo"}
+    assert lib.weights_params("official") == {"weights": "nemesis-mae-768"}
+    assert lib.weights_params("official", allow_download=True) == {
+        "weights": "nemesis-mae-768", "allow_download": True, "trust_unverified": True}
+    ckpt = tmp_path / "my.pt"
+    ckpt.write_bytes(b"x")
+    assert lib.weights_params("file", str(ckpt)) == {"weights": str(ckpt.resolve())}
+    with pytest.raises(ValueError, match="does not exist"):
+        lib.weights_params("file", str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="Choose"):
+        lib.weights_params("file", "")
+    with pytest.raises(ValueError, match="Unknown weights choice"):
+        lib.weights_params("best")
+    assert lib.probe_params("") == {"probe": "nemesis-demo-probe"}
+
+
+def test_build_params():
+    p = lib.build_params("organs", organs=["liver"], device="cpu")
+    assert p == {"weights": "nemesis-demo", "device": "cpu", "precision": "fp32", "organs": ["liver"],
+                 "probe": "nemesis-demo-probe"}
+    assert lib.build_params("organs")["organs"] == lib.ORGAN_NAMES
+    r = lib.build_params("reconstruct", point_lps=(1, 2, 3), mask_ratio=(0.25, 0.75), noise_std=0.1, seed=4)
+    assert r["point_lps"] == [1.0, 2.0, 3.0] and r["mask_ratio"] == [0.25, 0.75]
+    assert r["noise_std"] == 0.1 and r["seed"] == 4
+    with pytest.raises(ValueError, match="Unknown organ"):
+        lib.build_params("organs", organs=["heart"])
+    with pytest.raises(ValueError, match="needs a point"):
+        lib.build_params("similarity")
+    with pytest.raises(ValueError, match="mask ratios"):
+        lib.build_params("reconstruct", point_lps=(0, 0, 0), mask_ratio=(1.0, 0.5))
+    with pytest.raises(ValueError, match="device"):
+        lib.build_params("pca", device="tpu")
+    with pytest.raises(ValueError, match="Unknown action"):
+        lib.build_params("segment")
+
+
+def test_organ_list_matches_the_probe():
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from pantheon.models.nemesis.probe import ORGAN_NAMES
+    assert lib.ORGAN_NAMES == list(ORGAN_NAMES)
+
+
+def test_install_plan():
+    cpu = lib.install_plan(["torch", "monai", "nibabel"], python=None, platform="linux")
+    assert [s.via for s in cpu.steps] == ["pip", "pip"]
+    assert cpu.steps[0].requirements == ["torch>=2.1"]
+    assert cpu.steps[0].pip_args == ["--index-url", lib.TORCH_CPU_INDEX]
+    assert cpu.steps[1].requirements == ["monai>=1.3", "nibabel>=5.0"]
+    assert "Slicer's own Python" in cpu.describe() and "torch>=2.1" in cpu.describe()
+    cuda = lib.install_plan(["torch"], python="/opt/env/bin/python", cuda=True, platform="linux")
+    assert cuda.steps[0].pip_args == [] and "/opt/env/bin/python" in cuda.describe()
+    assert cuda.steps[0].pip_command("/opt/env/bin/python")[:4] == ["/opt/env/bin/python", "-m", "pip", "install"]
+    win = lib.install_plan(["torch"], cuda=True, platform="win32")
+    assert win.steps[0].pip_args == ["--index-url", lib.TORCH_CUDA_INDEX]
+    ext = lib.install_plan(["torch", "monai"], python=None, have_pytorch_extension=True)
+    assert ext.steps[0].via == "pytorchutils"
+    # the PyTorch extension installs into Slicer's Python only, not into another interpreter
+    assert lib.install_plan(["torch"], python="/x/python", have_pytorch_extension=True).steps[0].via == "pip"
+    assert lib.install_plan([]).steps == []
+
+
+def test_debouncer():
+    now = [100.0]
+    d = lib.Debouncer(0.3, clock=lambda: now[0])
+    assert not d.pending and not d.due()
+    d.request([1, 2, 3])
+    now[0] += 0.1
+    d.request([4, 5, 6])  # a burst: only the newest value, timer restarted
+    now[0] += 0.2
+    assert not d.due()
+    now[0] += 0.11
+    assert d.due() and d.take() == [4, 5, 6] and not d.pending
+    d.request([7, 8, 9], immediate=True)
+    assert d.due()
+    d.cancel()
+    assert not d.pending
+
+
+class FakeJob:
+    def __init__(self, events, state="done", result=None, error=None):
+        self._events, self.state, self.result, self.error = list(events), "running", result, error
+        self._final = state
+        self.cancelled = False
+
+    @property
+    def done(self):
+        return self.state in ("done", "failed", "cancelled")
+
+    def poll(self):
+        if self._events:
+            return [self._events.pop(0)]
+        self.state = "cancelled" if self.cancelled else self._final
+        return []
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def test_task_states(tmp_path):
+    def run(job, on_result=lambda r: ("imported", r)):
+        d = lib.private_temp_dir()
+        assert (os.stat(d).st_mode & 0o777) == 0o700
+        finished = []
+        task = lib.NemesisTask("pca", job, d, on_result, on_finish=finished.append)
+        for _ in range(10):
+            task.poll()
+        assert task.done and not os.path.exists(d) and finished == [task]
+        return task
+
+    ok = run(FakeJob([{"type": "progress", "fraction": 0.5, "message": "half"}, {"type": "log", "line": "hello"}],
+                     result={"notes": {}}))
+    assert ok.state == "done" and ok.imported == ("imported", {"notes": {}}) and ok.progress == (1.0, "Done")
+    assert ok.messages == ["hello"]
+    bad = run(FakeJob([], state="failed", error={"kind": "input", "message": "not a CT"}))
+    assert bad.state == "failed" and bad.error == {"kind": "input", "message": "not a CT"}
+
+    def broken(result):
+        raise RuntimeError("disk full")
+    imp = run(FakeJob([], result={}), broken)
+    assert imp.state == "failed" and imp.error["kind"] == "import" and "disk full" in imp.error["message"]
+
+    job = FakeJob([{"type": "progress", "fraction": 0.1, "message": "x"}] * 3, state="failed",
+                  error={"kind": "cancelled", "message": "Cancelled by the user."})
+    task = lib.NemesisTask("pca", job, None, lambda r: r)
+    task.poll()
+    task.cancel()
+    while not task.done:
+        task.poll()
+    assert job.cancelled and task.state == "cancelled"
+
+
+def test_thread_task():
+    def fn(progress, cancel):
+        progress(0.5, "half")
+        return "/cache/file.pt"
+    t = lib.ThreadTask("organs", fn, follow_up="organs")
+    t.join(5)
+    t.poll()
+    assert t.state == "done" and t.result == "/cache/file.pt" and t.progress == (0.5, "half")
+
+    def slow(progress, cancel):
+        while not cancel.wait(0.01):
+            pass
+        raise RuntimeError("stopped")
+    t = lib.ThreadTask("download", slow)
+    t.cancel()
+    t.join(5)
+    t.poll()
+    assert t.state == "cancelled" and t.error["kind"] == "cancelled"
+
+
+def test_messages():
+    assert lib.metrics_text({"psnr_db": 31.234, "ssim": 0.9, "masked_fraction": 0.5}) == \
+        "PSNR 31.23 dB, SSIM 0.900, masked 50%"
+    text = lib.environment_text({"python": "/p", "version": "3.11", "missing": ["torch"], "torch": None, "cuda": None})
+    assert "Missing: torch" in text
+    assert lib.probe_path_from_result({"notes": {"probe": "/x/probe.safetensors"}}) == "/x/probe.safetensors"
+
+
+# ============================================================================ the .ui file
+
+
+def _ui_widgets():
+    root = ET.parse(UI_FILE).getroot()
+    return {w.get("name"): w for w in root.iter("widget")}, root
+
+
+def test_ui_has_every_widget_the_code_uses():
+    widgets, root = _ui_widgets()
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", source))
+    assert used, "the widget code uses no ui names?"
+    assert used - set(widgets) == set(), f"missing in the .ui: {sorted(used - set(widgets))}"
+    for _organ, box in lib.ORGANS:
+        assert widgets[box].get("class") == "QCheckBox"
+    assert widgets["inputVolumeSelector"].get("class") == "qMRMLNodeComboBox"
+    for name in ("Inputs", "Weights and device", "Organ maps", "Reconstruction explorer", "Feature PCA",
+                 "Similarity", "Train probe", "Progress and log"):
+        assert any(w.get("class") == "ctkCollapsibleButton" and w.find("property[@name='text']/string").text == name
+                   for w in widgets.values()), name
+    declared = {cw.findtext("class") for cw in root.iter("customwidget")}
+    assert {w.get("class") for w in widgets.values() if not w.get("class").startswith("Q")} <= declared
+
+
+def test_ui_parameter_names_are_parameter_node_fields():
+    widgets, _ = _ui_widgets()
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NemesisSlicerParameterNode")
+    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    bound = {}
+    for name, w in widgets.items():
+        for p in w.findall("property"):
+            if p.get("name") == "SlicerParameterName":
+                bound[name] = p.findtext("string")
+    assert bound, "no widget is bound to the parameter node"
+    assert set(bound.values()) - fields == set()
+    assert {"inputVolume", "maskRatioPlane", "maskRatioAxis", "noiseStd", "similarityPoint"} <= set(bound.values())
+    types_ = {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+    assert types_["inputVolume"] == "vtkMRMLScalarVolumeNode"
+    assert types_["similarityPoint"] == "vtkMRMLMarkupsFiducialNode"
+
+
+# ============================================================================ module against real MRML
+
+slicer_core = None
+
+
+def _install_standins():
+    """Stand-ins for what slicer-core lacks; returns an undo function."""
+    import slicer
+    saved_modules = {n: sys.modules.get(n) for n in ("qt", "ctk", "slicer.i18n", "slicer.ScriptedLoadableModule",
+                                                        "slicer.parameterNodeWrapper")}
+    saved_attrs = {n: getattr(slicer, n, None) for n in ("i18n", "ScriptedLoadableModule", "parameterNodeWrapper")}
+
+    qt = types.ModuleType("qt")
+    qt.QTimer = mock.MagicMock
+    sys.modules["qt"] = qt
+    sys.modules["ctk"] = types.ModuleType("ctk")
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+
+    class _Marker:
+        def __init__(self, *args, **kwargs):
+            self.args = args
+    pnw.Choice, pnw.Default, pnw.WithinRange = (type(n, (_Marker,), {}) for n in ("Choice", "Default", "WithinRange"))
+    pnw.parameterNodeWrapper = lambda cls: cls
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None):
+            self.moduleName = type(self).__name__[:-len("Logic")]
+
+        def getParameterNode(self):
+            return None
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        messages = []
+
+        def delayDisplay(self, message, requestedDelay=None, msec=None):
+            self.messages.append(message)
+
+    for c in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
+              ScriptedLoadableModuleTest):
+        setattr(slm, c.__name__, c)
+    for name, mod in (("slicer.i18n", i18n), ("slicer.parameterNodeWrapper", pnw),
+                      ("slicer.ScriptedLoadableModule", slm)):
+        sys.modules[name] = mod
+        setattr(slicer, name.split(".", 1)[1], mod)
+
+    def undo():
+        for n, m in saved_modules.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+        for n, v in saved_attrs.items():
+            if v is None:
+                if hasattr(slicer, n):
+                    delattr(slicer, n)
+            else:
+                setattr(slicer, n, v)
+    return undo
+
+
+@pytest.fixture(scope="module")
+def nem():
+    slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without the Slicer app) is not installed")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("slicer-core lacks MRML")
+    undo = _install_standins()
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        spec = importlib.util.spec_from_file_location("NemesisSlicer", MODULE_FILE)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["NemesisSlicer"] = mod
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop("NemesisSlicer", None)
+        sys.path.remove(str(MODULE_DIR))
+        undo()
+
+
+@pytest.fixture
+def scene(nem, mrml_scene):
+    return mrml_scene
+
+
+def test_module_loads_without_worker_or_torch(nem):
+    logic = nem.NemesisSlicerLogic()
+    assert logic.moduleName == "NemesisSlicer" and logic._client is None  # nothing started at import
+    assert "torch" not in {m.split(".")[0] for m in vars(nem).keys()}
+
+
+def test_points_from_crosshair_and_markups(nem, scene):
+    import slicer
+    logic = nem.NemesisSlicerLogic()
+    with pytest.raises(ValueError, match="crosshair"):
+        logic.pointLPSFromCrosshair()
+    crosshair = slicer.vtkMRMLCrosshairNode()
+    scene.AddNode(crosshair)
+    crosshair.SetCrosshairRAS(10.0, -20.0, 30.0)
+    assert logic.pointLPSFromCrosshair() == [-10.0, 20.0, 30.0]
+    fid = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    with pytest.raises(ValueError, match="Place a point"):
+        logic.pointLPSFromMarkups(fid)
+    fid.AddControlPoint(1.0, 2.0, -3.0)
+    assert logic.pointLPSFromMarkups(fid) == [-1.0, -2.0, -3.0]
+    assert logic.weightsArgument("official", allowDownload=True)["allow_download"] is True
+
+
+class FakeClient:
+    """Stands in for WorkerClient where only the environment check matters."""
+
+    environments = []
+    instances = []
+
+    def __init__(self, python=None, log_callback=None, **kw):
+        self.python = python
+        FakeClient.instances.append(self)
+
+    def check_environment(self):
+        return FakeClient.environments[0]
+
+    def shutdown(self):
+        pass
+
+
+def test_missing_requirements_and_install(nem, monkeypatch):
+    import slicer
+    FakeClient.instances = []
+    FakeClient.environments = [{"python": "/slicer/PythonSlicer", "version": "3.12", "missing": ["torch", "monai"],
+                                "torch": None, "cuda": None}]
+    logic = nem.NemesisSlicerLogic(clientFactory=FakeClient)
+    installed = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda req, **kw: installed.append(req), raising=False)
+    assert logic.missingRequirements() == ["torch", "monai"]
+    asked = []
+    assert logic.ensureRequirements(confirm=lambda text: asked.append(text) or False) is False
+    assert installed == [] and "Slicer's own Python" in asked[0] and "torch>=2.1" in asked[0]
+
+    def agree(text):
+        FakeClient.environments[0] = dict(FakeClient.environments[0], missing=[])  # as after a real install
+        return True
+    FakeClient.environments[0]["missing"] = ["torch", "monai"]
+    logic._environment = None
+    assert logic.ensureRequirements(confirm=agree) is True
+    assert installed == [f"torch>=2.1 --index-url {lib.TORCH_CPU_INDEX}", "monai>=1.3"]
+    assert len(FakeClient.instances) >= 2  # the worker is restarted after installing
+
+    # another interpreter: pip runs with that interpreter, not Slicer's pip_install
+    FakeClient.environments[0] = {"python": "/env/bin/python", "missing": ["monai"], "torch": "2.5", "cuda": True}
+    logic = nem.NemesisSlicerLogic(workerPython="/env/bin/python", clientFactory=FakeClient)
+    commands = []
+    logic.pipRunner = lambda cmd: commands.append(cmd) or 0
+    installed.clear()
+    logic.ensureRequirements(confirm=lambda text: "/env/bin/python" in text)
+    assert commands == [["/env/bin/python", "-m", "pip", "install", "monai>=1.3"]] and installed == []
+    assert FakeClient.instances[-1].python == "/env/bin/python"
+
+
+# ---------------------------------------------------------------------------- with the real worker
+
+
+def _worker_available():
+    try:
+        import pantheon.slicerbridge  # noqa: F401
+        import pantheon.worker.client  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+needs_worker = pytest.mark.skipif(_worker_available() is not None,
+                                  reason=f"worker/bridge not importable: {_worker_available()}")
+
+
+@pytest.fixture(scope="module")
+def logic(nem):
+    lg = nem.NemesisSlicerLogic()
+    lg.logLines = []
+    lg.logCallback = lg.logLines.append
+    yield lg
+    lg.shutdown()
+
+
+def _phantom_node(seed, oblique=True, shape=(40, 56, 56), name="phantom"):
+    import slicer
+    from pantheon.synth import make_abdomen_phantom
+    ct, lab = make_abdomen_phantom(seed, shape=shape, oblique=12.0 if oblique else False)
+    arr, m = ct.to_slicer()
+    node = slicer.util.addVolumeFromArray(arr, ijkToRAS=m, name=name)
+    return node, ct, lab
+
+
+def _matrix(node):
+    import vtk
+    import slicer
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
+
+
+@needs_worker
+def test_process_organs_on_oblique_volume(nem, logic, scene):
+    import slicer
+    node, ct, _ = _phantom_node(0)
+    m = _matrix(node)
+    assert abs(abs(m[0, 0]) / np.linalg.norm(m[:3, 0]) - 1) > 1e-3, "the phantom grid should be oblique"
+    task = logic.submit("organs", node, organs=["liver", "spleen"], device="cpu")
+    assert os.path.isdir(task.temp_dir) and (os.stat(task.temp_dir).st_mode & 0o777) == 0o700
+    seen = []
+    imported = logic.wait(task, progress=lambda f, msg: seen.append((f, msg)), timeout=120)
+    assert not os.path.exists(task.temp_dir), "the private temp folder is removed"
+    assert seen and all(0.0 <= f <= 1.0 for f, _ in seen)
+    assert set(imported.nodes) == {"liver", "spleen"}
+    for name, out in imported.nodes.items():
+        assert out.IsA("vtkMRMLScalarVolumeNode") and out.GetScene() is scene
+        np.testing.assert_allclose(_matrix(out), m, atol=1e-5)
+        heat = slicer.util.arrayFromVolume(out)
+        assert heat.shape == slicer.util.arrayFromVolume(node).shape
+        assert 0.0 <= heat.min() and heat.max() <= 1.0
+    assert "warning" in imported.notes  # demo weights are labelled as such
+    # errors come back as TaskError with the worker's kind
+    with pytest.raises(lib.TaskError) as err:
+        logic.process("organs", node, params={"weights": "no-such-card", "device": "cpu"}, timeout=60)
+    assert err.value.kind in ("checkpoint", "input", "internal") and err.value.message
+
+
+@needs_worker
+def test_similarity_point_moves_reuse_cached_features(nem, logic, scene):
+    import slicer
+    node, ct, _ = _phantom_node(1, shape=(40, 48, 48))
+    centre = ct.ijk_to_world(np.array(ct.size_ijk) / 2.0, ras=True)[0]
+    fid = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    fid.AddControlPoint(*centre)
+    first = logic.process("similarity", node, point_lps=logic.pointLPSFromMarkups(fid), device="cpu", timeout=120)
+    heat = first.nodes["similarity"]
+    before = slicer.util.arrayFromVolume(heat).copy()
+    assert first.notes.get("feature_cache") == "miss"
+
+    logic.observeSimilarityPoint(fid, node, params={"device": "cpu"}, delay_s=0.2)
+    assert logic.pumpSimilarity() is None  # nothing moved yet
+    fid.SetNthControlPointPosition(0, centre[0] + 15.0, centre[1] - 10.0, centre[2])
+    fid.SetNthControlPointPosition(0, centre[0] + 20.0, centre[1] - 10.0, centre[2])  # a burst: one job
+    assert logic.similarityPending()
+    assert logic.pumpSimilarity(now=time.monotonic()) is None  # debounced: not yet due
+    task = logic.pumpSimilarity(now=time.monotonic() + 1.0)
+    assert task is not None and not logic.similarityPending()
+    second = logic.wait(task, timeout=60)
+    assert second.notes.get("feature_cache") == "hit", "moving the point must not recompute features"
+    assert second.nodes["similarity"].GetID() == heat.GetID()  # the same node, updated in place
+    assert not np.allclose(slicer.util.arrayFromVolume(heat), before)
+    logic.stopObservingSimilarityPoint()
+    fid.SetNthControlPointPosition(0, *centre)
+    assert not logic.similarityPending()
+
+
+@needs_worker
+def test_reconstruct_at_crosshair(nem, logic, scene):
+    node, ct, _ = _phantom_node(1, shape=(40, 48, 48))
+    crosshair = scene.AddNewNodeByClass("vtkMRMLCrosshairNode")
+    centre = ct.ijk_to_world(np.array(ct.size_ijk) / 2.0, ras=True)[0]
+    crosshair.SetCrosshairRAS(*centre)
+    res = logic.process("reconstruct", node, point_lps=logic.pointLPSFromCrosshair(), mask_ratio=(0.5, 0.5),
+                        noise_std=0.0, device="cpu", timeout=120)
+    assert {"masked_input", "reconstruction", "error"} <= set(res.nodes)
+    assert np.isfinite(res.scalars["psnr_db"]) and -1.0 <= res.scalars["ssim"] <= 1.0
+    assert lib.metrics_text(res.scalars).startswith("PSNR")
+
+
+@needs_worker
+def test_cancel_leaves_no_files(nem, logic, scene):
+    node, _, _ = _phantom_node(5, shape=(64, 80, 80))
+    task = logic.submit("pca", node, device="cpu")
+    task.cancel()
+    with pytest.raises(lib.TaskError) as err:
+        logic.wait(task, timeout=60)
+    assert err.value.kind == "cancelled" and task.state == "cancelled"
+    assert not os.path.exists(task.temp_dir)
+    assert logic.client.ping()  # the worker survives a cancel
+
+
+@needs_worker
+def test_train_probe_from_segmentations(nem, logic, scene, tmp_path):
+    import slicer
+    import vtk
+    from pantheon.slicerbridge.scene import _ensure_converters
+    from pantheon.synth import BTCV_LABELS
+    _ensure_converters()  # slicer-core does not register the segmentation converters (the app does)
+    names = BTCV_LABELS if isinstance(BTCV_LABELS, dict) else dict(enumerate(BTCV_LABELS))
+    pairs = []
+    for seed in (2, 3):
+        node, ct, lab = _phantom_node(seed, oblique=False, shape=(32, 48, 48), name=f"case{seed}")
+        arr, m = lab.to_slicer()
+        # annotators label the probe's organs only (the phantom also has e.g. the oesophagus)
+        keep = [v for v, n in names.items() if n.replace("_", " ") in lib.ORGAN_NAMES]
+        arr = np.where(np.isin(arr, keep), arr, 0)
+        labelNode = slicer.util.addVolumeFromArray(arr.astype(np.int16), ijkToRAS=m, name=f"labels{seed}",
+                                                   nodeClassName="vtkMRMLLabelMapVolumeNode")
+        seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        values = [int(v) for v in np.unique(arr) if v > 0]
+        ids = vtk.vtkStringArray()
+        for v in values:
+            ids.InsertNextValue(str(names[v]))
+        assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelNode, seg, ids)
+        assert seg.GetSegmentation().GetNumberOfSegments() == len(values)
+        scene.RemoveNode(labelNode)
+        pairs.append((node, seg))
+    result = logic.trainProbe(pairs, device="cpu", epochs=5, holdout_fraction=0.5, outputFolder=str(tmp_path / "probe"))
+    assert logic.lastProbePath and os.path.isfile(logic.lastProbePath)
+    assert Path(logic.lastProbePath).parent == tmp_path / "probe"
+    assert "mean_auroc_held_out" in result["scalars"]
+    # the trained probe is used for organ maps
+    out = logic.process("organs", pairs[0][0], organs=["liver"], probe=logic.lastProbePath, device="cpu", timeout=120)
+    assert set(out.nodes) == {"liver"}
+
+
+@needs_worker
+def test_self_test_runs_against_the_real_scene(nem, scene, monkeypatch):
+    """NemesisSlicerTest with the demo weights; loadVolume is the one slicer.util call that needs
+    the application, so it is replaced by the same reader Slicer uses (archetype storage node)."""
+    import slicer
+
+    def loadVolume(path, properties=None, returnNode=False):
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", (properties or {}).get("name", "v"))
+        storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        storage.SetFileName(str(path))
+        assert storage.ReadData(node)
+        return node
+    monkeypatch.setattr(slicer.util, "loadVolume", loadVolume)
+    monkeypatch.setenv("PANTHEON_SELFTEST_REQUIRE_WORKER", "1")
+    test = nem.NemesisSlicerTest()
+    test.messages = []
+    test.runTest()
+    assert "Test passed" in test.messages and "Feature PCA map" in test.messages

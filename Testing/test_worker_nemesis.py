@@ -1,0 +1,142 @@
+"""NEMESIS pipelines through a real worker subprocess: feature cache, geometry, inputs untouched,
+cancel inside the encoder. Uses the bundled demo weights and small phantoms."""
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pantheon.io import read_volume, write_volume
+from pantheon.synth import make_abdomen_phantom
+from pantheon.worker.client import WorkerClient, WorkerError
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = WorkerClient(preload=True, cache_budget_mb=512)
+    yield c
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory):
+    d = tmp_path_factory.mktemp("worker-ct")
+    img, _ = make_abdomen_phantom(3, shape=(48, 80, 80))
+    return write_volume(img, d / "ct.nrrd"), img
+
+
+def _digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_ping_reports_torch(client):
+    info = client.ping()
+    assert info["protocol"] == 1 and info["torch"] and info["cuda"] is False and "cpu" in info["device_names"]
+    env = client.check_environment()
+    assert env["missing"] == [] and env["torch"] == info["torch"]
+
+
+def test_features_cache_geometry_and_inputs_untouched(client, ct):
+    path, img = ct
+    before, mtime = _digest(path), os.stat(path).st_mtime_ns
+    centre = img.ijk_to_world(np.array(img.size_ijk) / 2.0)[0].tolist()
+
+    first = client.run("nemesis.features", {}, {"volume": str(path)}, timeout=120)
+    assert first["notes"]["feature_cache"] == "miss"
+    assert first["scalars"]["embed_dim"] == 96 and first["notes"]["grid"].endswith("x96")
+
+    t0 = time.perf_counter()
+    organs = client.run("nemesis.organs", {"organs": ["liver", "spleen"]}, {"volume": str(path)}, timeout=120)
+    assert organs["notes"]["feature_cache"] == "hit" and organs["notes"]["model_cache"] == "hit"
+    assert set(organs["outputs"]) == {"liver", "spleen"}
+    heat = read_volume(Path(organs["output_dir"]) / organs["outputs"]["liver"]["file"])
+    assert heat.shape == img.shape and heat.same_geometry(img)
+    assert heat.array.dtype == np.float32 and 0.0 <= heat.array.min() <= heat.array.max() <= 1.0
+
+    # a copy of the same image in a new file (as Slicer writes per request) still hits the cache
+    copy = Path(client.input_dir()) / "copy.nrrd"
+    copy.write_bytes(Path(path).read_bytes())
+    sims = []
+    for dx in (0.0, 10.0):
+        point = [centre[0] + dx, centre[1], centre[2]]
+        t0 = time.perf_counter()
+        sims.append(client.run("nemesis.similarity", {"point_lps": point}, {"volume": str(copy)}, timeout=60))
+        sims[-1]["elapsed"] = time.perf_counter() - t0
+    assert all(s["notes"]["feature_cache"] == "hit" for s in sims)
+    assert all(s["elapsed"] < 3.0 for s in sims)
+    sim = read_volume(Path(sims[1]["output_dir"]) / sims[1]["outputs"]["similarity"]["file"])
+    assert sim.same_geometry(img)
+    assert float(sims[0]["notes"]["worker_seconds"]) < float(first["notes"]["worker_seconds"])
+
+    stats = client.stats()["cache"]
+    assert stats["by_kind"]["features"]["count"] == 1 and stats["hits"] >= 3
+    assert stats["bytes"] <= stats["budget_bytes"]
+    assert _digest(path) == before and os.stat(path).st_mtime_ns == mtime  # input never written
+    assert sorted(os.listdir(Path(path).parent)) == ["ct.nrrd"]
+    for r in [first, organs] + sims:
+        client.release(r)
+        assert not os.path.exists(r["output_dir"])
+
+
+def test_pca_and_reconstruct(client, ct):
+    path, img = ct
+    pca = client.run("nemesis.pca", {}, {"volume": str(path)}, timeout=120)
+    vol = read_volume(Path(pca["output_dir"]) / pca["outputs"]["pca"]["file"])
+    assert vol.components == 3 and vol.same_geometry(img)
+    centre = img.ijk_to_world(np.array(img.size_ijk) / 2.0)[0].tolist()
+    rec = client.run("nemesis.reconstruct", {"point_lps": centre, "mask_ratio": [0.5, 0.5], "seed": 1},
+                     {"volume": str(path)}, timeout=120)
+    assert {"masked_input", "reconstruction", "error"} <= set(rec["outputs"])
+    assert rec["scalars"]["psnr_db"] > 0 and -1 <= rec["scalars"]["ssim"] <= 1
+
+
+def test_input_errors(client, ct, tmp_path):
+    path, img = ct
+    with pytest.raises(WorkerError) as e:
+        client.run("nemesis.organs", {}, {"volume": str(tmp_path / "missing.nrrd")}, timeout=60)
+    assert e.value.kind == "input" and "missing.nrrd" in e.value.message
+    with pytest.raises(WorkerError) as e:
+        client.run("nemesis.similarity", {}, {"volume": str(path)}, timeout=60)
+    assert e.value.kind == "input" and "point_lps" in e.value.message
+    with pytest.raises(WorkerError) as e:
+        client.run("nemesis.similarity", {"point_lps": [1e5, 0, 0]}, {"volume": str(path)}, timeout=60)
+    assert e.value.kind == "input" and "outside" in e.value.message
+    with pytest.raises(WorkerError) as e:
+        client.run("nemesis.features", {"weights": str(tmp_path / "nope.safetensors")}, {"volume": str(path)})
+    assert e.value.kind == "checkpoint"
+    assert client.run("nemesis.features", {}, {"volume": str(path)}, timeout=60)["notes"]["feature_cache"] == "hit"
+
+
+def test_cancel_inside_encoder_within_one_second(client, tmp_path):
+    img, _ = make_abdomen_phantom(5, shape=(64, 144, 144))
+    path = write_volume(img, tmp_path / "big.nrrd")
+    job = client.submit("nemesis.pca", {"stride": 8}, {"volume": str(path)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (job.state == "running" and job.progress[0] > 0.1):
+        time.sleep(0.02)
+    assert job.state == "running", job.error
+    t0 = time.monotonic()
+    job.cancel()
+    assert job.wait(2.0)
+    elapsed = time.monotonic() - t0
+    assert job.state == "cancelled" and elapsed < 1.0, (job.state, elapsed)
+    assert not os.path.exists(job.output_dir)
+    assert client.stats()["running"] is None  # the worker is idle and usable again
+
+
+def test_train_probe(client, tmp_path):
+    inputs = {}
+    for n in range(3):
+        img, lab = make_abdomen_phantom(10 + n, shape=(48, 80, 80))
+        inputs[f"image_{n}"] = str(write_volume(img, tmp_path / f"i{n}.nrrd"))
+        inputs[f"label_{n}"] = str(write_volume(lab, tmp_path / f"l{n}.nrrd"))
+    r = client.run("nemesis.train_probe", {"epochs": 20, "holdout_fraction": 0.34, "output": str(tmp_path / "probe")},
+                   inputs, timeout=120)
+    assert Path(r["notes"]["probe"]).is_file() and "mean_auroc_held_out" in r["scalars"]
+    assert {row["organ"] for row in r["tables"]["auroc"]} >= {"liver", "spleen", "mean"}
+    organs = client.run("nemesis.organs", {"probe": r["notes"]["probe"], "organs": ["liver"]},
+                        {"volume": inputs["image_0"]}, timeout=60)
+    assert organs["notes"]["feature_cache"] in ("hit", "miss") and "liver" in organs["outputs"]

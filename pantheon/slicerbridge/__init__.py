@@ -1,0 +1,22 @@
+"""The Slicer bridge: the one place in Pantheon that touches Slicer's API.
+
+Scene -> worker: :func:`volume_from_node`, :func:`export_volume`, :func:`export_segmentation`.
+Worker -> scene: :func:`import_result` (returns :class:`ImportedResult`), :func:`show_result`
+(view layout; needs the Slicer application), :func:`outputs_of`, :func:`remove_outputs`.
+
+``slicer`` and ``vtk`` are imported inside functions only, and nothing here imports torch: this
+runs in the Slicer process. Design notes (geometry frame, replacement on re-run, colour tables,
+terminology, subject hierarchy) are in :mod:`pantheon.slicerbridge.scene`.
+"""
+
+from .scene import (ATTR_ACTION, ATTR_INPUT, ATTR_KIND, ATTR_OUTPUT, ImportedResult, color_node_id,
+                    export_segmentation, export_volume, import_result, outputs_of, remove_outputs,
+                    segment_terminology, show_result, volume_from_node)
+from .terms import BTCV_ORGANS, parse_terminology, resolve_label_values, terminology_string
+
+__all__ = [
+    "volume_from_node", "export_volume", "export_segmentation", "import_result", "ImportedResult",
+    "show_result", "outputs_of", "remove_outputs", "color_node_id", "segment_terminology",
+    "BTCV_ORGANS", "terminology_string", "parse_terminology", "resolve_label_values",
+    "ATTR_INPUT", "ATTR_ACTION", "ATTR_OUTPUT", "ATTR_KIND",
+]

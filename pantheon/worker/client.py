@@ -1,0 +1,650 @@
+"""Client of the Pantheon worker; what the Slicer process imports (stdlib only, Python 3.9 syntax,
+never torch or numpy).
+
+Each :class:`WorkerClient` owns one worker process (``python -m pantheon.worker``) and talks to
+it over the worker's stdin/stdout with one JSON object per line (docs/worker-protocol.md). Two
+clients therefore have two independent workers. The API is non-blocking (:meth:`WorkerClient.submit`
+returns a :class:`Job` that a Qt timer polls) with a blocking :meth:`WorkerClient.run` for
+scripts and batch. Callbacks (``log_callback``, ``progress``) are always called in the thread
+that calls :meth:`Job.poll` / :meth:`WorkerClient.run` / :meth:`WorkerClient.poll_logs`, never
+from the client's reader threads, so they may touch Qt widgets.
+
+Temporary files: the client makes one private session folder (mode 0700) holding the worker's
+TMPDIR and, for jobs without ``output_dir``, one output folder per job. A failed, cancelled or
+crashed job's automatic output folder is removed at once; a successful one stays until the caller
+calls :meth:`WorkerClient.release` (or removes ``result["output_dir"]``) or the client shuts down,
+which removes the whole session folder. Folders passed as ``output_dir`` are never removed. Paths
+passed in ``remove_when_done`` (e.g. a folder from :meth:`WorkerClient.input_dir` holding the NRRD
+the Slicer side wrote) are removed when the job ends, whatever the outcome.
+"""
+
+import atexit
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+from .. import __version__
+from .protocol import PROTOCOL_VERSION, encode
+
+__all__ = ["WorkerClient", "Job", "WorkerError", "default_python"]
+
+_TERMINAL = ("done", "failed", "cancelled")
+
+
+class WorkerError(Exception):
+    """A failed worker request: ``kind`` is one of input, checkpoint, cancelled, crashed, protocol,
+    version, internal, timeout; ``message`` is one sentence for the user."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+    def as_dict(self):
+        return {"kind": self.kind, "message": self.message}
+
+
+def default_python():
+    """The interpreter the worker runs with: $PANTHEON_WORKER_PYTHON, else PythonSlicer when this
+    process is the Slicer application, else sys.executable."""
+    env = os.environ.get("PANTHEON_WORKER_PYTHON")
+    if env:
+        return env
+    exe = sys.executable or "python"
+    name = os.path.basename(exe).lower()
+    if name.startswith("slicer"):  # inside Slicer sys.executable is the application itself
+        suffix = ".exe" if os.name == "nt" else ""
+        here = os.path.dirname(exe)
+        for cand in (os.path.join(here, "PythonSlicer" + suffix), os.path.join(here, "bin", "PythonSlicer" + suffix),
+                     os.path.join(os.path.dirname(here), "bin", "PythonSlicer" + suffix)):
+            if os.path.isfile(cand):
+                return cand
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+    return exe
+
+
+def _package_root():
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _remove(path):
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+class Job:
+    """One submitted pipeline run. ``state``: queued, running, done, failed or cancelled."""
+
+    def __init__(self, client, job_id, pipeline, output_dir, auto_output, remove_when_done):
+        self._client = client
+        self.id = job_id
+        self.pipeline = pipeline
+        self.state = "queued"
+        self.progress = (0.0, "Queued")
+        self.result = None
+        self.error = None
+        self.output_dir = output_dir
+        self.submitted_at = time.monotonic()
+        self.finished_at = None
+        self._auto_output = auto_output
+        self._remove_when_done = list(remove_when_done or ())
+        self._events = collections.deque()
+        self._cond = threading.Condition(client._lock)
+
+    @property
+    def done(self):
+        return self.state in _TERMINAL
+
+    def poll(self):
+        """New events since the last poll (progress, log, result, error dicts); never blocks.
+        Also delivers pending log lines to the client's ``log_callback``."""
+        with self._client._lock:
+            events = list(self._events)
+            self._events.clear()
+        self._client._deliver_logs([e["line"] for e in events if e["type"] == "log"])
+        self._client.poll_logs()
+        return events
+
+    def wait(self, timeout=None):
+        """Block until the job ends (or ``timeout`` seconds); returns ``done``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._client._lock:
+            while not self.done:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(0.1 if left is None else min(left, 0.1))
+            return self.done
+
+    def cancel(self):
+        """Ask the worker to stop this job; the job ends as "cancelled" (within about a second)."""
+        if self.done:
+            return
+        self._client._send_cancel(self)
+
+    # called with the client lock held
+    def _push(self, event):
+        self._events.append(event)
+        self._cond.notify_all()
+
+    def _finish(self, state, result=None, error=None):
+        if self.done:
+            return False
+        self.state = state
+        self.result = result
+        self.error = error
+        self.finished_at = time.monotonic()
+        if error is not None:
+            self._events.append({"type": "error", "error": error})
+        elif result is not None:
+            self._events.append({"type": "result", "result": result})
+        self._cond.notify_all()
+        return True
+
+    def __repr__(self):
+        return f"<Job {self.pipeline} {self.id[:8]} {self.state}>"
+
+
+class _Worker:
+    """One worker process and its reader threads (a crash makes a new one on the next request)."""
+
+    def __init__(self, client, python, env, tmp_dir):
+        self.client = client
+        self.tmp_dir = tmp_dir
+        self.alive = True
+        self.jobs = {}  # id -> Job not finished
+        self.requests = {}  # id -> {"event", "data", "error"} for control requests
+        self.unacked = collections.deque()  # request ids in send order, waiting for their ack
+        self.stderr_tail = collections.deque(maxlen=40)
+        self.running = None  # id of the job the worker runs now
+        cmd = [python, "-m", "pantheon.worker", "--cache-mb", str(client.cache_budget_mb)]
+        if client.preload:
+            cmd.append("--preload")
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env, cwd=tmp_dir, creationflags=flags, bufsize=0)
+        self._write_lock = threading.Lock()
+        self._out_thread = threading.Thread(target=self._read_stdout, daemon=True, name="pantheon-worker-out")
+        self._err_thread = threading.Thread(target=self._read_stderr, daemon=True, name="pantheon-worker-err")
+        self._out_thread.start()
+        self._err_thread.start()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def send(self, data, request_id):
+        """Send raw protocol bytes; the answer's ack is matched by order (``request_id``)."""
+        try:
+            with self._write_lock:  # order of ``unacked`` == order of lines on the pipe
+                with self.client._lock:
+                    if not self.alive:
+                        raise WorkerError("crashed", "The worker is not running.")
+                    self.unacked.append(request_id)
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            self._died(f"could not send to the worker ({exc})")
+            raise WorkerError("crashed", self._crash_message()) from exc
+
+    def _read_stdout(self):
+        stream = self.proc.stdout
+        while True:
+            try:
+                line = stream.readline()
+            except (OSError, ValueError):
+                line = b""
+            if not line:
+                break
+            try:
+                msg = json.loads(line.decode("utf-8"))
+            except ValueError:
+                self.client._queue_log(f"[worker] unreadable answer: {line[:200]!r}")
+                continue
+            try:
+                self._dispatch(msg)
+            except Exception as exc:  # never let a bad answer kill the reader thread
+                self.client._queue_log(f"[worker] bad answer {msg!r}: {exc}")
+        self._died(None)
+
+    def _read_stderr(self):
+        stream = self.proc.stderr
+        while True:
+            try:
+                line = stream.readline()
+            except (OSError, ValueError):
+                break
+            if not line:
+                break
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            self.stderr_tail.append(text)
+            with self.client._lock:
+                job = self.jobs.get(self.running) if self.running else None
+                if job is not None:
+                    job._push({"type": "log", "line": text})
+                else:
+                    self.client._logs.append(text)
+
+    def _dispatch(self, msg):
+        kind, mid = msg.get("type"), msg.get("id")
+        client = self.client
+        with client._lock:
+            if kind == "ack":
+                # acks come strictly in request order (the worker acks each line before reading the next)
+                rid = self.unacked.popleft() if self.unacked else mid
+                if msg.get("error") is not None:
+                    self._fail_request(rid, msg["error"])
+                return
+            if kind == "reply":
+                req = self.requests.get(mid)
+                if req is not None:
+                    req["data"] = msg.get("data")
+                    req["event"].set()
+                return
+            if kind == "log" and mid is None:
+                client._logs.append(msg.get("line", ""))
+                return
+            job = self.jobs.get(mid)
+            if job is None:
+                return
+            if kind == "started":
+                job.state = "running"
+                self.running = mid
+                job._cond.notify_all()
+            elif kind == "progress":
+                job.progress = (float(msg.get("fraction", 0.0)), str(msg.get("message", "")))
+                job._push({"type": "progress", "fraction": job.progress[0], "message": job.progress[1]})
+            elif kind == "log":
+                job._push({"type": "log", "line": msg.get("line", "")})
+            elif kind == "result":
+                result = msg.get("result") or {}
+                result.setdefault("output_dir", job.output_dir)
+                self._end_job(job, "done", result=result)
+            elif kind == "error":
+                err = msg.get("error") or {}
+                err = {"kind": str(err.get("kind", "internal")), "message": str(err.get("message", ""))}
+                self._end_job(job, "cancelled" if err["kind"] == "cancelled" else "failed", error=err)
+
+    def _fail_request(self, rid, error):
+        error = {"kind": str(error.get("kind", "protocol")), "message": str(error.get("message", ""))}
+        if rid in self.jobs:
+            job = self.jobs[rid]
+            self._end_job(job, "cancelled" if error["kind"] == "cancelled" else "failed", error=error)
+        elif rid in self.requests:
+            self.requests[rid]["error"] = error
+            self.requests[rid]["event"].set()
+        else:
+            self.client._rejected.append(error)
+
+    def _end_job(self, job, state, result=None, error=None):  # lock held
+        self.jobs.pop(job.id, None)
+        if self.running == job.id:
+            self.running = None
+        if not job.done:
+            self.client._cleanup_job(job, state)  # before the state flips, so pollers see it done
+            job._finish(state, result, error)
+
+    def _crash_message(self):
+        code = self.proc.poll()
+        tail = [l for l in self.stderr_tail if l.strip()][-5:]
+        how = f"exit code {code}" if code is not None else "no answer"
+        if code is not None and code < 0:
+            how = f"killed by signal {-code}"
+        msg = f"The worker process stopped unexpectedly ({how}); the next request starts a new one."
+        if tail:
+            msg += " Last output: " + " | ".join(tail)
+        return msg
+
+    def _died(self, reason):
+        with self.client._lock:
+            if not self.alive:
+                return
+            self.alive = False
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._err_thread.join(timeout=1)
+        with self.client._lock:
+            expected = self.client._closing
+            message = reason or self._crash_message()
+            err = {"kind": "crashed", "message": message}
+            for job in list(self.jobs.values()):
+                self._end_job(job, "failed", error=err)
+            for req in self.requests.values():
+                if not req["event"].is_set():
+                    req["error"] = err
+                    req["event"].set()
+            if not expected:
+                self.client._logs.append("[worker] " + message)
+        _remove(self.tmp_dir)
+
+    def kill(self):
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+
+class WorkerClient:
+    """Starts and talks to one worker process; see the module docstring."""
+
+    protocol = PROTOCOL_VERSION
+
+    def __init__(self, python=None, env=None, startup_timeout=120.0, cache_budget_mb=2048, log_callback=None,
+                 preload=True):
+        self.python = python or default_python()
+        self.env = dict(env or {})
+        self.startup_timeout = float(startup_timeout)
+        self.cache_budget_mb = cache_budget_mb
+        self.log_callback = log_callback
+        self.preload = preload
+        self._lock = threading.RLock()
+        self._logs = collections.deque(maxlen=2000)
+        self._rejected = collections.deque(maxlen=100)
+        self._worker = None
+        self._hello = None
+        self._closing = False
+        self._session = None
+        self._start_lock = threading.Lock()
+        self.workers_started = 0
+
+    # ------------------------------------------------------------------ temp folders
+    @property
+    def session_dir(self):
+        """Private (0700) folder for this client's temporary files; removed by shutdown()."""
+        with self._lock:
+            if self._session is None or not os.path.isdir(self._session):
+                self._session = tempfile.mkdtemp(prefix="pantheon-worker-")
+                os.chmod(self._session, 0o700)
+            return self._session
+
+    def input_dir(self):
+        """A new private (0700) folder for input files; pass it in ``remove_when_done``."""
+        d = tempfile.mkdtemp(prefix="in-", dir=self.session_dir)
+        os.chmod(d, 0o700)
+        return d
+
+    def release(self, result_or_job):
+        """Remove a finished job's automatic output folder (after its files were loaded)."""
+        result = getattr(result_or_job, "result", result_or_job) or {}
+        out = result.get("output_dir")
+        if out and self._session and os.path.abspath(out).startswith(os.path.abspath(self._session) + os.sep):
+            _remove(out)
+
+    def _cleanup_job(self, job, state):  # lock held
+        for path in job._remove_when_done:
+            _remove(path)
+        if job._auto_output and state != "done":
+            _remove(job.output_dir)
+
+    # ------------------------------------------------------------------ worker lifetime
+    def _env(self, tmp_dir):
+        env = dict(os.environ)
+        env.update(self.env)
+        root = _package_root()
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+        env["PYTHONIOENCODING"] = "utf-8"
+        env["PYTHONUNBUFFERED"] = "1"
+        for var in ("TMPDIR", "TEMP", "TMP"):
+            env[var] = tmp_dir
+        return env
+
+    def _ensure(self):
+        """The live worker, started (with handshake) if needed."""
+        with self._start_lock:
+            w = self._worker
+            if w is not None and w.alive:
+                return w
+            if self._closing:
+                raise WorkerError("crashed", "The worker client was shut down.")
+            tmp_dir = tempfile.mkdtemp(prefix="tmp-", dir=self.session_dir)
+            os.chmod(tmp_dir, 0o700)
+            try:
+                w = _Worker(self, self.python, self._env(tmp_dir), tmp_dir)
+            except OSError as exc:
+                _remove(tmp_dir)
+                raise WorkerError("crashed", f"Cannot start the worker with {self.python}: {exc}") from exc
+            self.workers_started += 1
+            try:
+                info = self._request(w, {"op": "hello", "protocol": self.protocol, "pantheon": __version__},
+                                     self.startup_timeout)
+            except WorkerError as exc:
+                w.kill()
+                if exc.kind == "timeout":
+                    raise WorkerError("timeout", f"The worker ({self.python}) did not answer within "
+                                                 f"{self.startup_timeout:g} s.") from exc
+                if exc.kind == "crashed":
+                    raise WorkerError("crashed", "The worker could not start: " + exc.message) from exc
+                raise
+            if info.get("pantheon") != __version__:
+                w.kill()
+                raise WorkerError("version", f"The worker runs pantheon {info.get('pantheon')} but this client is "
+                                             f"pantheon {__version__}; point the worker at the same installation.")
+            self._hello = info
+            self._worker = w
+            atexit.register(self.shutdown)
+            return w
+
+    def _request(self, w, message, timeout):
+        rid = uuid.uuid4().hex
+        message = dict(message, id=rid)
+        req = {"event": threading.Event(), "data": None, "error": None}
+        with self._lock:
+            w.requests[rid] = req
+        try:
+            w.send(encode(message), rid)
+            if not req["event"].wait(timeout):
+                raise WorkerError("timeout", f"The worker did not answer '{message['op']}' within {timeout:g} s.")
+        finally:
+            with self._lock:
+                w.requests.pop(rid, None)
+        if req["error"] is not None:
+            raise WorkerError(req["error"]["kind"], req["error"]["message"])
+        return req["data"]
+
+    @property
+    def pid(self):
+        w = self._worker
+        return w.pid if w is not None and w.alive else None
+
+    def check_environment(self, timeout=180.0):
+        """What the worker Python has, without starting the worker or importing torch here."""
+        script = (
+            "import importlib.util, json, platform, sys\n"
+            "mods = ['numpy', 'torch', 'monai', 'SimpleITK', 'nibabel', 'safetensors']\n"
+            "missing = [m for m in mods if importlib.util.find_spec(m) is None]\n"
+            "out = {'python': sys.executable, 'version': platform.python_version(), 'missing': missing,\n"
+            "       'torch': None, 'cuda': None}\n"
+            "if 'torch' not in missing:\n"
+            "    try:\n"
+            "        import torch\n"
+            "        out['torch'] = torch.__version__; out['cuda'] = bool(torch.cuda.is_available())\n"
+            "    except Exception as e:\n"
+            "        out['error'] = 'torch does not import: %s' % e\n"
+            "print(json.dumps(out))\n")
+        try:
+            proc = subprocess.run([self.python, "-c", script], capture_output=True, timeout=timeout,
+                                  env=self._env(tempfile.gettempdir()))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return {"python": self.python, "version": None, "missing": ["python"], "torch": None, "cuda": None,
+                    "error": str(exc)}
+        try:
+            return json.loads(proc.stdout.decode("utf-8").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"python": self.python, "version": None, "missing": ["python"], "torch": None, "cuda": None,
+                    "error": proc.stderr.decode("utf-8", "replace")[-500:]}
+
+    def ping(self, timeout=None):
+        """Start the worker if needed; returns its handshake info plus torch/CUDA details."""
+        w = self._ensure()
+        return self._request(w, {"op": "info"}, timeout or self.startup_timeout)
+
+    def stats(self, timeout=30.0):
+        """The worker's cache statistics and job counters."""
+        return self._request(self._ensure(), {"op": "stats"}, timeout)
+
+    def clear_cache(self, timeout=30.0):
+        return self._request(self._ensure(), {"op": "clear"}, timeout)
+
+    # ------------------------------------------------------------------ jobs
+    def submit(self, pipeline, params=None, inputs=None, output_dir=None, remove_when_done=()):
+        """Send a job; returns a :class:`Job` at once. Start-up or handshake failures raise WorkerError."""
+        w = self._ensure()
+        job_id = uuid.uuid4().hex
+        auto = output_dir is None
+        if auto:
+            output_dir = tempfile.mkdtemp(prefix="out-", dir=self.session_dir)
+            os.chmod(output_dir, 0o700)
+        else:
+            output_dir = os.path.abspath(output_dir)
+        job = Job(self, job_id, pipeline, output_dir, auto, remove_when_done)
+        message = {"op": "submit", "id": job_id, "pipeline": pipeline, "params": params or {},
+                   "inputs": {k: os.path.abspath(v) if isinstance(v, str) else v for k, v in (inputs or {}).items()},
+                   "output_dir": output_dir}
+        try:
+            data = encode(message)
+        except (TypeError, ValueError) as exc:
+            with self._lock:
+                self._cleanup_job(job, "failed")
+                job._finish("failed", error={"kind": "protocol", "message": f"Request is not JSON-serialisable: {exc}"})
+            return job
+        with self._lock:
+            w.jobs[job_id] = job
+        try:
+            w.send(data, job_id)
+        except WorkerError:
+            pass  # the job was failed as "crashed" by the reader
+        return job
+
+    def _send_cancel(self, job):
+        w = self._worker
+        if w is None or not w.alive:
+            return
+        rid = uuid.uuid4().hex
+        try:
+            w.send(encode({"op": "cancel", "id": rid, "job": job.id}), rid)
+        except WorkerError:
+            pass
+
+    def send_raw(self, data, timeout=30.0):
+        """Send raw bytes as one request (diagnostics and tests); returns the worker's ack error
+        dict, or None when the worker accepted it."""
+        w = self._ensure()
+        rid = uuid.uuid4().hex
+        req = {"event": threading.Event(), "data": None, "error": None}
+        with self._lock:
+            w.requests[rid] = req
+        try:
+            w.send(data if data.endswith(b"\n") else data + b"\n", rid)
+            # An accepted raw request only gets a bare ack: wait for either outcome with a stats probe.
+            self._request(w, {"op": "stats"}, timeout)
+        finally:
+            with self._lock:
+                w.requests.pop(rid, None)
+        return req["error"]
+
+    def run(self, pipeline, params=None, inputs=None, output_dir=None, progress=None, cancel=None, timeout=None,
+            remove_when_done=()):
+        """Blocking run: returns the result dict or raises WorkerError. ``progress(fraction, message)``;
+        ``cancel`` is an object with is_set() or a callable returning True to stop."""
+        job = self.submit(pipeline, params, inputs, output_dir, remove_when_done)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cancel_sent = False
+        while True:
+            job.wait(0.05)
+            for ev in job.poll():
+                if ev["type"] == "progress" and progress is not None:
+                    progress(ev["fraction"], ev["message"])
+            if job.done:
+                break
+            wants_cancel = cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel())
+            if wants_cancel and not cancel_sent:
+                job.cancel()
+                cancel_sent = True
+            if deadline is not None and time.monotonic() > deadline and not cancel_sent:
+                job.cancel()
+                cancel_sent = True
+                job.wait(5.0)
+                job.poll()
+                if job.state != "done":
+                    raise WorkerError("timeout", f"{pipeline} did not finish within {timeout:g} s and was cancelled.")
+        if job.state == "done":
+            return job.result
+        raise WorkerError(job.error["kind"], job.error["message"])
+
+    # ------------------------------------------------------------------ logs and shutdown
+    def _queue_log(self, line):
+        with self._lock:
+            self._logs.append(line)
+
+    def _deliver_logs(self, lines):
+        if self.log_callback is not None:
+            for line in lines:
+                try:
+                    self.log_callback(line)
+                except Exception:
+                    pass
+
+    def poll_logs(self):
+        """Worker log lines not tied to a job (also passed to ``log_callback``)."""
+        with self._lock:
+            lines = list(self._logs)
+            self._logs.clear()
+        self._deliver_logs(lines)
+        return lines
+
+    def kill(self):
+        """Kill the worker process at once (its jobs fail as "crashed"); the next request restarts it."""
+        w = self._worker
+        if w is not None:
+            w.kill()
+            w._out_thread.join(timeout=5)
+
+    def shutdown(self, timeout=5.0):
+        """Stop the worker (cancelling its jobs) and remove this client's temporary files."""
+        with self._lock:
+            self._closing = True
+        w = self._worker
+        if w is not None and w.alive:
+            try:
+                self._request(w, {"op": "shutdown"}, timeout)
+            except WorkerError:
+                pass
+            try:
+                w.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                w.kill()
+            w._out_thread.join(timeout=timeout)
+        if self._session:
+            _remove(self._session)
+        with self._lock:
+            self._closing = False
+            self._session = None
+        try:
+            atexit.unregister(self.shutdown)
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
