@@ -68,7 +68,7 @@ def main():
           f"{min(ins):.3f} s (best of 3; median {statistics.median(ins):.3f})")
     print(f"heatmap out {tuple(args.shape)} float32 ({mb_out:.0f} MiB): worker write + client read "
           f"{min(outs):.3f} s (best of 3; median {statistics.median(outs):.3f})")
-    print(f"temp folder: {tempfile.gettempdir()}")
+    print(f"temp folder: {os.path.dirname(c.session_dir)}")
     c.shutdown()
 
 

@@ -38,6 +38,27 @@ __all__ = ["WorkerClient", "Job", "WorkerError", "default_python"]
 _TERMINAL = ("done", "failed", "cancelled")
 
 
+TEMP_ROOT_ENV = "PANTHEON_WORKER_TMPDIR"
+
+
+def fast_temp_root(min_free_bytes=4 << 30):
+    """Where volumes travel between Slicer and the worker: $PANTHEON_WORKER_TMPDIR, else a RAM-backed
+    /dev/shm when it has room (a 300 MB heatmap is written there in ~0.2 s instead of up to 1.6 s
+    through the disk's write-back), else the system temp folder (None)."""
+    root = os.environ.get(TEMP_ROOT_ENV)
+    if root:
+        return root
+    shm = "/dev/shm"
+    try:
+        if os.path.isdir(shm) and os.access(shm, os.W_OK):
+            st = os.statvfs(shm)
+            if st.f_bavail * st.f_frsize >= min_free_bytes:
+                return shm
+    except OSError:
+        pass
+    return None
+
+
 class WorkerError(Exception):
     """A failed worker request: ``kind`` is one of input, checkpoint, cancelled, crashed, protocol,
     version, internal, timeout; ``message`` is one sentence for the user."""
@@ -372,7 +393,7 @@ class WorkerClient:
         """Private (0700) folder for this client's temporary files; removed by shutdown()."""
         with self._lock:
             if self._session is None or not os.path.isdir(self._session):
-                self._session = tempfile.mkdtemp(prefix="pantheon-worker-")
+                self._session = tempfile.mkdtemp(prefix="pantheon-worker-", dir=fast_temp_root())
                 os.chmod(self._session, 0o700)
             return self._session
 
