@@ -145,11 +145,11 @@ def test_failure_midway_leaves_existing_outputs_untouched(ct_file, tmp_path, cap
 
 
 def test_help_lists_every_action():
-    out = subprocess.run([sys.executable, "-m", "pantheon", "nemesis", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "pantheon", "nemesis", "--help"], capture_output=True, text=True, encoding="utf-8")
     assert out.returncode == 0
     for action in ["features", "reconstruct", "organs", "pca", "similar", "train-probe", "pretrain"]:
         assert action in out.stdout
-    out = subprocess.run([sys.executable, "-m", "pantheon", "nemesis", "reconstruct", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "pantheon", "nemesis", "reconstruct", "--help"], capture_output=True, text=True, encoding="utf-8")
     assert "--mask-ratio" in out.stdout and "RAS" in out.stdout
 
 

@@ -257,6 +257,20 @@ def cmd_demo(args, progress):
             "warning": organs.notes.get("warning", "")}
 
 
+def cmd_batch(args, progress):
+    """Run one pipeline over a folder or CSV of images (see pantheon.batch)."""
+    from .batch import run_batch
+    options = {"weights": args.weights, "probe": args.probe, "device": args.device, "organs": args.organs}
+    summary = run_batch(args.pipeline, args.input, args.output, args.workers, options, fmt=args.format,
+                        seg_nrrd=args.seg_nrrd, retry_failed=args.retry_failed, engine=args.engine, quiet=args.quiet)
+    if summary["failed"]:
+        msg = f"{summary['failed']} of {summary['cases']} case(s) failed; see {summary['summary']}."
+        if args.strict:
+            raise PantheonError(msg)
+        print(f"pantheon: warning: {msg}", file=sys.stderr)
+    return summary
+
+
 def cmd_build_demo_weights(args, progress):
     from .train.demo_weights import build_demo_weights
     return build_demo_weights(args.output, steps=args.steps, cases=args.cases, seed=args.seed, progress=progress,
@@ -322,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io_args(p, needs_input=False); _add_engine_args(p)
     p.set_defaults(func=cmd_train_probe)
 
-    p = act.add_parser("pretrain", help="MAE pretraining (dual masking, noise levels) — resumable")
+    p = act.add_parser("pretrain", help="MAE pretraining (dual masking, noise levels) (resumable)")
     p.add_argument("--data", help="folder of CT images")
     p.add_argument("--phantoms", type=int, default=0, help="pretrain on N generated phantoms instead of --data")
     p.add_argument("--steps", type=int, default=1000)
@@ -344,13 +358,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_demo_weights)
+    from .batch.pipelines import PIPELINES
+    p = sub.add_parser("batch", help="run a pipeline over a folder or CSV of images (resumable)",
+                       description="Batch pseudo-labelling: one output folder per case, manifest.json, logs/, "
+                                   "summary.csv and index.html in --output. A rerun skips finished cases and "
+                                   "redoes failed or unfinished ones.")
+    p.add_argument("pipeline", choices=sorted(PIPELINES), help="batch pipeline")
+    p.add_argument("--input", required=True, help="folder of images / DICOM series subfolders, or a CSV with an "
+                                                  "'image' column (optional 'case_id')")
+    p.add_argument("-o", "--output", required=True, help="batch output folder")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each loads the model once (default 1)")
+    p.add_argument("--engine", default="local", choices=["local"], help="executor (default local process pool)")
+    p.add_argument("--weights", metavar="PATH|CARD", help="NEMESIS weights (default: bundled demo weights)")
+    p.add_argument("--probe", metavar="PATH|CARD", help="organ probe weights (default: bundled demo probe)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--organs", nargs="+", metavar="ORGAN", help="nemesis-organs: only these organs")
+    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd"], help="image format (default nii.gz)")
+    p.add_argument("--seg-nrrd", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write label outputs as Slicer .seg.nrrd (default on)")
+    p.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=True,
+                   help="redo cases that failed in an earlier run (default on)")
+    p.add_argument("--strict", action="store_true", help="exit with status 2 when any case failed (default: 0 "
+                                                         "with a warning on stderr)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_batch)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    progress = TqdmProgress(getattr(args, "quiet", False), desc=getattr(args, "action", args.command))
+    quiet = getattr(args, "quiet", False) or args.command == "batch"  # batch draws its own per-case bar
+    progress = TqdmProgress(quiet, desc=getattr(args, "action", args.command))
     t0 = time.perf_counter()
     try:
         summary = args.func(args, progress)

@@ -1,0 +1,242 @@
+"""DICOM SEG export of label maps computed on a DICOM series (pantheon.export.dicom_seg).
+
+The series is a small oblique CT written in shuffled file order by the DICOM test writer of
+test_io_files; what the SEG says is checked with pydicom on the raw attributes (frame by frame,
+via the referenced SOP Instance UIDs) as well as through the highdicom-based reader helper.
+"""
+
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+
+from pantheon.anatomy import BTCV_ORGANS
+from pantheon.errors import InputError
+from pantheon.export import read_dicom_seg_as_label, write_dicom_seg
+from pantheon.io import Volume, read_volume
+from pantheon.results import LabelOutput, Segment
+from test_io_files import _write_dicom_series
+from test_io_support import random_rotation
+
+SERIES_UID = "1.2.826.0.1.3680043.2.1125.4242.1"
+FOR_UID = "1.2.826.0.1.3680043.2.1125.4242.9"
+SHAPE = (12, 20, 24)  # K slices of J=20 rows x I=24 columns
+ORGANS = {name: (value, color, code, meaning) for name, value, color, code, meaning in BTCV_ORGANS}
+
+
+def _segment(name):
+    value, color, code, meaning = ORGANS[name]
+    return Segment(value, name, color, ("SCT", code, meaning))
+
+
+@pytest.fixture(scope="module")
+def ct_series(tmp_path_factory):
+    """(folder, Volume): 12 oblique anisotropic slices, files written in shuffled order, one frame of reference."""
+    folder = tmp_path_factory.mktemp("dcm") / "ct"
+    rng = np.random.default_rng(7)
+    vol = Volume(rng.integers(-1000, 1500, SHAPE).astype(np.int16), (0.7, 0.9, 2.5), (-31.5, 12.25, -80.0),
+                 random_rotation(3))
+    order = list(rng.permutation(SHAPE[0]))
+    assert order != sorted(order)
+    _write_dicom_series(folder, vol, SERIES_UID, order=order)
+    for f in folder.iterdir():  # a scanner always writes a FrameOfReferenceUID; the test writer does not
+        ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID = FOR_UID
+        ds.save_as(f)
+    return folder, read_volume(folder)
+
+
+def _label_map(geometry: Volume) -> np.ndarray:
+    k, j, i = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[(k >= 2) & (k <= 7) & (j < 9) & (i < 10)] = 6  # liver
+    lab[(k >= 5) & (k <= 10) & (j > 11) & (i > 13) & ((i + j + k) % 3 != 0)] = 1  # spleen, irregular
+    return lab
+
+
+def _label(geometry: Volume, lab=None, segments=None) -> LabelOutput:
+    lab = _label_map(geometry) if lab is None else lab
+    segs = segments if segments is not None else [_segment(name) for name, *_ in BTCV_ORGANS]
+    return LabelOutput(geometry.with_array(lab), segs)
+
+
+def _raw_frames(ds, uid_to_k):
+    """{segment number: array (K, J, I)} decoded from the raw per-frame attributes with pydicom only."""
+    n_seg = len(ds.SegmentSequence)
+    out = {n: np.zeros(SHAPE, np.uint8) for n in range(1, n_seg + 1)}
+    pix = ds.pixel_array
+    pix = pix[np.newaxis] if pix.ndim == 2 else pix
+    assert pix.shape[0] == int(ds.NumberOfFrames) == len(ds.PerFrameFunctionalGroupsSequence)
+    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        src = item.DerivationImageSequence[0].SourceImageSequence
+        assert len(src) == 1
+        k = uid_to_k[str(src[0].ReferencedSOPInstanceUID)]
+        assert not out[number][k].any(), "two frames for one segment and one slice"
+        out[number][k] = pix[f]
+        assert pix[f].any(), "empty frames must be omitted"
+    return out
+
+
+def _uid_to_k(folder, geometry):
+    """Map SOP Instance UID -> slice k from each file's own ImagePositionPatient (independent of Pantheon)."""
+    m = {}
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        k = geometry.world_to_ijk([float(x) for x in ds.ImagePositionPatient])[0, 2]
+        assert abs(k - round(k)) < 1e-4
+        m[str(ds.SOPInstanceUID)] = int(round(k))
+    assert sorted(m.values()) == list(range(SHAPE[0]))
+    return m
+
+
+def test_seg_round_trip_is_voxel_exact(ct_series, tmp_path):
+    folder, geometry = ct_series
+    lab = _label_map(geometry)
+    out = write_dicom_seg(_label(geometry, lab), folder, tmp_path / "seg.dcm", content_creator="Doe^Jane")
+    assert out == tmp_path / "seg.dcm" and out.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.dcm"]
+
+    ds = pydicom.dcmread(out)
+    src = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+    assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
+    assert ds.FrameOfReferenceUID == FOR_UID
+    assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != SERIES_UID
+    assert ds.SeriesDescription == "Pantheon segmentation" and str(ds.ContentCreatorName) == "Doe^Jane"
+    assert [str(r.SeriesInstanceUID) for r in ds.ReferencedSeriesSequence] == [SERIES_UID]
+    assert (int(ds.Rows), int(ds.Columns)) == SHAPE[1:]
+
+    # Segments: only those present, in increasing label value (spleen 1, liver 6), SNOMED CT codes.
+    segs = {int(s.SegmentNumber): s for s in ds.SegmentSequence}
+    assert [segs[n].SegmentLabel for n in (1, 2)] == ["spleen", "liver"]
+    for n, (code, meaning) in {1: ("78961009", "Spleen"), 2: ("10200004", "Liver")}.items():
+        t = segs[n].SegmentedPropertyTypeCodeSequence[0]
+        assert (t.CodingSchemeDesignator, t.CodeValue, t.CodeMeaning) == ("SCT", code, meaning)
+        c = segs[n].SegmentedPropertyCategoryCodeSequence[0]
+        assert (c.CodingSchemeDesignator, c.CodeValue) == ("SCT", "123037004")
+        assert segs[n].SegmentAlgorithmType == "AUTOMATIC"
+        assert segs[n].SegmentAlgorithmName == "Pantheon"
+        assert len(segs[n].RecommendedDisplayCIELabValue) == 3
+
+    # Every voxel of every segment, at the source instance named by its SOP Instance UID.
+    raw = _raw_frames(ds, _uid_to_k(folder, geometry))
+    np.testing.assert_array_equal(raw[1], (lab == 1).astype(np.uint8))
+    np.testing.assert_array_equal(raw[2], (lab == 6).astype(np.uint8))
+    n_nonempty = sum(int((lab[k] == v).any()) for k in range(SHAPE[0]) for v in (1, 6))
+    assert int(ds.NumberOfFrames) == n_nonempty < 2 * SHAPE[0]
+
+    # The highdicom-based reader helper agrees.
+    back, info = read_dicom_seg_as_label(out, folder)
+    assert info == {1: ("spleen", ("SCT", "78961009", "Spleen")), 2: ("liver", ("SCT", "10200004", "Liver"))}
+    np.testing.assert_array_equal(back, np.select([lab == 1, lab == 6], [1, 2], 0))
+
+
+def test_unlisted_value_and_uncoded_segment(ct_series, tmp_path):
+    folder, geometry = ct_series
+    lab = _label_map(geometry)
+    lab[0, :3, :3] = 42  # in no segment list
+    segments = [_segment("liver"), Segment(1, "blob", (0.1, 0.2, 0.3))]  # no code
+    with pytest.warns(UserWarning, match="42"):
+        out = write_dicom_seg(_label(geometry, lab, segments), folder, tmp_path / "seg.dcm",
+                              algorithm_name="NEMESIS", algorithm_version="9.9")
+    back, info = read_dicom_seg_as_label(out, folder)
+    assert info == {1: ("blob", ("SCT", "85756007", "Tissue")), 2: ("liver", ("SCT", "10200004", "Liver")),
+                    3: ("Label 42", ("SCT", "85756007", "Tissue"))}
+    np.testing.assert_array_equal(back, np.select([lab == 1, lab == 6, lab == 42], [1, 2, 3], 0))
+    ds = pydicom.dcmread(out, stop_before_pixels=True)
+    assert {s.SegmentAlgorithmName for s in ds.SegmentSequence} == {"NEMESIS"}
+    assert ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "9.9"
+
+
+@pytest.mark.parametrize("change,what", [
+    ("origin", "origin"), ("spacing", "spacing"), ("direction", "direction"), ("shape", "shape")])
+def test_geometry_mismatch_is_refused(ct_series, tmp_path, change, what):
+    folder, g = ct_series
+    lab = _label_map(g)
+    if change == "origin":
+        v = Volume(lab, g.spacing, np.add(g.origin, [0, 0.01, 0]), g.direction)
+    elif change == "spacing":
+        v = Volume(lab, (g.spacing[0], g.spacing[1] + 0.01, g.spacing[2]), g.origin, g.direction)
+    elif change == "direction":
+        v = Volume(lab, g.spacing, g.origin, random_rotation(4))
+    else:
+        v = Volume(lab[:-1], g.spacing, g.origin, g.direction)
+    with pytest.raises(InputError, match=what):
+        write_dicom_seg(LabelOutput(v, [_segment("liver"), _segment("spleen")]), folder, tmp_path / "seg.dcm")
+    assert not list(tmp_path.iterdir())
+
+
+def test_tiny_float_noise_in_geometry_is_accepted(ct_series, tmp_path):
+    folder, g = ct_series
+    v = Volume(_label_map(g), np.add(g.spacing, 1e-7), np.add(g.origin, 1e-5), g.direction + 1e-8)
+    assert write_dicom_seg(LabelOutput(v, [_segment("liver"), _segment("spleen")]), folder,
+                           tmp_path / "seg.dcm").is_file()
+
+
+def test_empty_label_map_is_refused(ct_series, tmp_path):
+    folder, g = ct_series
+    with pytest.raises(InputError, match="nothing to save"):
+        write_dicom_seg(_label(g, np.zeros(SHAPE, np.uint8)), folder, tmp_path / "seg.dcm")
+    assert not list(tmp_path.iterdir())
+
+
+def test_non_dicom_source_is_refused(ct_series, tmp_path):
+    _, g = ct_series
+    (tmp_path / "notdicom").mkdir()
+    (tmp_path / "notdicom" / "a.txt").write_text("hello")
+    with pytest.raises(InputError, match="DICOM"):
+        write_dicom_seg(_label(g), tmp_path / "notdicom", tmp_path / "seg.dcm")
+    (tmp_path / "img.nii").write_bytes(b"\0" * 400)
+    with pytest.raises(InputError, match="not a DICOM"):
+        write_dicom_seg(_label(g), tmp_path / "img.nii", tmp_path / "seg.dcm")
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_missing_frame_of_reference_is_refused(tmp_path):
+    vol = Volume(np.zeros((3, 4, 5), np.int16), (0.5, 0.6, 2.0), (1, 2, 3), random_rotation(5))
+    _write_dicom_series(tmp_path / "ct", vol, "1.2.826.0.1.3680043.2.1125.4243.1")
+    lab = np.zeros((3, 4, 5), np.uint8)
+    lab[1, 1, 1] = 6
+    with pytest.raises(InputError, match="FrameOfReferenceUID"):
+        write_dicom_seg(LabelOutput(read_volume(tmp_path / "ct").with_array(lab), [_segment("liver")]),
+                        tmp_path / "ct", tmp_path / "seg.dcm")
+
+
+def test_failed_write_leaves_no_file(ct_series, tmp_path, monkeypatch):
+    folder, g = ct_series
+    out = tmp_path / "seg.dcm"
+
+    def broken(path, *args, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pydicom, "dcmwrite", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_dicom_seg(_label(g), folder, out)
+    assert not list(tmp_path.iterdir())
+    out.write_bytes(b"previous")  # an existing file is left as it was
+    with pytest.raises(OSError):
+        write_dicom_seg(_label(g), folder, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["seg.dcm"] and out.read_bytes() == b"previous"
+
+
+def test_match_is_by_position_not_file_name(ct_series, tmp_path):
+    """Renaming files so that name order contradicts slice order changes nothing."""
+    folder, g = ct_series
+    shuffled = tmp_path / "renamed"
+    shuffled.mkdir()
+    files = sorted(folder.iterdir())
+    for n, f in enumerate(files):
+        (shuffled / f"x{(7 * n) % len(files):03d}.dcm").write_bytes(f.read_bytes())
+    lab = _label_map(g)
+    out = write_dicom_seg(_label(g, lab), shuffled, tmp_path / "seg.dcm")
+    ds = pydicom.dcmread(out)
+    raw = _raw_frames(ds, _uid_to_k(folder, g))
+    np.testing.assert_array_equal(raw[2], (lab == 6).astype(np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back, _ = read_dicom_seg_as_label(out, shuffled)
+    np.testing.assert_array_equal(back, np.select([lab == 1, lab == 6], [1, 2], 0))

@@ -1,0 +1,251 @@
+"""Running a batch: reconcile the manifest, run pending cases on an executor, write reports.
+
+Executors are pluggable (``EXECUTORS``: name -> callable); ``"local"`` is a
+``ProcessPoolExecutor`` of N spawned worker processes, each loading the model once in its
+initializer and using ``max(1, cores // N)`` torch threads. A Ray executor only has to implement
+the same ``execute(...)`` contract (yield one outcome dict per task, see :func:`local_executor`).
+The parent process alone writes the manifest and moves finished case folders into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+from ..errors import PantheonError
+from .cases import Case, discover_cases
+from .manifest import Manifest
+from .pipelines import get_pipeline
+from .worker import STAGE_PREFIX
+
+TRASH_PREFIX = ".trash-"
+LOCK_NAME = ".batch.lock"
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------- executors
+def local_executor(pipeline: str, options: dict, tasks: List[dict], workers: int,
+                   on_start: Callable[[dict], int]) -> Iterator[dict]:
+    """Run ``tasks`` in ``workers`` processes; yields an outcome per task as it finishes.
+
+    ``on_start(task)`` is called (in the parent) right before a task is submitted and returns the
+    attempt number. At most ``workers`` tasks are in flight, so "running" in the manifest means
+    running. A worker process that dies (killed, out of memory) fails the cases it held; the pool
+    is then rebuilt and the batch goes on.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+    from .worker import init_worker, process_case
+
+    workers = max(1, int(workers))
+    threads = max(1, cpu_cores() // workers)
+    queue = list(tasks)
+    ctx = mp.get_context("spawn")  # no fork of a parent that may hold torch/OpenMP threads
+
+    def new_pool():
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+                                   initargs=(pipeline, options, threads))
+
+    pool = new_pool()
+    inflight: Dict[object, dict] = {}
+    try:
+        while queue or inflight:
+            while queue and len(inflight) < workers:
+                task = queue.pop(0)
+                task["attempt"] = on_start(task)
+                inflight[pool.submit(process_case, dict(task))] = task
+            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                task = inflight.pop(fut)
+                try:
+                    yield fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    yield {"case_id": task["case_id"], "attempt": task["attempt"], "state": "failed",
+                           "error": "The worker process died while running this case (out of memory or killed)."}
+                except Exception as exc:  # noqa: BLE001
+                    yield {"case_id": task["case_id"], "attempt": task["attempt"], "state": "failed",
+                           "error": f"{type(exc).__name__}: {exc}"}
+            if broken:
+                for fut, task in list(inflight.items()):
+                    inflight.pop(fut)
+                    yield {"case_id": task["case_id"], "attempt": task["attempt"], "state": "failed",
+                           "error": "The worker process died while running this case (out of memory or killed)."}
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+    finally:
+        pool.shutdown(wait=not inflight, cancel_futures=True)
+
+
+EXECUTORS: Dict[str, Callable] = {"local": local_executor}
+
+
+# ---------------------------------------------------------------------------- helpers
+def _clean_leftovers(out: Path) -> None:
+    """Remove staging folders and temporary files a killed batch left behind (we hold the lock)."""
+    for p in out.iterdir():
+        if p.name.startswith((STAGE_PREFIX, TRASH_PREFIX, ".pantheon-partial-")) or \
+                (p.name.startswith(".") and p.name.endswith(".tmp")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _case_complete(out: Path, c: dict, attempt: Optional[int] = None) -> Optional[dict]:
+    """case.json of a complete case folder (for ``attempt`` if given), else None."""
+    f = out / c["case_id"] / "case.json"
+    try:
+        doc = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    if attempt is not None and doc.get("attempt") != attempt:
+        return None
+    if not all((out / c["case_id"] / o).exists() for o in doc.get("outputs", [])):
+        return None
+    return doc
+
+
+def _move_into_place(out: Path, stage_name: str, case_id: str) -> None:
+    stage, final = out / stage_name, out / case_id
+    trash = None
+    if final.exists():
+        trash = out / f"{TRASH_PREFIX}{case_id}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, trash)
+    os.replace(stage, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+class _Lock:
+    def __init__(self, out: Path):
+        self.path = out / LOCK_NAME
+        self.f = None
+
+    def __enter__(self):
+        import fcntl
+        self.f = open(self.path, "a")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.close()
+            raise PantheonError(f"Another batch is writing to {self.path.parent}; wait for it or use another folder.")
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+# ---------------------------------------------------------------------------- the batch
+def reconcile(manifest: Manifest, cases: List[Case], out: Path, retry_failed: bool = True) -> List[str]:
+    """Bring the manifest up to date with the input and the disk; returns the case ids to run."""
+    for case in cases:
+        if case.case_id not in manifest.cases:
+            manifest.cases[case.case_id] = Manifest.new_case(case.case_id, case.input)
+        else:
+            manifest.cases[case.case_id]["input"] = case.input
+    todo = []
+    for case in cases:
+        c = manifest.cases[case.case_id]
+        if c["state"] == "running":
+            doc = _case_complete(out, c, c["attempts"])
+            if doc is not None:  # finished and moved into place, but not recorded: adopt it
+                c.update(state="done", error=None, seconds=doc["seconds"], pipeline_seconds=doc["pipeline_seconds"],
+                         outputs=doc["outputs"], findings=doc["findings"], finished=c.get("finished") or c["started"])
+                if c["history"]:
+                    c["history"][-1]["state"] = "done"
+                continue
+            c["state"] = "pending"
+            if c["history"]:
+                c["history"][-1]["state"] = "interrupted"
+        elif c["state"] == "done" and _case_complete(out, c) is None:
+            c["state"] = "pending"
+        elif c["state"] == "failed" and retry_failed:
+            c["state"] = "pending"
+        if c["state"] == "pending":
+            todo.append(case.case_id)
+    manifest.save()
+    return todo
+
+
+def run_batch(pipeline: str, source, output, workers: int = 1, options: Optional[dict] = None,
+              fmt: str = "nii.gz", seg_nrrd: bool = True, retry_failed: bool = True, engine: str = "local",
+              quiet: bool = False, log: Callable[[str], None] = None) -> dict:
+    """Run ``pipeline`` over every case of ``source`` (folder or CSV) into ``output``; see the package doc."""
+    pipe = get_pipeline(pipeline)
+    if engine not in EXECUTORS:
+        raise PantheonError(f"Unknown batch engine {engine!r}; available: {', '.join(EXECUTORS)}.")
+    if workers < 1:
+        raise PantheonError("--workers must be at least 1.")
+    if fmt not in ("nii.gz", "nii", "nrrd"):
+        raise PantheonError(f"--format must be nii.gz, nii or nrrd, not {fmt!r}.")
+    options = {k: options.get(k, v) for k, v in pipe.options.items()} if options else dict(pipe.options)
+    cases = discover_cases(source)
+    out = Path(output).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    result_options = {k: v for k, v in options.items() if k not in ("device",)}
+    result_options.update(format=fmt, seg_nrrd=bool(seg_nrrd))
+    t0 = time.perf_counter()
+    with _Lock(out):
+        _clean_leftovers(out)
+        manifest = Manifest.open(out, pipeline, result_options)
+        todo = reconcile(manifest, cases, out, retry_failed)
+        ids = [c.case_id for c in cases]
+        bar = None
+        if not quiet:
+            from tqdm import tqdm
+            bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc=f"batch {pipeline}", unit="case",
+                       file=sys.stderr, dynamic_ncols=True)
+        tasks = [{"case_id": i, "input": manifest.cases[i]["input"], "output": str(out), "format": fmt,
+                  "seg_nrrd": bool(seg_nrrd)} for i in todo]
+        executor = EXECUTORS[engine]
+        interrupted = False
+        try:
+            for res in executor(pipeline, options, tasks, workers, lambda t: manifest.start(t["case_id"])):
+                cid = res["case_id"]
+                if res["state"] == "done":
+                    try:
+                        _move_into_place(out, res["stage"], cid)
+                    except OSError as exc:
+                        res = dict(res, state="failed", error=f"Could not move the outputs into place: {exc}")
+                if res["state"] == "done":
+                    manifest.finish(cid, "done", None, seconds=res["seconds"],
+                                    pipeline_seconds=res["pipeline_seconds"], outputs=res["outputs"],
+                                    findings=res["findings"], pid=res.get("pid"))
+                else:
+                    manifest.finish(cid, "failed", res.get("error"), seconds=res.get("seconds"),
+                                    pipeline_seconds=None, outputs=[], findings={}, pid=res.get("pid"))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"{cid} {res['state']}; failed {manifest.counts()['failed']}", refresh=True)
+        except KeyboardInterrupt:
+            interrupted = True
+            for c in manifest.cases.values():
+                if c["state"] == "running":
+                    manifest.finish(c["case_id"], "pending", "Interrupted by the user.")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            _clean_leftovers(out)
+            from .report import write_index_html, write_summary_csv
+            ordered = manifest.ordered(ids)
+            write_summary_csv(out, ordered)
+            write_index_html(out, ordered, pipeline, manifest.counts())
+    counts = {s: sum(1 for i in ids if manifest.cases[i]["state"] == s) for s in ("done", "failed", "pending")}
+    failed = [{"case_id": i, "error": manifest.cases[i]["error"]} for i in ids if manifest.cases[i]["state"] == "failed"]
+    return {"output": str(out), "cases": len(ids), "ran": len(todo), "skipped": len(ids) - len(todo),
+            **counts, "failed_cases": failed, "seconds": round(time.perf_counter() - t0, 2),
+            "manifest": str(out / "manifest.json"), "summary": str(out / "summary.csv"),
+            "index": str(out / "index.html")}
