@@ -267,3 +267,14 @@ def test_cross_scan_directions():
         cross_merge(xs.unsqueeze(0), 4, 2)        # 4 * 2 != 6
     with pytest.raises(ValueError):
         cross_scan(x[0])
+
+
+def test_scan_ignores_autocast():
+    inputs = make_inputs(length=12, seed=41)
+    ref = selective_scan_ref(**inputs, delta_softplus=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = selective_scan_fn(**inputs, delta_softplus=True)
+        out_module = SelectiveScan()(**inputs, delta_softplus=True)
+    assert out.dtype == out_module.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out_module, ref, rtol=0, atol=1e-4)

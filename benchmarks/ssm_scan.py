@@ -8,25 +8,30 @@ the speed-up, and max |chunked - ref|; optionally the same with a backward pass.
                                   [--repeats 5] [--chunk-size T ...] [--backward]
 
 Target from the issue (2-core CPU): speed-up >= 10x with max |delta| <= 1e-4 (float32).
-Runs are interleaved and the minimum is reported, which is robust on a shared machine.
+Runs are interleaved and the minimum is reported, which is robust on a shared machine; the
+process CPU time is printed too (on a busy machine, wall time penalises the multi-threaded
+chunked scan, whose many short parallel ops wait for the slowest thread; OMP_WAIT_POLICY=PASSIVE
+helps there).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
 
 
 def best_time(fn, repeats):
-    return min(_once(fn) for _ in range(repeats))
+    return min(_once(fn)[0] for _ in range(repeats))
 
 
 def _once(fn):
-    t = time.perf_counter()
+    """(wall seconds, process CPU seconds) of one call."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def main():
@@ -52,20 +57,26 @@ def main():
     B, C = torch.randn(b, n, L), torch.randn(b, n, L)
     Dskip, bias = torch.ones(d), torch.full((d,), -2.0)
     kw = dict(D=Dskip, delta_bias=bias, delta_softplus=True)
-    print(f"torch {torch.__version__}, {args.threads} threads; batch {b}, L {L}, D {d}, N {n}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {args.threads} threads; batch {b}, L {L}, D {d}, N {n}; "
+          f"1-min load average {load:.1f} on {os.cpu_count()} CPUs (a loaded machine slows the "
+          f"multi-threaded chunked scan most)")
 
     with torch.no_grad():
         ref = selective_scan_ref(u, delta, A, B, C, **kw)
         for T in args.chunk_size:
             out = selective_scan_chunked(u, delta, A, B, C, chunk_size=T, **kw)  # warm-up
-            t_ref = t_chk = float("inf")
+            t_ref = t_chk = c_ref = c_chk = float("inf")
             for _ in range(args.repeats):  # interleaved, so that load spikes hit both alike
-                t_ref = min(t_ref, _once(lambda: selective_scan_ref(u, delta, A, B, C, **kw)))
-                t_chk = min(t_chk, _once(lambda: selective_scan_chunked(u, delta, A, B, C, chunk_size=T, **kw)))
+                w, c = _once(lambda: selective_scan_ref(u, delta, A, B, C, **kw))
+                t_ref, c_ref = min(t_ref, w), min(c_ref, c)
+                w, c = _once(lambda: selective_scan_chunked(u, delta, A, B, C, chunk_size=T, **kw))
+                t_chk, c_chk = min(t_chk, w), min(c_chk, c)
             err = (out - ref).abs().max().item()
             tsize = default_chunk_size(L) if T is None else T
             print(f"forward  chunk {tsize:4d}: ref {t_ref * 1e3:8.1f} ms  chunked {t_chk * 1e3:7.1f} ms  "
-                  f"speed-up {t_ref / t_chk:5.1f}x  max|delta| {err:.2e}")
+                  f"speed-up {t_ref / t_chk:5.1f}x  max|delta| {err:.2e}   "
+                  f"(CPU time: ref {c_ref * 1e3:.0f} ms, chunked {c_chk * 1e3:.0f} ms, {c_ref / c_chk:.1f}x)")
 
     if args.backward:
         leaves = [x.clone().requires_grad_(True) for x in (u, delta, B, C)]

@@ -260,9 +260,18 @@ def cmd_demo(args, progress):
 def cmd_batch(args, progress):
     """Run one pipeline over a folder or CSV of images (see pantheon.batch)."""
     from .batch import run_batch
-    options = {"weights": args.weights, "probe": args.probe, "device": args.device, "organs": args.organs}
-    summary = run_batch(args.pipeline, args.input, args.output, args.workers, options, fmt=args.format,
-                        seg_nrrd=args.seg_nrrd, retry_failed=args.retry_failed, engine=args.engine, quiet=args.quiet)
+    # every model option; run_batch keeps those the chosen pipeline declares
+    options = {"weights": args.weights, "probe": args.probe, "device": args.device, "organs": args.organs,
+               "detector": args.detector, "hena": args.hena, "score_thresh": args.score_thresh,
+               "neoseg": args.neoseg, "pattennet": args.pattennet}
+    options = {k: v for k, v in options.items() if v is not None}
+    from .batch.ray_executor import ray_address
+    if args.ray_address and args.engine != "ray":
+        raise PantheonError("--ray-address needs --engine ray.")
+    with ray_address(args.ray_address):
+        summary = run_batch(args.pipeline, args.input, args.output, args.workers, options, fmt=args.format,
+                            seg_nrrd=args.seg_nrrd, retry_failed=args.retry_failed, engine=args.engine,
+                            quiet=args.quiet)
     if summary["failed"]:
         msg = f"{summary['failed']} of {summary['cases']} case(s) failed; see {summary['summary']}."
         if args.strict:
@@ -275,6 +284,241 @@ def cmd_build_demo_weights(args, progress):
     from .train.demo_weights import build_demo_weights
     return build_demo_weights(args.output, steps=args.steps, cases=args.cases, seed=args.seed, progress=progress,
                               log=lambda m: print(m, file=sys.stderr))
+
+
+
+# ---------------------------------------------------------------------------- tooth (MATHENA)
+def cmd_tooth_analyze(args, progress):
+    """Detections, per-tooth caries / anomaly / stage, label maps, findings, dental chart."""
+    from .outputs import staged_output, write_result
+    from .pipelines import mathena as mt
+    from .progress import Reporter
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise PantheonError(f"--score-thresh must be between 0 and 1, got {args.score_thresh:g}.")
+    vol = _read_input(args.input)
+    mt.opg_to_gray(vol)  # bad input fails before loading any model
+    models = mt.load_mathena_models(args.detector, args.hena)
+    result = mt.analyze(vol, models, None, args.score_thresh, progress=Reporter(progress).sub(0, 0.9))
+    with staged_output(args.output) as stage:
+        write_result(result, stage, args.format, preview=False)
+        mt.dental_chart(result, stage / "chart.png")
+        mt.save_overlay_preview(vol, result, stage / "preview.png")
+        names = sorted(p.name for p in stage.iterdir())
+    out = Path(args.output)
+    from .outputs import json_safe
+    return json_safe({"files": [str(out / n) for n in names], "chart": str(out / "chart.png"),
+                      "scalars": result.scalars, "findings": result.tables["findings"],
+                      "warning": result.notes.get("warning", "")})
+
+
+TOOTH_STAGES = ("detector", "carseg", "ad", "dds")
+
+
+def _tooth_data(args):
+    """Training / evaluation OPGs: DENTEX JSON + image folder, or N synthetic OPGs."""
+    synthetic = getattr(args, "synthetic", 0) or 0
+    if synthetic and args.data:
+        raise PantheonError("Give either --data (DENTEX JSON with --images) or --synthetic N, not both.")
+    if synthetic:
+        if synthetic < 1:
+            raise PantheonError("--synthetic needs a positive number of images.")
+        from .synth.opg import make_opg
+        return [make_opg(args.seed + n) for n in range(synthetic)]
+    if not args.data:
+        raise PantheonError("Give --data DENTEX.json with --images DIR, or --synthetic N.")
+    if not args.images:
+        raise PantheonError("--data needs --images, the folder holding the JSON's image files.")
+    from .data.dentex import read_dentex
+    records = read_dentex(args.data, args.images)
+    if not records:
+        raise PantheonError(f"{args.data} lists no images.")
+    return records
+
+
+def _tooth_trainer(name: str):
+    try:
+        from .train import mathena as tm
+    except ModuleNotFoundError as exc:
+        raise PantheonError(f"MATHENA training is not available in this installation ({exc}).") from None
+    return getattr(tm, name)
+
+
+def cmd_tooth_train(args, progress):
+    if args.steps is not None and args.steps < 1:
+        raise PantheonError(f"--steps must be positive, got {args.steps}.")
+    data = _tooth_data(args)
+    train_stage = _tooth_trainer("train_stage")
+    kw = {} if args.steps is None else {"steps": args.steps}
+    out = train_stage(args.stage, data, args.output, resume=not args.restart, progress=progress,
+                      log=(lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None), **kw)
+    return {"stage": args.stage, "output": str(args.output),
+            "result": {k: str(v) if isinstance(v, Path) else v for k, v in out.items()} if isinstance(out, dict)
+            else str(out)}
+
+
+def cmd_tooth_eval(args, progress):
+    from .pipelines import mathena as mt
+    data = _tooth_data(args)
+    evaluate = _tooth_trainer("evaluate")
+    models = mt.load_mathena_models(args.detector, args.hena)
+    metrics = evaluate(models.detector, models.hena, data)
+    from .outputs import json_safe
+    return json_safe({"metrics": metrics, "detector": models.detector_id, "hena": models.hena_id,
+            "caries_dice_convention": "caries_dice per crop = mean Dice over crops with a positive ground-truth "
+                                      "caries mask; pooled = one Dice over all crop pixels together",
+            "images": len(data)})
+
+
+# ---------------------------------------------------------------------------- pni (NeoNet / PNIPredict)
+def _pni_models(args, components):
+    from .pipelines.neonet import load_neonet_models
+    return load_neonet_models(getattr(args, "neoseg", None), getattr(args, "neogen", None),
+                              getattr(args, "pattennet", None), components=components,
+                              device=_pni_device(getattr(args, "device", "cpu")))
+
+
+def _pni_device(device):
+    from .pipelines.nemesis import pick_device
+    return str(pick_device(device or "auto"))
+
+
+def cmd_pni_predict(args, progress):
+    """PNI probability, tumour labels, attention heat map and crop box for one MRI."""
+    from .outputs import write_result
+    from .pipelines import neonet
+    vol = _read_input(args.input)
+    mask = _read_input(args.tumour_mask) if args.tumour_mask else None
+    kinds = ("pattennet",) if mask is not None else ("neoseg", "pattennet")
+    result = neonet.predict(vol, _pni_models(args, kinds), tumour_mask=mask, progress=progress)
+    files = write_result(result, args.output, args.format, source=vol, preview=not args.no_preview)
+    return {"files": [str(f) for f in files], "scalars": result.scalars,
+            "pni_prediction": result.notes.get("pni_prediction"), "crop_box": result.tables.get("crop_box")}
+
+
+def cmd_pni_synthesize(args, progress):
+    """Synthetic MR patches for a label map, on the label map's grid."""
+    from .outputs import write_result
+    from .pipelines import neonet
+    labels = _read_input(args.input)
+    result = neonet.synthesize(labels, _pni_models(args, ("neogen",)), pni=args.pni, n=args.n, steps=args.steps,
+                               seed=args.seed, progress=progress)
+    files = write_result(result, args.output, args.format, source=None, preview=False)
+    return {"files": [str(f) for f in files], "scalars": result.scalars}
+
+
+def _pni_data(args):
+    """--phantoms N (phantom seeds seed..seed+N-1) or --data (a CSV, or a folder holding cases.csv, with
+    columns image,label,pni[,case_id][,patient_id]; paths relative to the CSV)."""
+    if args.phantoms and args.data:
+        raise PantheonError("Give either --phantoms N or --data, not both.")
+    if args.phantoms:
+        if args.phantoms < 1:
+            raise PantheonError("--phantoms needs a positive number of phantoms.")
+        return list(range(args.seed, args.seed + args.phantoms))
+    if not args.data:
+        raise PantheonError("Give --data (a CSV, or a folder with cases.csv, with image,label,pni columns) "
+                            "or --phantoms N.")
+    if not Path(args.data).exists():
+        raise PantheonError(f"{args.data} does not exist.")
+    return str(args.data)
+
+
+def _pni_log(args):
+    return (lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda *_: None)
+
+
+def cmd_pni_train(args, progress):
+    """One NeoNet training stage (resumable): seg, vae, ldm, controlnet or cls."""
+    from .train.neonet import train_stage
+    data = _pni_data(args)
+    weights = train_stage(args.stage, data, args.output, steps=args.steps, resume=not args.restart,
+                          progress=progress, log=_pni_log(args), neogen=args.neogen, seed=args.seed)
+    return {"stage": args.stage, "weights": str(weights)}
+
+
+def cmd_pni_eval(args, progress):
+    """Cross-validation of the PNI classifier, or an evaluation of given PattenNet weights (JSON)."""
+    import tempfile
+    from .train import neonet as tn
+    data = _pni_data(args)
+    if args.pattennet:
+        return tn.evaluate_classifier(args.pattennet, data, neoseg=args.neoseg, log=_pni_log(args))
+    if args.folds < 2:
+        raise PantheonError("--folds must be at least 2.")
+    steps = {k: args.steps for k in ("vae", "ldm", "controlnet", "cls")} if args.steps else None
+    if args.output:
+        return tn.cross_validate(data, args.output, k=args.folds, seed=args.seed, steps=steps,
+                                 generator=None if args.no_synthesis else "per_fold", progress=progress,
+                                 log=_pni_log(args))
+    with tempfile.TemporaryDirectory(prefix="pantheon-pni-cv-") as tmp:
+        return tn.cross_validate(data, tmp, k=args.folds, seed=args.seed, steps=steps,
+                                 generator=None if args.no_synthesis else "per_fold", progress=progress,
+                                 log=_pni_log(args))
+
+
+def _add_pni_parser(sub) -> None:
+    pni = sub.add_parser("pni", help="PNIPredict: NeoNet perineural-invasion prediction on liver MRI",
+                         description="NeoNet (arXiv 2603.29449, reconstruction): NeoSeg + TLCR crop + PattenNet "
+                                     "on T1 hepatobiliary-phase MRI in any orientation and spacing; NeoGen "
+                                     "synthesises MR patches from masks. Demo weights know phantoms, not "
+                                     "patients: research only.")
+    act = pni.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def models(p, kinds):
+        for kind in kinds:
+            p.add_argument(f"--{kind}", metavar="PATH|CARD",
+                           help=f"{kind} weights: a .safetensors file or a model-card id "
+                                f"(default: the bundled demo card 'neonet-demo-{kind}')")
+        p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+
+    p = act.add_parser("predict", help="PNI probability, tumour segmentation, attention heat map and crop box")
+    p.add_argument("input", help="MRI: NIfTI, NRRD, MHA/MHD or a DICOM series folder")
+    p.add_argument("-o", "--output", required=True, help="output folder (created; files are replaced atomically)")
+    p.add_argument("--tumour-mask", "--tumor-mask", dest="tumour_mask", metavar="LABELS",
+                   help="tumour mask on the MRI's grid (binary, or 1 liver / 2 tumour); skips NeoSeg")
+    models(p, ("neoseg", "pattennet"))
+    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd"], help="image format (default nii.gz)")
+    p.add_argument("--no-preview", action="store_true", help="do not write preview.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pni_predict)
+
+    p = act.add_parser("synthesize", help="synthetic MR patches for a label map (NeoGen, DDIM)")
+    p.add_argument("input", help="label map (1 liver, 2 tumour; a binary map is a tumour)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--pni", type=int, default=1, choices=[0, 1], help="PNI class to synthesise (default 1)")
+    p.add_argument("-n", type=int, default=1, help="number of patches (default 1)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same patches)")
+    models(p, ("neogen",))
+    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd"], help="image format (default nii.gz)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pni_synthesize)
+
+    def data_args(p):
+        p.add_argument("--phantoms", type=int, default=0, help="use N generated liver MRI phantoms")
+        p.add_argument("--data", metavar="DIR|CSV", help="CSV (or folder with cases.csv) with image,label,pni")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = act.add_parser("train", help="train one NeoNet stage (resumable)")
+    p.add_argument("--stage", required=True, choices=["seg", "vae", "ldm", "controlnet", "cls"])
+    data_args(p)
+    p.add_argument("-o", "--output", required=True, help="run folder (checkpoint and weights)")
+    p.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
+    p.add_argument("--neogen", metavar="PATH", help="NeoGen to start ldm/controlnet/cls from (default: the previous "
+                                                    "stage's weights in the run folder)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
+    p.set_defaults(func=cmd_pni_train)
+
+    p = act.add_parser("eval", help="k-fold cross-validation of the PNI classifier (JSON on stdout)")
+    data_args(p)
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--steps", type=int, help="training steps of every per-fold stage (default 200)")
+    p.add_argument("--no-synthesis", action="store_true", help="no NeoGen class balancing in the folds")
+    p.add_argument("-o", "--output", help="keep the per-fold runs here (default: a temporary folder)")
+    p.add_argument("--pattennet", metavar="PATH", help="evaluate these classifier weights instead of cross-validating")
+    p.add_argument("--neoseg", metavar="PATH", help="with --pattennet: crop from NeoSeg's tumour, not the label map")
+    p.set_defaults(func=cmd_pni_eval)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -358,6 +602,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_demo_weights)
+
+    tooth = sub.add_parser("tooth", help="ToothAnalysis: MATHENA on panoramic dental X-rays (OPG)",
+                           description="MATHENA (arXiv 2604.00537, reconstruction): MATHE tooth detection with FDI "
+                                       "numbers, then HENA per-tooth caries and anomaly segmentation and Demirjian "
+                                       "staging. Inputs: PNG, JPEG, DICOM or NRRD OPGs, any bit depth, RGB "
+                                       "converted; outputs on the input's pixels.")
+    tact = tooth.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def _tooth_weights(p):
+        p.add_argument("--detector", metavar="PATH|CARD",
+                       help="MATHE detector weights: a .safetensors file or a card id (default mathena-demo-detector)")
+        p.add_argument("--hena", metavar="PATH|CARD",
+                       help="HENA weights: a .safetensors file or a card id (default mathena-demo-hena)")
+
+    def _tooth_data_args(p):
+        p.add_argument("--data", metavar="DENTEX.json", help="DENTEX-style COCO JSON")
+        p.add_argument("--images", metavar="DIR", help="folder with the JSON's image files")
+        p.add_argument("--synthetic", type=int, default=0, metavar="N", help="use N synthetic OPGs instead of --data")
+        p.add_argument("--seed", type=int, default=0, help="seed of the first synthetic OPG (default 0)")
+
+    p = tact.add_parser("analyze", help="teeth, caries, anomalies and stages of one OPG; label maps, "
+                                        "result.json, chart.png, preview.png")
+    p.add_argument("input", help="OPG image: PNG, JPEG, DICOM (file or folder) or NRRD")
+    p.add_argument("-o", "--output", required=True, help="output folder (created; files are replaced atomically)")
+    _tooth_weights(p)
+    p.add_argument("--score-thresh", type=float, default=0.3, help="detection score threshold (default 0.3)")
+    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd"], help="image format (default nii.gz)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tooth_analyze)
+
+    p = tact.add_parser("train", help="train one MATHENA stage (detector, carseg, ad, dds); resumable")
+    p.add_argument("--stage", required=True, choices=TOOTH_STAGES, help="training stage (spec section 4.5 order)")
+    _tooth_data_args(p)
+    p.add_argument("-o", "--output", required=True, help="run folder (checkpoints and weights)")
+    p.add_argument("--steps", type=int, help="optimiser steps (default: the trainer's)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_tooth_train)
+
+    p = tact.add_parser("eval", help="mAP@50, caries Dice (per positive crop and pooled), anomaly Dice, "
+                                     "stage accuracy and macro-F1, printed as JSON")
+    _tooth_data_args(p)
+    _tooth_weights(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_tooth_eval)
+    _add_pni_parser(sub)
     from .batch.pipelines import PIPELINES
     p = sub.add_parser("batch", help="run a pipeline over a folder or CSV of images (resumable)",
                        description="Batch pseudo-labelling: one output folder per case, manifest.json, logs/, "
@@ -368,11 +658,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "'image' column (optional 'case_id')")
     p.add_argument("-o", "--output", required=True, help="batch output folder")
     p.add_argument("--workers", type=int, default=1, help="worker processes, each loads the model once (default 1)")
-    p.add_argument("--engine", default="local", choices=["local"], help="executor (default local process pool)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="executor: local process pool (default) or ray (Ray actors; pip install 'pantheon[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR", help="--engine ray: the Ray cluster to join, e.g. auto or "
+                                                         "ray://head:10001 (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--weights", metavar="PATH|CARD", help="NEMESIS weights (default: bundled demo weights)")
     p.add_argument("--probe", metavar="PATH|CARD", help="organ probe weights (default: bundled demo probe)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--organs", nargs="+", metavar="ORGAN", help="nemesis-organs: only these organs")
+    p.add_argument("--detector", metavar="PATH|CARD", help="mathena-analyze: tooth detector weights")
+    p.add_argument("--hena", metavar="PATH|CARD", help="mathena-analyze: HENA weights")
+    p.add_argument("--score-thresh", type=float, help="mathena-analyze: detection score threshold (default 0.3)")
+    p.add_argument("--neoseg", metavar="PATH|CARD", help="neonet-predict: NeoSeg weights")
+    p.add_argument("--pattennet", metavar="PATH|CARD", help="neonet-predict: PattenNet weights")
     p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd"], help="image format (default nii.gz)")
     p.add_argument("--seg-nrrd", action=argparse.BooleanOptionalAction, default=True,
                    help="also write label outputs as Slicer .seg.nrrd (default on)")

@@ -17,7 +17,7 @@ Output folder layout::
 A rerun skips done cases whose folders are complete and redoes failed (unless
 ``retry_failed=False``), unfinished and pending ones. A failing case is recorded with its
 one-sentence error and the batch goes on. Only one batch at a time may write a folder
-(``out/.batch.lock``). Engines: ``local`` (process pool) now; see :data:`runner.EXECUTORS`.
+(``out/.batch.lock``). Engines: ``local`` (process pool) and ``ray`` (Ray actors, one model load each); see :data:`runner.EXECUTORS`.
 """
 
 from .cases import Case, discover_cases

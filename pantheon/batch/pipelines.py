@@ -116,3 +116,56 @@ register(BatchPipeline("nemesis-organs", _load_nemesis_organs, _run_nemesis_orga
 register(BatchPipeline("nemesis-pca", _load_nemesis, _run_nemesis_pca,
                        "NEMESIS PCA map of the token features (RGB volume)", main_map=_pca_main,
                        options={"weights": None, "device": "auto"}))
+
+
+# ---------------------------------------------------------------------------- NeoNet (PNIPredict)
+def _load_neonet_predict(options: dict):
+    from ..pipelines import neonet
+    from ..pipelines.nemesis import pick_device
+    return {"models": neonet.load_neonet_models(options.get("neoseg"), None, options.get("pattennet"),
+                                                components=("neoseg", "pattennet"),
+                                                device=str(pick_device(options.get("device") or "cpu")))}
+
+
+def _run_neonet_predict(volume, context, options, progress=None) -> Result:
+    from ..pipelines import neonet
+    return neonet.predict(volume, context["models"], progress=progress)
+
+
+def _neonet_findings(result: Result) -> Dict[str, float]:
+    """PNI probability and tumour volume (mL)."""
+    return {k: round(float(v), 4) for k, v in result.scalars.items()}
+
+
+register(BatchPipeline("neonet-predict", _load_neonet_predict, _run_neonet_predict,
+                       "NeoNet PNI probability, tumour segmentation and attention heat map on liver MRI",
+                       findings=_neonet_findings,
+                       options={"neoseg": None, "pattennet": None, "device": "cpu"}))
+
+
+# ---------------------------------------------------------------------------- MATHENA (ToothAnalysis)
+def _load_mathena(options: dict):
+    from ..pipelines import mathena as mt
+    return {"models": mt.load_mathena_models(options.get("detector"), options.get("hena"))}
+
+
+def _run_mathena(volume, context, options, progress=None) -> Result:
+    from ..pipelines import mathena as mt
+    thresh = options.get("score_thresh")
+    return mt.analyze(volume, context["models"], None, 0.3 if thresh is None else float(thresh), progress=progress)
+
+
+def _mathena_findings(result: Result) -> Dict[str, float]:
+    """Counts of detected teeth, teeth with caries and with an anomaly (and caries area when known)."""
+    return {k: float(v) for k, v in result.scalars.items()}
+
+
+def _mathena_main(result: Result):
+    h = result.heatmaps.get("caries_probability")
+    return ("caries_probability", h.volume, h.colormap, h.value_range) if h is not None else default_main_map(result)
+
+
+register(BatchPipeline("mathena-analyze", _load_mathena, _run_mathena,
+                       "MATHENA ToothAnalysis on OPGs: teeth (FDI), caries, anomalies, stages",
+                       findings=_mathena_findings, main_map=_mathena_main,
+                       options={"detector": None, "hena": None, "score_thresh": 0.3}))

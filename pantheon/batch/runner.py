@@ -91,7 +91,9 @@ def local_executor(pipeline: str, options: dict, tasks: List[dict], workers: int
         pool.shutdown(wait=not inflight, cancel_futures=True)
 
 
-EXECUTORS: Dict[str, Callable] = {"local": local_executor}
+from .ray_executor import ray_executor  # noqa: E402 - imports Ray only when it runs
+
+EXECUTORS: Dict[str, Callable] = {"local": local_executor, "ray": ray_executor}
 
 
 # ---------------------------------------------------------------------------- helpers

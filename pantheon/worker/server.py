@@ -313,7 +313,7 @@ class Server:
                 result = available_pipelines()[ctx.pipeline](ctx)
                 result.setdefault("notes", {})["worker_seconds"] = f"{time.perf_counter() - t0:.3f}"
                 ctx.check()
-                self.send({"type": "result", "id": ctx.id, "result": result})
+                final = {"type": "result", "id": ctx.id, "result": result}
             except BaseException as exc:  # noqa: B902 - every failure becomes an answer
                 kind = error_kind_for(exc)
                 if kind == "internal":
@@ -321,11 +321,12 @@ class Server:
                 message = str(exc) or type(exc).__name__
                 if kind == "internal":
                     message = f"{type(exc).__name__}: {message}"
-                self.send({"type": "error", "id": ctx.id, "error": {"kind": kind, "message": message}})
-            finally:
-                with self._state_lock:
-                    self.current = None
-                self.jobs_done += 1
+                final = {"type": "error", "id": ctx.id, "error": {"kind": kind, "message": message}}
+            # idle *before* answering: a client that has the answer never sees this job as running
+            with self._state_lock:
+                self.current = None
+            self.jobs_done += 1
+            self.send(final)
 
 
 def main(argv=None):

@@ -23,6 +23,7 @@ kernel's own docs say, no gradient flows through its ``last_state``).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -109,6 +110,16 @@ def _per_channel(M, dim, dtype):
     return M
 
 
+def _no_autocast(fn):
+    """Run the scan in float32/float64 even inside an autocast region (as mamba-ssm and VMamba do)."""
+    @functools.wraps(fn)
+    def wrapper(u, *args, **kwargs):
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            return fn(u, *args, **kwargs)
+    return wrapper
+
+
+@_no_autocast
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False):
     """Plain sequential loop over L (the correctness oracle; slow). Same semantics as
@@ -159,6 +170,7 @@ def _grouped(M, batch, dim, length, dtype):
     return M.unsqueeze(0).unsqueeze(-1).expand(batch, dim, M.shape[1], length)  # (D, N): G = D
 
 
+@_no_autocast
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                            return_last_state=False, chunk_size=None):
     """Two-level chunked scan in pure PyTorch (differentiable through ``out`` and ``last_state``).
@@ -175,9 +187,13 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     3. T more vectorised steps rerun every chunk from its true start state and read out
        y_t = C_t . h_t.
 
-    Only exponentials of delta*A (never of a positive difference) are taken, and the
-    per-step arithmetic is the reference's, so it agrees with :func:`selective_scan_ref` to
-    rounding. Cost: 2 T + nc Python steps instead of L, each on nc (or 1) times more data.
+    Pass 1 keeps its per-step dA_t and delta_t u_t B_t for pass 3. Only exponentials of
+    delta*A and of the chunk's summed delta*A are taken (never of a positive difference), and
+    the per-step arithmetic is the reference's, so it agrees with :func:`selective_scan_ref` to
+    rounding and stays finite for huge delta or very negative A. Cost: 2 T + nc Python-level
+    steps instead of L; each step works on all nc chunks, (batch, G, nc, N, D/G) values, which
+    stay in cache. Autograd memory is about three (batch, D, L, N) tensors, as for the
+    reference. ``chunk_size`` defaults to :func:`default_chunk_size`.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     dtype_in = u.dtype

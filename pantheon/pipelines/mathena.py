@@ -1,0 +1,370 @@
+"""ToothAnalysis: MATHENA on one panoramic radiograph (OPG); every output lands on the input's pixels.
+
+Data flow (spec section 4.1 / 4.3):
+
+1. The input Volume is checked (a single slice, at least 64 px a side, finite, not constant);
+   colour is turned into luminance (ITU-R BT.601), intensities into float32 [0, 1]
+   (:func:`~pantheon.models.mathena.preprocess.to_grayscale_float`).
+2. The image is letterboxed to the detector input (``DETECTOR_INPUT_HW``, aspect kept, zero pad);
+   MATHE detects teeth; the best-scoring box per FDI number is kept and mapped back to source
+   pixels (``Letterbox.boxes_to_source``).
+3. Each box is expanded by ``CROP_MARGIN``, cropped from the *source-resolution* image and
+   letterboxed to ``CROP_SIZE`` (:func:`crop_tooth`); HENA gives caries and anomaly logits per
+   crop pixel, an image-level anomaly logit and Demirjian stage logits.
+4. Caries / anomaly probabilities are pasted back onto the source grid (``ToothCrop.paste``; where
+   crops overlap the maximum wins) and thresholded at 0.5.
+
+So a very large image is *processed* at the models' resolutions (detector input, crop size) and
+its outputs are still on the source grid: label volumes are ``volume.with_array(...)``, the exact
+shape, spacing, origin and direction of the input.
+
+The tooth label map paints each detection box (not a tooth outline: MATHENA has no tooth
+segmentation head) with the FDI number; where boxes overlap the higher score wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InputError, PantheonError
+from ..io.volume import Volume
+from ..progress import Reporter
+from ..results import HeatmapOutput, LabelOutput, Result, Segment
+
+MIN_SIDE = 64
+DEMO_DETECTOR_CARD = "mathena-demo-detector"
+DEMO_HENA_CARD = "mathena-demo-hena"
+MODEL_NAME = "MATHENA (arXiv 2604.00537, reconstruction)"
+# SNOMED CT 80967001 |Dental caries (disorder)|.
+CARIES_CODE = ("SCT", "80967001", "Dental caries")
+LUMA = np.array([0.299, 0.587, 0.114])
+
+# Quadrant base colours (RGB 0..1): 1 blue, 2 green, 3 orange, 4 purple; primary 5-8 reuse 1-4.
+_QUADRANT_RGB = {1: (0.23, 0.49, 0.85), 2: (0.22, 0.70, 0.38), 3: (0.93, 0.55, 0.15), 4: (0.60, 0.36, 0.78)}
+
+
+def tooth_color(fdi: int) -> Tuple[float, float, float]:
+    """Colour per quadrant, lighter towards the third molar so neighbours are told apart."""
+    q, t = divmod(int(fdi), 10)
+    base = np.array(_QUADRANT_RGB[(q - 1) % 4 + 1])
+    mix = 0.45 * (t - 1) / 7.0
+    return tuple(float(c) for c in base * (1 - mix) + mix)
+
+
+def tooth_name(fdi: int) -> str:
+    return f"tooth {int(fdi)}"
+
+
+# ---------------------------------------------------------------------------- input
+def spacing_known(volume: Volume) -> bool:
+    """False for pixel spacing exactly (1, 1): what PNG/JPEG readers report when there is none."""
+    return not (volume.spacing[0] == 1.0 and volume.spacing[1] == 1.0)
+
+
+def opg_to_gray(volume: Volume, name: str = "input") -> np.ndarray:
+    """(H, W) float32 in [0, 1] from a single-slice Volume (grayscale or RGB/RGBA); InputError
+    with one sentence when it cannot be a panoramic X-ray."""
+    from ..models.mathena.preprocess import to_grayscale_float
+    if volume.shape[0] > 1:
+        raise InputError(f"The {name} image is a 3D volume ({volume.shape[0]} slices of {volume.shape[1]}x"
+                         f"{volume.shape[2]}); ToothAnalysis needs a 2D panoramic X-ray.")
+    a = volume.array[0]
+    if a.size == 0:
+        raise InputError(f"The {name} image is empty.")
+    H, W = a.shape[:2]
+    if min(H, W) < MIN_SIDE:
+        raise InputError(f"The {name} image is {W}x{H} pixels; ToothAnalysis needs at least {MIN_SIDE} pixels "
+                         "a side (a panoramic X-ray is usually over 1000 wide).")
+    if volume.components > 1:
+        if volume.components not in (3, 4):
+            raise InputError(f"The {name} image has {volume.components} components; expected grayscale or RGB.")
+        a = np.tensordot(a[..., :3].astype(np.float32), LUMA.astype(np.float32), axes=([-1], [0]))
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        bad = int((~np.isfinite(a)).sum())
+        raise InputError(f"The {name} image contains {bad} NaN or infinite pixels.")
+    try:
+        return to_grayscale_float(a)
+    except InputError as exc:
+        msg = str(exc).rstrip(".")
+        raise InputError(f"Cannot analyse the {name} image: {msg}.") from None
+
+
+# ---------------------------------------------------------------------------- models
+@dataclass
+class MathenaModels:
+    detector: torch.nn.Module
+    hena: torch.nn.Module
+    detector_id: str = "unknown"
+    hena_id: str = "unknown"
+    demo: bool = False
+
+
+def _resolve(ref: Optional[str], default_card: str):
+    from .nemesis import resolve_weights_argument
+    return resolve_weights_argument(ref, default_card)
+
+
+def _label(path: Path, card) -> str:
+    if card is None:
+        return path.name
+    return card.id + ("-demo" if card.demo and "demo" not in card.id else "")
+
+
+def load_mathena_models(detector: Optional[str] = None, hena: Optional[str] = None) -> MathenaModels:
+    """Detector and HENA from file paths or model-card ids (default the bundled demo cards)."""
+    from ..models.mathena import load_mathena
+    dpath, dcard = _resolve(detector, DEMO_DETECTOR_CARD)
+    hpath, hcard = _resolve(hena, DEMO_HENA_CARD)
+    det = load_mathena(dpath, kind="MATHEDetector")
+    hen = load_mathena(hpath, kind="HENA")
+    demo = bool((dcard is not None and dcard.demo) or (hcard is not None and hcard.demo))
+    return MathenaModels(det, hen, _label(dpath, dcard), _label(hpath, hcard), demo)
+
+
+def _device_of(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
+def _config(model) -> dict:
+    return dict(getattr(model, "config", {}) or {})
+
+
+# ---------------------------------------------------------------------------- steps
+def detect_teeth(detector, gray: np.ndarray, score_thresh: float = 0.3,
+                 input_hw: Optional[Tuple[int, int]] = None) -> List[dict]:
+    """Detections on a (H, W) [0, 1] image: ``[{"fdi", "score", "box" (x0, y0, x1, y1) source
+    pixel-edge coordinates}]``, the best box per FDI number, sorted by FDI."""
+    from ..models.mathena import class_to_fdi
+    from ..models.mathena.preprocess import DETECTOR_INPUT_HW, letterbox
+    hw = tuple(input_hw or DETECTOR_INPUT_HW)
+    img, lb = letterbox(gray, hw)
+    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    cin = int(_config(detector).get("in_channels", 3))
+    x = x.repeat(1, cin, 1, 1).to(_device_of(detector))
+    with torch.inference_mode():
+        out = detector(x)
+        dec = detector.decode(out, hw, score_thresh=score_thresh)[0]
+    boxes = dec["boxes"].float().cpu().numpy().reshape(-1, 4)
+    scores = dec["scores"].float().cpu().numpy().reshape(-1)
+    labels = dec["labels"].cpu().numpy().reshape(-1)
+    if int(getattr(detector, "num_classes", 32)) < 32:
+        raise CheckpointError("This detector has no FDI tooth classes (a single 'tooth' class); ToothAnalysis "
+                              "needs a detector trained on FDI numbers.")
+    best: Dict[int, dict] = {}
+    src = np.asarray(lb.boxes_to_source(boxes), dtype=np.float64).reshape(-1, 4) if len(boxes) else boxes
+    H, W = gray.shape
+    for box, s, c in zip(src, scores, labels):
+        fdi = class_to_fdi(int(c))
+        x0, y0, x1, y1 = float(max(box[0], 0)), float(max(box[1], 0)), float(min(box[2], W)), float(min(box[3], H))
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            continue
+        if fdi not in best or s > best[fdi]["score"]:
+            best[fdi] = {"fdi": fdi, "score": float(s), "box": (x0, y0, x1, y1)}
+    return [best[k] for k in sorted(best)]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def _box_pixels(box, H, W):
+    """Integer pixel bounds (half-open) of the pixels whose centres lie in a pixel-edge box."""
+    x0, y0, x1, y1 = box
+    c0, r0 = int(np.clip(np.ceil(x0 - 0.5), 0, W)), int(np.clip(np.ceil(y0 - 0.5), 0, H))
+    c1, r1 = int(np.clip(np.ceil(x1 - 0.5), 0, W)), int(np.clip(np.ceil(y1 - 0.5), 0, H))
+    return r0, r1, c0, c1
+
+
+def _paste_max(target: np.ndarray, info, crop_map: np.ndarray, thresh: float) -> int:
+    """Paste a crop-space probability map onto ``target`` (source grid) by maximum; returns the
+    number of source pixels of this tooth's map above ``thresh``."""
+    H, W = target.shape
+    if hasattr(info, "to_source"):
+        y0, x0, patch = info.to_source(crop_map)
+        h, w = min(patch.shape[0], max(0, H - y0)), min(patch.shape[1], max(0, W - x0))
+        patch = patch[:h, :w]
+        view = target[y0:y0 + h, x0:x0 + w]
+    else:
+        patch = np.asarray(info.paste(crop_map, (H, W)), np.float32)
+        view = target
+    np.maximum(view, patch, out=view)
+    return int((patch > thresh).sum())
+
+
+# ---------------------------------------------------------------------------- pipeline
+def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=None, cancel=None,
+            batch_size: int = 8, mask_thresh: float = 0.5, detector_id: str = "unknown",
+            hena_id: str = "unknown", demo: Optional[bool] = None,
+            known_spacing: Optional[bool] = None) -> Result:
+    """Tooth detection and per-tooth caries / anomaly / stage analysis of one OPG.
+
+    ``detector`` / ``hena`` are models (or a :class:`MathenaModels` as ``detector`` with ``hena``
+    None). ``known_spacing`` overrides the rule "spacing exactly (1, 1) means unknown".
+    Returns labels "teeth" (value = FDI), "caries", "anomaly"; heatmaps "caries_probability",
+    "anomaly_probability"; table "findings"; scalars; notes. All on the input's geometry.
+    """
+    from ..models.mathena import DEMIRJIAN_STAGES
+    from ..models.mathena.preprocess import CROP_MARGIN, CROP_SIZE, crop_tooth
+    if isinstance(detector, MathenaModels):
+        models = detector
+        detector, hena = models.detector, models.hena
+        detector_id, hena_id = models.detector_id, models.hena_id
+        demo = models.demo if demo is None else demo
+    rep = Reporter(progress, cancel)
+    rep(0.0, "Checking the image")
+    gray = opg_to_gray(volume)
+    H, W = gray.shape
+    rep(0.05, "Detecting teeth")
+    dets = detect_teeth(detector, gray, score_thresh)
+    rep(0.35, f"{len(dets)} teeth detected")
+
+    caries_p = np.zeros((H, W), np.float32)
+    anomaly_p = np.zeros((H, W), np.float32)
+    teeth = np.zeros((H, W), np.uint8)
+    per_tooth = []
+    size = int(_config(hena).get("crop_size", 0) or CROP_SIZE)
+    cin = int(_config(hena).get("in_channels", 1))
+    dev = _device_of(hena)
+    stage_names = list(DEMIRJIAN_STAGES)
+    for first in range(0, len(dets), max(1, batch_size)):
+        chunk = dets[first:first + max(1, batch_size)]
+        crops, infos = [], []
+        for d in chunk:
+            crop, info = crop_tooth(gray, d["box"], size, CROP_MARGIN)
+            crops.append(np.asarray(crop, np.float32))
+            infos.append(info)
+        x = torch.from_numpy(np.stack(crops)[:, None]).repeat(1, cin, 1, 1).to(dev)
+        with torch.inference_mode():
+            out = hena(x)
+        car = torch.sigmoid(out.caries.float()).cpu().numpy()[:, 0]
+        ano = torch.sigmoid(out.anomaly.float()).cpu().numpy()[:, 0]
+        score = _sigmoid(out.anomaly_score.float().cpu().numpy().reshape(-1))
+        stage = _softmax(out.stage.float().cpu().numpy())
+        for k, (d, info) in enumerate(zip(chunk, infos)):
+            # only the tooth's window of the source grid is touched (fast on very large images)
+            n_car = _paste_max(caries_p, info, car[k], mask_thresh)
+            n_ano = _paste_max(anomaly_p, info, ano[k], mask_thresh)
+            s = int(np.argmax(stage[k]))
+            per_tooth.append(dict(d, caries_pixels=n_car, anomaly_pixels=n_ano,
+                                  anomaly_probability=float(score[k]),
+                                  stage=stage_names[s] if s < len(stage_names) else str(s),
+                                  stage_probability=float(stage[k][s])))
+        rep(0.35 + 0.55 * (first + len(chunk)) / max(len(dets), 1), f"Analysed {first + len(chunk)}/{len(dets)} teeth")
+
+    for d in sorted(per_tooth, key=lambda t: t["score"]):  # higher score painted last (wins)
+        r0, r1, c0, c1 = _box_pixels(d["box"], H, W)
+        teeth[r0:r1, c0:c1] = d["fdi"]
+    caries = (caries_p > mask_thresh).astype(np.uint8)
+    anomaly = (anomaly_p > mask_thresh).astype(np.uint8)
+
+    known = spacing_known(volume) if known_spacing is None else bool(known_spacing)
+    px_area = float(volume.spacing[0] * volume.spacing[1])
+    rows = []
+    for d in per_tooth:
+        x0, y0, x1, y1 = d["box"]
+        rows.append({"tooth": d["fdi"], "score": round(d["score"], 4),
+                     "caries_area_mm2": round(d["caries_pixels"] * px_area, 4) if known else None,
+                     "caries_pixels": d["caries_pixels"],
+                     "anomaly_probability": round(d["anomaly_probability"], 4),
+                     "anomaly_pixels": d["anomaly_pixels"],
+                     "stage": d["stage"], "stage_probability": round(d["stage_probability"], 4),
+                     "box_x0": round(x0, 2), "box_y0": round(y0, 2), "box_x1": round(x1, 2), "box_y1": round(y1, 2)})
+
+    ref = volume if volume.components == 1 else Volume(np.zeros(volume.shape, np.uint8), volume.spacing,
+                                                       volume.origin, volume.direction)
+    res = Result()
+    res.labels["teeth"] = LabelOutput(ref.with_array(teeth[None]),
+                                      [Segment(d["fdi"], tooth_name(d["fdi"]), tooth_color(d["fdi"]), None)
+                                       for d in per_tooth])
+    res.labels["caries"] = LabelOutput(ref.with_array(caries[None]), [Segment(1, "caries", (0.9, 0.1, 0.1), CARIES_CODE)])
+    res.labels["anomaly"] = LabelOutput(ref.with_array(anomaly[None]),
+                                        [Segment(1, "anomaly", (1.0, 0.6, 0.0), None)])
+    res.heatmaps["caries_probability"] = HeatmapOutput(ref.with_array(caries_p[None]), "inferno", (0.0, 1.0),
+                                                       "HENA caries probability per pixel (max over tooth crops)")
+    res.heatmaps["anomaly_probability"] = HeatmapOutput(ref.with_array(anomaly_p[None]), "magma", (0.0, 1.0),
+                                                        "HENA anomaly probability per pixel (max over tooth crops)")
+    res.tables["findings"] = rows
+    res.scalars.update({
+        "n_teeth": float(len(rows)),
+        "n_caries": float(sum(1 for r in rows if r["caries_pixels"] > 0)),
+        "n_anomaly": float(sum(1 for r in rows if r["anomaly_pixels"] > 0 or r["anomaly_probability"] >= 0.5)),
+        "caries_pixels": float(caries.sum()), "anomaly_pixels": float(anomaly.sum())})
+    if known:
+        res.scalars["caries_area_mm2"] = float(caries.sum() * px_area)
+    demo = bool(demo) if demo is not None else ("demo" in detector_id or "demo" in hena_id)
+    res.notes.update({
+        "model": MODEL_NAME, "detector": detector_id, "hena": hena_id,
+        "score_threshold": f"{score_thresh:g}", "mask_threshold": f"{mask_thresh:g}",
+        "image": f"{W}x{H} pixels; detector input and {size}x{size} crops are at model resolution, "
+                 "outputs on the input grid",
+        "teeth_map": "each detected tooth's box painted with its FDI number (higher score wins on overlap)",
+        "spacing": (f"pixel spacing {volume.spacing[0]:g} x {volume.spacing[1]:g} mm" if known else
+                    "pixel spacing unknown (1 x 1 in the file, as PNG/JPEG report it): caries areas in mm2 "
+                    "are not reported, see caries_pixels")})
+    if demo:
+        res.notes["warning"] = "Demo weights trained on synthetic OPGs: not for clinical use."
+    rep(1.0, "Done")
+    return res
+
+
+def analyze_with(volume: Volume, models: MathenaModels, score_thresh: float = 0.3, progress=None,
+                 cancel=None) -> Result:
+    return analyze(volume, models, None, score_thresh, progress, cancel)
+
+
+# ---------------------------------------------------------------------------- picture
+def save_overlay_preview(volume: Volume, result: Result, path) -> Path:
+    """The OPG with detection boxes (FDI numbers), caries (red) and anomaly (orange) overlays."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    try:
+        gray = opg_to_gray(volume)
+    except PantheonError:
+        gray = np.zeros(volume.shape[1:3], np.float32)
+    H, W = gray.shape
+    step = max(1, int(np.ceil(max(H, W) / 1600)))
+    g = gray[::step, ::step]
+    rgb = np.repeat(g[..., None], 3, axis=-1)
+    for name, colour in (("caries", (1.0, 0.1, 0.1)), ("anomaly", (1.0, 0.6, 0.0))):
+        if name in result.labels:
+            m = result.labels[name].volume.array[0][::step, ::step] > 0
+            rgb[m] = 0.45 * rgb[m] + 0.55 * np.array(colour)
+    fig_w = 12.0
+    fig, ax = plt.subplots(figsize=(fig_w, fig_w * H / W + 0.4))
+    ax.imshow(rgb, extent=(0, W, H, 0), interpolation="bilinear")
+    for row in result.tables.get("findings", []):
+        x0, y0, x1, y1 = row["box_x0"], row["box_y0"], row["box_x1"], row["box_y1"]
+        c = tooth_color(row["tooth"])
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=1.2))
+        ax.text(x0 + 2, y0 + 2, str(row["tooth"]), color="white", fontsize=7, va="top",
+                bbox=dict(facecolor=c, alpha=0.8, pad=1, linewidth=0))
+    ax.set_axis_off()
+    n = len(result.tables.get("findings", []))
+    ax.set_title(f"MATHENA: {n} {'tooth' if n == 1 else 'teeth'} detected; red caries, orange anomaly  "
+                 f"{result.notes.get('warning', '')}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def dental_chart(result: Result, path) -> Path:
+    """Write the dental chart PNG of ``result`` to ``path``; see :mod:`pantheon.chart`."""
+    from ..chart import dental_chart as _chart
+    return _chart(result, path)

@@ -1,0 +1,508 @@
+"""Staged training and evaluation of MATHENA (arXiv 2604.00537; spec sections 4.3, 4.5, 5.4).
+
+Stages, in the order the paper states (``pantheon tooth train --stage ...``):
+
+- ``detector``: MATHE on letterboxed OPGs (``DETECTOR_INPUT_HW``), boxes in model pixels, labels
+  ``fdi_to_class``. AdamW, cosine LR with linear warm-up, gradient clipping. Augmentation:
+  brightness / contrast / gamma / Gaussian noise and a horizontal flip that mirrors the FDI numbers
+  (``fdi_mirror``: 1<->2, 3<->4 ...), since a flipped tooth is its contralateral twin.
+- ``carseg``: HENA shared representation + caries head on per-tooth crops from ground-truth boxes
+  (``crop_tooth``), BCE + soft Dice; half of every batch comes from crops with caries.
+- ``ad``: starts from the carseg weights, ``freeze_shared`` (encoder, GCST, decoder, caries head),
+  trains the anomaly head (mask BCE + Dice + image-level BCE); half of every batch anomalous.
+- ``dds``: starts from the ad weights, trains only the stage linear probe (CE, Demirjian A-H).
+
+Crop augmentation: horizontal flip (allowed for crops, spec 4.5; never vertical), brightness,
+contrast, noise. Every step's batch is drawn from ``numpy.random.default_rng([seed, step])``, so a
+resumed run sees the same batches as an uninterrupted one.
+
+Resumable: ``out_dir/<stage>/checkpoint.pt`` (tensors and plain values only, readable with
+``torch.load(weights_only=True)``) every ``checkpoint_every`` steps and at the end; rerunning with
+``resume=True`` continues from it. Final weights: ``out_dir/<stage>/mathena-detector.safetensors`` or
+``mathena-hena.safetensors`` (:func:`~pantheon.models.mathena.save_mathena`).
+
+Data: synthetic OPGs (``pantheon.synth.make_opg``; a list of seeds, ``"synthetic:N"`` or
+``"synthetic:N:SEED0"``, or ready :class:`SyntheticOPG` objects) or a DENTEX / COCO JSON (images
+next to it or in ``image_dir``). DENTEX has no lesion masks or stages: carseg / ad use the tooth
+polygon of a tooth with a caries / anomaly finding as a proxy mask, and dds refuses DENTEX data.
+
+Metrics (:func:`evaluate`, spec 5.4), conventions recorded in the result under ``"conventions"``:
+
+- ``map50``: per FDI class, detections (all images) sorted by score, greedily matched to the
+  unmatched GT box of that class with the highest IoU >= 0.5; AP = area under the monotone
+  (all-point interpolated) precision-recall curve (VOC 2010+ / COCO without the 101-point sampling);
+  averaged over the classes with at least one GT box.
+- Dice (caries, anomaly) on HENA crops of the ground-truth boxes, prediction = sigmoid > 0.5:
+  ``*_dice_positive``: mean per-crop Dice over crops whose GT mask is non-empty;
+  ``*_dice_pooled``: 2 |P ∩ G| / (|P| + |G|) summed over all crops (negatives included).
+- ``stage_accuracy`` and ``stage_macro_f1`` (sklearn, over the stages present in the GT).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InputError
+from ..models.mathena import (DEMIRJIAN_STAGES, HENA, MATHEDetector, class_to_fdi, fdi_mirror, fdi_to_class,
+                              load_mathena, save_mathena)
+from ..models.mathena.preprocess import (CROP_MARGIN, CROP_SIZE, DETECTOR_INPUT_HW, crop_tooth, letterbox,
+                                         to_grayscale_float)
+from ..progress import Reporter
+
+TRAIN_STAGES = ("detector", "carseg", "ad", "dds")
+WEIGHT_FILES = {"detector": "mathena-detector.safetensors", "carseg": "mathena-hena.safetensors",
+                "ad": "mathena-hena.safetensors", "dds": "mathena-hena.safetensors"}
+PREVIOUS = {"ad": "carseg", "dds": "ad"}
+DEFAULT_DETECTOR = dict(in_channels=1, widths=[16, 32, 64, 128, 256], neck_channels=64, num_vss=1, d_state=8,
+                        bifpn_repeats=1, head_convs=2)
+DEFAULT_HENA = dict(in_channels=1, embed_dim=24, depths=[1, 1, 1, 1], d_state=8, ssm_ratio=1.0)
+DEFAULT_LR = {"detector": 2e-3, "carseg": 2e-3, "ad": 2e-3, "dds": 1e-2}
+
+
+# ============================================================================ data
+@dataclass
+class Sample:
+    """One training/evaluation image: float image in [0, 1] and its teeth.
+
+    Each tooth: ``fdi``, ``box`` (x0, y0, x1, y1 pixel edges), ``caries_mask`` / ``anomaly_mask``
+    (bool, cropped to the integer box, or None), ``anomaly`` (bool), ``stage`` (0..7 or -1)."""
+
+    image: np.ndarray
+    teeth: List[dict] = field(default_factory=list)
+    name: str = ""
+
+    def full(self, tooth: dict, key: str) -> np.ndarray:
+        H, W = self.image.shape
+        out = np.zeros((H, W), bool)
+        m = tooth.get(key)
+        if m is not None and m.size:
+            x0, y0 = int(tooth["box"][0]), int(tooth["box"][1])
+            h, w = m.shape
+            out[y0:y0 + h, x0:x0 + w] = m[:max(0, H - y0), :max(0, W - x0)]
+        return out
+
+
+def sample_from_opg(opg, name: str = "") -> Sample:
+    teeth = [dict(fdi=int(t["fdi"]), box=tuple(float(v) for v in t["box"]), caries_mask=t["caries_mask"],
+                  anomaly_mask=t["anomaly_mask"], anomaly=t["anomaly"] is not None,
+                  stage=DEMIRJIAN_STAGES.index(t["stage"]) if t.get("stage") in DEMIRJIAN_STAGES else -1)
+             for t in opg.teeth]
+    return Sample(to_grayscale_float(opg.image.array[0]), teeth, name)
+
+
+def samples_from_dentex(json_path, image_dir=None) -> List[Sample]:
+    from ..data.dentex import load_image, read_dentex
+    if image_dir is None:  # next to the JSON, or its images/ folder (make_opg_dataset's layout)
+        parent = Path(json_path).parent
+        image_dir = str(parent / "images") if (parent / "images").is_dir() else str(parent)
+    out = []
+    for rec in read_dentex(str(json_path), image_dir=image_dir):
+        img = to_grayscale_float(load_image(rec).array[0])
+        teeth = []
+        for t in rec.teeth:
+            if t.fdi is None:
+                continue
+            x0, y0, x1, y1 = t.box
+            xi, yi = int(math.floor(x0)), int(math.floor(y0))
+            full = t.full_mask(rec.height, rec.width)[yi:int(math.ceil(y1)), xi:int(math.ceil(x1))]
+            dx = {d.lower() for d in t.diagnoses}
+            caries = any("caries" in d for d in dx)
+            anomaly = any(("impacted" in d) or ("periapical" in d) for d in dx)
+            teeth.append(dict(fdi=int(t.fdi), box=(float(xi), float(yi), float(x1), float(y1)),
+                              caries_mask=full if caries else np.zeros_like(full),
+                              anomaly_mask=full if anomaly else np.zeros_like(full), anomaly=anomaly, stage=-1))
+        out.append(Sample(img, teeth, rec.file_name))
+    return out
+
+
+def synthetic_opgs(seeds: Sequence[int], size=DETECTOR_INPUT_HW, **opg_kw):
+    from ..synth.opg import make_opg
+    return [make_opg(int(s), size=tuple(size), **opg_kw) for s in seeds]
+
+
+def load_data(data, size=DETECTOR_INPUT_HW, image_dir=None, opg_kw: Optional[dict] = None) -> List[Sample]:
+    """Samples from seeds / ``"synthetic:N[:SEED0]"`` / SyntheticOPGs / Samples / a DENTEX JSON path."""
+    opg_kw = opg_kw or {}
+    if isinstance(data, (str, Path)) and str(data).startswith("synthetic:"):
+        parts = str(data).split(":")
+        n, s0 = int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+        data = range(s0, s0 + n)
+    if isinstance(data, (str, Path)):
+        if not Path(data).is_file():
+            raise InputError(f"{data}: no such DENTEX JSON file (or use 'synthetic:N' for synthetic OPGs)")
+        return samples_from_dentex(data, image_dir)
+    items = list(data)
+    if not items:
+        raise InputError("Training needs at least one image.")
+    out = []
+    for i, it in enumerate(items):
+        if isinstance(it, Sample):
+            out.append(it)
+        elif hasattr(it, "teeth") and hasattr(it, "image"):
+            out.append(sample_from_opg(it, f"opg{i}"))
+        else:
+            out.extend(sample_from_opg(o, f"seed{int(it)}") for o in synthetic_opgs([int(it)], size, **opg_kw))
+    return out
+
+
+# ============================================================================ batches
+def _jitter(img: np.ndarray, rng: np.random.Generator, noise=(0.0, 0.03)) -> np.ndarray:
+    """Brightness / contrast / gamma / Gaussian-noise jitter of a [0, 1] image."""
+    a = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
+    a = (a - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.08, 0.08)
+    a = a + rng.normal(0, rng.uniform(*noise), a.shape)
+    return np.clip(a, 0, 1).astype(np.float32)
+
+
+class DetectorData:
+    def __init__(self, samples: Sequence[Sample], input_hw=DETECTOR_INPUT_HW):
+        self.items = []
+        for s in samples:
+            img, lb = letterbox(s.image, input_hw)
+            boxes = lb.boxes_to_model(np.array([t["box"] for t in s.teeth], np.float64).reshape(-1, 4))
+            self.items.append((img, boxes, np.array([t["fdi"] for t in s.teeth], np.int64)))
+        if not self.items:
+            raise InputError("No images to train the detector on.")
+
+    def batch(self, rng: np.random.Generator, batch_size: int, augment: bool = True):
+        imgs, targets = [], []
+        for i in rng.integers(len(self.items), size=batch_size):
+            img, boxes, fdis = self.items[int(i)]
+            boxes, fdis = boxes.copy(), fdis.copy()
+            if augment:
+                if rng.random() < 0.5:  # horizontal flip: mirror boxes and FDI numbers
+                    W = img.shape[1]
+                    img = img[:, ::-1]
+                    boxes[:, [0, 2]] = W - boxes[:, [2, 0]]
+                    fdis = np.array([fdi_mirror(f) for f in fdis], np.int64)
+                img = _jitter(img, rng)
+            imgs.append(np.ascontiguousarray(img))
+            targets.append({"boxes": torch.from_numpy(boxes.astype(np.float32)),
+                            "labels": torch.tensor([fdi_to_class(f) for f in fdis], dtype=torch.long)})
+        return torch.from_numpy(np.stack(imgs))[:, None], targets
+
+
+class CropData:
+    """Per-tooth crops (image, caries, anomaly masks in crop space, anomaly label, stage index)."""
+
+    def __init__(self, samples: Sequence[Sample], size: int = CROP_SIZE, margin: float = CROP_MARGIN):
+        crops, car, ano, lab, stg = [], [], [], [], []
+        for s in samples:
+            for t in s.teeth:
+                c, info = crop_tooth(s.image, t["box"], size, margin)
+                crops.append(c)
+                car.append(info.mask_to_crop(s.full(t, "caries_mask")))
+                ano.append(info.mask_to_crop(s.full(t, "anomaly_mask")))
+                lab.append(bool(t.get("anomaly")) or bool(ano[-1].any()))
+                stg.append(int(t.get("stage", -1)))
+        if not crops:
+            raise InputError("No teeth to crop.")
+        self.crops = np.stack(crops).astype(np.float32)
+        self.caries = np.stack(car).astype(np.float32)
+        self.anomaly = np.stack(ano).astype(np.float32)
+        self.label = np.array(lab, np.float32)
+        self.stage = np.array(stg, np.int64)
+
+    def __len__(self):
+        return len(self.crops)
+
+    pos_fraction = 0.5  # share of every carseg / ad batch drawn from positive crops
+
+    def indices(self, stage: str, rng, batch_size: int) -> np.ndarray:
+        n = len(self)
+        if stage == "dds":
+            valid = np.flatnonzero(self.stage >= 0)
+            if not len(valid):
+                raise InputError("No Demirjian stage labels in the data: the dds stage needs them.")
+            return rng.choice(valid, batch_size)
+        pos = np.flatnonzero(self.caries.reshape(n, -1).any(1) if stage == "carseg" else self.label > 0)
+        k = int(round(batch_size * self.pos_fraction)) if len(pos) else 0
+        return np.concatenate([rng.choice(pos, k) if k else np.zeros(0, np.int64),
+                               rng.integers(n, size=batch_size - k)]).astype(np.int64)
+
+    def batch(self, stage: str, rng, batch_size: int, augment: bool = True):
+        idx = self.indices(stage, rng, batch_size)
+        x, car, ano = self.crops[idx].copy(), self.caries[idx].copy(), self.anomaly[idx].copy()
+        if augment:
+            for j in range(len(idx)):
+                if rng.random() < 0.5:
+                    x[j], car[j], ano[j] = x[j, :, ::-1], car[j, :, ::-1], ano[j, :, ::-1]
+                x[j] = _jitter(x[j], rng, (0.0, 0.02))
+        t = {"caries": torch.from_numpy(car)[:, None], "anomaly": torch.from_numpy(ano)[:, None],
+             "anomaly_label": torch.from_numpy(self.label[idx]), "stage": torch.from_numpy(self.stage[idx])}
+        return torch.from_numpy(np.ascontiguousarray(x))[:, None], t
+
+
+# ============================================================================ training
+def _lr_factor(step: int, steps: int, warmup: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up then cosine decay; with a time budget the decay follows whichever of the step
+    count and the elapsed-time fraction is further along."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    p = max((step - warmup) / max(1, steps - warmup), time_fraction)
+    return max(0.02, 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def _build(stage: str, out_dir: Path, model_kw: Optional[dict], init=None):
+    if stage == "detector":
+        return MATHEDetector(**{**DEFAULT_DETECTOR, **(model_kw or {})})
+    if stage == "carseg":
+        return HENA(**{**DEFAULT_HENA, **(model_kw or {})})
+    prev = Path(init) if init else out_dir / PREVIOUS[stage] / WEIGHT_FILES[PREVIOUS[stage]]
+    if not prev.is_file():
+        raise CheckpointError(f"The {stage} stage starts from the {PREVIOUS[stage]} weights, but {prev} does not "
+                              f"exist: run `--stage {PREVIOUS[stage]}` first.")
+    return load_mathena(prev, kind="HENA")
+
+
+def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True, progress=None, log=print, *,
+                batch_size: Optional[int] = None, lr: Optional[float] = None, weight_decay: float = 0.05,
+                seed: int = 0, checkpoint_every: int = 50, model_kw: Optional[dict] = None, init=None,
+                image_dir=None, input_hw=DETECTOR_INPUT_HW, crop_size: int = CROP_SIZE,
+                time_budget_s: Optional[float] = None, cancel=None, opg_kw: Optional[dict] = None,
+                threads: Optional[int] = None, pos_fraction: float = 0.5) -> dict:
+    """Train one MATHENA stage; returns ``{"stage", "weights", "step", "history", "stopped_early"}``.
+
+    ``data``: see :func:`load_data` (already built :class:`Sample` lists are fine too).
+    ``time_budget_s``: stop early (checkpoint and final weights still written) when exceeded.
+    """
+    if stage not in TRAIN_STAGES:
+        raise InputError(f"unknown MATHENA training stage {stage!r}; expected one of {TRAIN_STAGES}")
+    if threads:
+        torch.set_num_threads(int(threads))
+    rep = Reporter(progress, cancel)
+    out_dir = Path(out_dir)
+    sdir = out_dir / stage
+    sdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = sdir / "checkpoint.pt"
+    samples = data if isinstance(data, list) and data and isinstance(data[0], Sample) else \
+        load_data(data, input_hw, image_dir, opg_kw)
+    batch_size = int(batch_size or (4 if stage == "detector" else 16))
+    lr = float(lr or DEFAULT_LR[stage])
+    torch.manual_seed(seed)
+
+    ckpt = None
+    if resume and ckpt_path.is_file():
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged checkpoint must not be silently restarted over
+            raise CheckpointError(f"Cannot resume from {ckpt_path}: {exc}. Delete it to start afresh.") from None
+    if ckpt is not None:
+        kind = MATHEDetector if stage == "detector" else HENA
+        model = kind(**json.loads(ckpt["model_config"]))
+    else:
+        model = _build(stage, out_dir, model_kw, init)
+    if stage == "detector":
+        params = list(model.parameters())
+        dataset = DetectorData(samples, input_hw)
+        model.train()
+    else:
+        dataset = CropData(samples, crop_size)
+        dataset.pos_fraction = float(pos_fraction)
+        if stage == "dds" and not (dataset.stage >= 0).any():
+            raise InputError("No Demirjian stage labels in the data: the dds stage needs them.")
+        params = model.set_stage(stage)
+        model.train()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay if stage != "dds" else 0.0)
+    warmup = max(1, min(20, steps // 10))
+    step, history = 0, []
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model_state_dict"])
+            opt.load_state_dict(ckpt["optimizer_state_dict"])
+            step, history = int(ckpt["step"]), [float(h) for h in ckpt.get("history", [])]
+        except Exception as exc:
+            raise CheckpointError(f"Cannot resume from {ckpt_path}: {exc}. Delete it to start afresh.") from None
+        log(f"Resuming {stage} at step {step}/{steps}")
+
+    def save_checkpoint():
+        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
+        torch.save({"stage": stage, "step": step, "model_state_dict": model.state_dict(),
+                    "optimizer_state_dict": opt.state_dict(), "history": list(history),
+                    "model_config": json.dumps(model.config), "seed": seed, "steps": steps, "lr": lr,
+                    "batch_size": batch_size}, tmp)
+        tmp.replace(ckpt_path)
+
+    t0 = time.perf_counter()
+    stopped_early = False
+    while step < steps:
+        rep(step / max(steps, 1), f"{stage} step {step}/{steps}")
+        if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
+            stopped_early = True
+            log(f"{stage}: time budget reached at step {step}/{steps}")
+            break
+        rng = np.random.default_rng([seed, step])
+        for g in opt.param_groups:
+            g["lr"] = lr * _lr_factor(step, steps, warmup, (time.perf_counter() - t0) / time_budget_s
+                                      if time_budget_s else 0.0)
+        if stage == "detector":
+            x, targets = dataset.batch(rng, batch_size)
+            loss = model.loss(model(x), targets)["total"]
+        else:
+            x, targets = dataset.batch(stage, rng, batch_size)
+            loss = model.loss(model(x), targets, stage)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        step += 1
+        history.append(float(loss.detach()))
+        if step % checkpoint_every == 0 or step == steps:
+            save_checkpoint()
+            log(f"{stage} step {step}/{steps}  loss {np.mean(history[-checkpoint_every:]):.4f}  "
+                f"{time.perf_counter() - t0:.0f}s")
+    save_checkpoint()
+    model.eval()
+    weights = sdir / WEIGHT_FILES[stage]
+    save_mathena(model, weights, {"stage": stage, "steps": str(step), "crop_size": str(crop_size),
+                                  "input_hw": json.dumps(list(input_hw))})
+    rep(1.0, f"{stage} finished")
+    return {"stage": stage, "weights": str(weights), "step": step, "history": history,
+            "stopped_early": stopped_early, "seconds": time.perf_counter() - t0}
+
+
+# ============================================================================ metrics
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), -1)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-12)
+
+
+def map50(predictions: Sequence[dict], ground_truth: Sequence[dict], iou_thresh: float = 0.5) -> dict:
+    """mAP at IoU 0.5 (see the module docstring). ``predictions[i]``: ``{"boxes" (n, 4), "scores" (n,),
+    "labels" (n,)}``; ``ground_truth[i]``: ``{"boxes", "labels"}``; labels are any hashable ids (FDI).
+    Returns ``{"map50", "per_class": {label: AP}}``."""
+    classes = sorted({int(l) for g in ground_truth for l in np.asarray(g["labels"]).reshape(-1)})
+    per_class = {}
+    for c in classes:
+        dets, n_gt, gts = [], 0, []
+        for i, (p, g) in enumerate(zip(predictions, ground_truth)):
+            gl = np.asarray(g["labels"]).reshape(-1)
+            gb = np.asarray(g["boxes"], np.float64).reshape(-1, 4)[gl == c]
+            gts.append(gb)
+            n_gt += len(gb)
+            pl = np.asarray(p["labels"]).reshape(-1)
+            pb = np.asarray(p["boxes"], np.float64).reshape(-1, 4)[pl == c]
+            ps = np.asarray(p["scores"], np.float64).reshape(-1)[pl == c]
+            dets.extend((float(s), i, b) for s, b in zip(ps, pb))
+        dets.sort(key=lambda d: -d[0])
+        used = [np.zeros(len(g), bool) for g in gts]
+        tp = np.zeros(len(dets))
+        for k, (_, i, b) in enumerate(dets):
+            if len(gts[i]):
+                iou = box_iou(b[None], gts[i])[0]
+                iou[used[i]] = -1
+                j = int(np.argmax(iou))
+                if iou[j] >= iou_thresh:
+                    used[i][j] = True
+                    tp[k] = 1
+        if not len(dets):
+            per_class[c] = 0.0
+            continue
+        ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
+        recall = ctp / max(n_gt, 1)
+        precision = ctp / np.maximum(ctp + cfp, 1e-12)
+        mrec = np.concatenate([[0.0], recall, [1.0]])
+        mpre = np.concatenate([[1.0], precision, [0.0]])
+        mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+        idx = np.flatnonzero(mrec[1:] != mrec[:-1])
+        per_class[c] = float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+    return {"map50": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+            "per_class": per_class}
+
+
+def dice_scores(pred_masks, gt_masks) -> dict:
+    """``positive``: mean per-crop Dice over crops with a non-empty GT; ``pooled``: Dice of all
+    crops' pixels together; ``positive_crops``: how many crops had a non-empty GT."""
+    p = np.asarray(pred_masks).astype(bool).reshape(len(pred_masks), -1)
+    g = np.asarray(gt_masks).astype(bool).reshape(len(gt_masks), -1)
+    inter, ps, gs = (p & g).sum(1), p.sum(1), g.sum(1)
+    pos = gs > 0
+    per = 2 * inter[pos] / np.maximum(ps[pos] + gs[pos], 1)
+    pooled_den = ps.sum() + gs.sum()
+    return {"positive": float(per.mean()) if pos.any() else float("nan"),
+            "pooled": float(2 * inter.sum() / pooled_den) if pooled_den else float("nan"),
+            "positive_crops": int(pos.sum()), "crops": int(len(p))}
+
+
+def stage_scores(pred, true) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+    pred, true = np.asarray(pred).reshape(-1), np.asarray(true).reshape(-1)
+    ok = true >= 0
+    if not ok.any():
+        return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0}
+    labels = sorted(set(true[ok].tolist()))
+    return {"accuracy": float(accuracy_score(true[ok], pred[ok])),
+            "macro_f1": float(f1_score(true[ok], pred[ok], labels=labels, average="macro", zero_division=0)),
+            "n": int(ok.sum())}
+
+
+@torch.no_grad()
+def detect(detector: MATHEDetector, image2d: np.ndarray, input_hw=DETECTOR_INPUT_HW, score_thresh: float = 0.05):
+    """Boxes in source pixels, scores and FDI numbers for one [0, 1] image."""
+    img, lb = letterbox(image2d, input_hw)
+    x = torch.from_numpy(img)[None, None].repeat(1, detector.config["in_channels"], 1, 1)
+    det = detector.decode(detector(x), input_hw, score_thresh=score_thresh)[0]
+    return {"boxes": lb.boxes_to_source(det["boxes"].numpy(), clip=True), "scores": det["scores"].numpy(),
+            "labels": np.array([class_to_fdi(int(c)) for c in det["labels"]], np.int64)}
+
+
+@torch.no_grad()
+def predict_crops(hena: HENA, crops: np.ndarray, batch_size: int = 64) -> dict:
+    outs = {"caries": [], "anomaly": [], "anomaly_score": [], "stage": []}
+    for i in range(0, len(crops), batch_size):
+        o = hena(torch.from_numpy(crops[i:i + batch_size])[:, None])
+        outs["caries"].append(torch.sigmoid(o.caries[:, 0]).numpy())
+        outs["anomaly"].append(torch.sigmoid(o.anomaly[:, 0]).numpy())
+        outs["anomaly_score"].append(torch.sigmoid(o.anomaly_score).numpy())
+        outs["stage"].append(o.stage.argmax(-1).numpy())
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def evaluate(detector: Optional[MATHEDetector], hena: Optional[HENA], opgs, input_hw=DETECTOR_INPUT_HW,
+             crop_size: int = CROP_SIZE) -> dict:
+    """Held-out metrics (module docstring): mAP@50 of ``detector`` on the images; caries / anomaly
+    Dice, anomaly image-level accuracy, stage accuracy / macro-F1 of ``hena`` on ground-truth crops."""
+    samples = load_data(opgs, input_hw)
+    out: Dict[str, object] = {"images": len(samples), "teeth": sum(len(s.teeth) for s in samples),
+                              "conventions": {
+                                  "map50": "per-FDI-class AP at IoU 0.5 (greedy matching by score, all-point "
+                                           "interpolation), mean over classes with GT",
+                                  "dice": "HENA on GT-box crops, threshold 0.5; 'positive' = mean per-crop Dice "
+                                          "over crops with non-empty GT, 'pooled' = Dice over all crops' pixels",
+                                  "stage": "top-1 accuracy and sklearn macro-F1 over stages present in the GT"}}
+    if detector is not None:
+        detector.eval()
+        preds = [detect(detector, s.image, input_hw) for s in samples]
+        gts = [{"boxes": np.array([t["box"] for t in s.teeth]).reshape(-1, 4),
+                "labels": np.array([t["fdi"] for t in s.teeth])} for s in samples]
+        m = map50(preds, gts)
+        out["map50"] = m["map50"]
+        out["ap50_per_fdi"] = {str(k): round(v, 4) for k, v in m["per_class"].items()}
+        agn = map50([{**p, "labels": np.zeros(len(p["labels"]))} for p in preds],
+                    [{**g, "labels": np.zeros(len(g["labels"]))} for g in gts])
+        out["map50_class_agnostic"] = agn["map50"]
+    if hena is not None:
+        hena.eval()
+        data = CropData(samples, crop_size)
+        pr = predict_crops(hena, data.crops)
+        c = dice_scores(pr["caries"] > 0.5, data.caries > 0.5)
+        a = dice_scores(pr["anomaly"] > 0.5, data.anomaly > 0.5)
+        st = stage_scores(pr["stage"], data.stage)
+        out.update({"caries_dice_positive": c["positive"], "caries_dice_pooled": c["pooled"],
+                    "caries_positive_crops": c["positive_crops"], "anomaly_dice_positive": a["positive"],
+                    "anomaly_dice_pooled": a["pooled"], "anomaly_positive_crops": a["positive_crops"],
+                    "anomaly_image_accuracy": float(((pr["anomaly_score"] > 0.5) == (data.label > 0)).mean()),
+                    "stage_accuracy": st["accuracy"], "stage_macro_f1": st["macro_f1"], "crops": len(data)})
+    return out

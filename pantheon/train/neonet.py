@@ -1,0 +1,641 @@
+"""Training and evaluation of NeoNet (NeoSeg, NeoGen, PattenNet) — spec §3.5, issue "PNIPredict: NeoNet".
+
+    pantheon pni train --stage seg|vae|ldm|controlnet|cls     ->  train_stage(...)
+    pantheon pni eval                                          ->  cross_validate(...) / evaluate_classifier(...)
+
+Data (:func:`load_cases`): phantom seeds (``range``/list of ints, :func:`pantheon.synth.make_liver_mri_phantom`
+on the model grid), a list of :class:`Case`, or a CSV (or a folder holding ``cases.csv``) with columns
+``image,label,pni[,case_id][,patient_id]`` (paths relative to the CSV). Every case is checked
+(:func:`~pantheon.models.neonet.preprocess.check_mri`), resampled to the model grid and normalised
+(spec §3.1) once.
+
+Stages (one function, :func:`train_stage`; each writes ``out_dir/<stage>/checkpoint.pt`` and the
+final ``out_dir/<stage>/<component>.safetensors`` via ``save_neonet_component``):
+
+- ``seg``: NeoSeg on random ``NEOSEG_ROI`` windows (half of them centred on a tumour voxel) of the
+  whole model-grid volume; targets 0 background, 1 liver, 2 tumour; MONAI ``DiceCELoss``.
+- ``vae`` / ``ldm`` / ``controlnet``: NeoGen on TLCR patches (``tlcr_patch``; image in [0, 1],
+  masks = ``masks_from_labels`` (tumour, liver), class label = PNI) with ``NeoGen.training_losses``.
+  ``ldm`` starts from the ``vae`` result and calibrates the latent scale; ``controlnet`` starts
+  from ``ldm`` and copies the UNet encoder into the ControlNet.
+- ``cls``: PattenNet.from_neogen (frozen VAE encoder, tumour mask as an extra latent channel) on
+  TLCR patches, BCE; the minority class is topped up to 1:1 with ``NeoGen.generate`` samples
+  conditioned on the masks of the *training* minority cases (:func:`assemble_classifier_set`).
+  Synthetic samples are only ever added to the set a classifier is trained on.
+
+Resuming: checkpoints hold only tensors and plain values (``torch.load(weights_only=True)``).
+Every step draws its batch from ``np.random.default_rng([seed, step])`` and seeds torch with
+``(seed, step)`` too, so an interrupted and resumed run follows the same trajectory as an
+uninterrupted one (the loss history is extended, not restarted).
+
+Cross-validation (:func:`cross_validate`): patient-level stratified k-fold (scikit-learn
+``StratifiedGroupKFold``, groups = patient id, stratified by PNI); per fold the classifier is
+trained on the training cases (+ synthetic samples from a generator that has seen only the
+training cases: ``generator="per_fold"`` trains one per fold, or a NeoGen trained on data
+disjoint from all CV cases may be passed; ``generator=None`` disables synthesis) and tested on
+the held-out cases: AUC, accuracy, sensitivity, specificity per fold and mean ± SD (ddof=1).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..io.volume import Volume
+from ..models.neonet.preprocess import (MODEL_SPACING, NEOSEG_ROI, PATCH_SHAPE, check_mri, normalize_mri,
+                                        resample_to_model, tlcr_patch)
+from ..progress import Reporter
+
+STAGES = ("seg", "vae", "ldm", "controlnet", "cls")
+STAGE_KIND = {"seg": "neoseg", "vae": "neogen", "ldm": "neogen", "controlnet": "neogen", "cls": "pattennet"}
+#: The stage a NeoGen stage starts from.
+PREVIOUS_STAGE = {"ldm": "vae", "controlnet": "ldm", "cls": "controlnet"}
+#: Default learning rates per stage (demo scale; the spec's 1e-4/1e-5 are for 100+ epochs).
+DEFAULT_LR = {"seg": 3e-3, "vae": 2e-3, "ldm": 1e-3, "controlnet": 1e-3, "cls": 1e-3}
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class Case:
+    """One patient on the model grid: normalised image, label map (1 liver, 2 tumour, ...), PNI (0/1)."""
+
+    case_id: str
+    image: Volume
+    labels: Volume
+    pni: int
+    patient_id: Optional[str] = None
+    _patch: Optional[tuple] = field(default=None, repr=False, compare=False)
+
+    @property
+    def group(self) -> str:
+        return self.patient_id or self.case_id
+
+    def patch(self):
+        """(image patch (K, J, I) float32, label patch (K, J, I) uint8) of the TLCR crop (cached)."""
+        if self._patch is None:
+            img, lab, _ = tlcr_patch(self.image, self.labels)
+            self._patch = (img.array.astype(np.float32), lab.array.astype(np.uint8))
+        return self._patch
+
+
+def prepare_case(image: Volume, labels: Volume, pni, case_id: str = "case",
+                 patient_id: Optional[str] = None, spacing=MODEL_SPACING) -> Case:
+    """Check, reorient/resample to the model grid and normalise one (image, label map, PNI) case."""
+    check_mri(image, case_id)
+    if labels.shape != image.shape or not labels.same_geometry(image, atol=1e-3):
+        raise InputError(f"Case {case_id}: the label map does not share the image's geometry.")
+    img, _ = resample_to_model(image, spacing, "linear")
+    lab, _ = resample_to_model(labels, spacing, "nearest")
+    img = img.with_array(normalize_mri(img.array))
+    lab = lab.with_array(lab.array.astype(np.uint8))
+    if not np.any(lab.array == 2):
+        raise InputError(f"Case {case_id}: the label map has no tumour (label 2) on the model grid.")
+    p = int(pni) if not isinstance(pni, str) else int(pni.strip().lower() in ("1", "true", "yes", "pos", "positive"))
+    if p not in (0, 1):
+        raise InputError(f"Case {case_id}: PNI must be 0 or 1, got {pni!r}.")
+    return Case(str(case_id), img, lab, p, patient_id)
+
+
+def phantom_case(seed: int, pni: Optional[bool] = None, spacing=MODEL_SPACING) -> Case:
+    """A synthetic HBP phantom generated directly on (about) the model grid, as a :class:`Case`."""
+    from ..synth.mri_phantom import make_liver_mri_phantom
+
+    mri, lab, info = make_liver_mri_phantom(int(seed), spacing=tuple(spacing), orientation="RAS", pni=pni)
+    return prepare_case(mri, lab, int(bool(info["pni"])), case_id=f"phantom-{int(seed)}", spacing=spacing)
+
+
+def load_cases(data, spacing=MODEL_SPACING, pni_rule: Optional[Callable[[int], Optional[bool]]] = None,
+               log=None) -> List[Case]:
+    """Cases from phantom seeds (ints), :class:`Case` objects, or a CSV / folder with ``cases.csv``.
+
+    ``pni_rule(seed)`` may fix a phantom's PNI status (default: drawn by the phantom, p = 0.5).
+    """
+    if isinstance(data, (str, Path)):
+        p = Path(data)
+        csv_path = p / "cases.csv" if p.is_dir() else p
+        if not csv_path.is_file():
+            raise InputError(f"No case list at {csv_path}: give a CSV with columns image,label,pni "
+                             "or a folder holding cases.csv.")
+        from ..io.readers import read_volume
+        out = []
+        with open(csv_path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        for n, row in enumerate(rows):
+            if not {"image", "label", "pni"} <= set(row):
+                raise InputError(f"{csv_path} needs the columns image, label, pni (row {n + 2} has {sorted(row)}).")
+            cid = row.get("case_id") or Path(row["image"]).name.split(".")[0]
+            img = read_volume(csv_path.parent / row["image"])
+            lab = read_volume(csv_path.parent / row["label"])
+            lab = lab.with_array(np.rint(lab.array).astype(np.uint8))
+            out.append(prepare_case(img, lab, row["pni"], cid, row.get("patient_id") or None, spacing))
+            if log:
+                log(f"Loaded {cid} ({n + 1}/{len(rows)})")
+        return out
+    items = list(data)
+    out = []
+    for item in items:
+        if isinstance(item, Case):
+            out.append(item)
+        elif isinstance(item, (int, np.integer)):
+            out.append(phantom_case(int(item), pni_rule(int(item)) if pni_rule else None, spacing))
+        else:
+            raise InputError(f"Cannot use {type(item).__name__} as a case (phantom seed, Case, or a CSV path).")
+    if not out:
+        raise InputError("No training cases given.")
+    return out
+
+
+def _cases(data) -> List[Case]:
+    if isinstance(data, (list, tuple)) and data and all(isinstance(c, Case) for c in data):
+        return list(data)
+    return load_cases(data)
+
+
+# ------------------------------------------------------------------------------------------------ models
+def default_configs(size: str = "demo") -> Dict[str, dict]:
+    """Constructor arguments of the three components: "demo" (tiny, CPU) or "paper" (spec §7)."""
+    if size == "demo":
+        return {
+            "neoseg": dict(channels=(8, 16, 32), strides=(2, 2), num_res_units=1),
+            "neogen": dict(patch_size=PATCH_SHAPE, ae_channels=(8, 16), ae_num_res_blocks=1, latent_channels=3,
+                           ae_norm_num_groups=8, unet_channels=(16, 32), unet_attention_levels=(False, False),
+                           unet_num_head_channels=(16, 32), unet_num_res_blocks=1, unet_norm_num_groups=8,
+                           controlnet_embedding_channels=(8, 16), num_train_timesteps=1000,
+                           tumour_loss_weight=5.0),
+            "pattennet": dict(dab_channels=(16, 32), mask_channels=1, dropout=0.2),
+        }
+    if size == "paper":
+        return {"neoseg": {}, "neogen": {}, "pattennet": dict(mask_channels=1)}
+    raise ValueError(f"size must be 'demo' or 'paper', got {size!r}")
+
+
+def _load_neogen(neogen):
+    from ..models.neonet import NeoGen, load_neonet_component
+    if isinstance(neogen, NeoGen):
+        return neogen
+    return load_neonet_component(neogen, "neogen")
+
+
+def final_weights_path(out_dir, stage: str) -> Path:
+    return Path(out_dir) / stage / f"{STAGE_KIND[stage]}.safetensors"
+
+
+# ------------------------------------------------------------------------------------------------ batches
+def _seg_target(labels: np.ndarray) -> np.ndarray:
+    t = np.zeros(labels.shape, np.int64)
+    t[labels == 1] = 1
+    t[labels == 2] = 2
+    return t
+
+
+def _random_window(case: Case, roi, rng: np.random.Generator, tumour_p: float = 0.5):
+    img, lab = case.image.array, case.labels.array
+    pad = [(0, max(0, r - s)) for r, s in zip(roi, img.shape)]
+    if any(p[1] for p in pad):
+        img = np.pad(img, pad)
+        lab = np.pad(lab, pad)
+    if rng.random() < tumour_p:
+        idx = np.argwhere(lab == 2)
+        c = idx[rng.integers(len(idx))]
+        start = [int(np.clip(ci - r // 2 + rng.integers(-r // 4, r // 4 + 1), 0, s - r))
+                 for ci, r, s in zip(c, roi, img.shape)]
+    else:
+        start = [int(rng.integers(0, s - r + 1)) for r, s in zip(roi, img.shape)]
+    sl = tuple(slice(a, a + r) for a, r in zip(start, roi))
+    return img[sl], lab[sl]
+
+
+def _augment_patch(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator):
+    """Mild augmentation: left-right flip (spec §3.5: axial flips) and intensity shift/scale."""
+    if rng.random() < 0.5:
+        img, lab = img[:, :, ::-1], lab[:, :, ::-1]
+    img = img * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.05, 0.05))
+    return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(lab)
+
+
+# ------------------------------------------------------------------------------------------------ classifier set
+@dataclass
+class Sample:
+    """One classifier training/test sample: TLCR image patch, tumour mask patch, label, provenance."""
+
+    image: np.ndarray  # (K, J, I) float32
+    tumour: np.ndarray  # (K, J, I) float32 in {0, 1}
+    pni: int
+    source_id: str  # case id, or the case whose mask conditioned a synthetic sample
+    synthetic: bool = False
+
+
+def real_samples(cases: Sequence[Case]) -> List[Sample]:
+    out = []
+    for c in cases:
+        img, lab = c.patch()
+        out.append(Sample(img, (lab == 2).astype(np.float32), c.pni, c.case_id, False))
+    return out
+
+
+def synthesize_balance(cases: Sequence[Case], neogen, seed: int = 0, num_inference_steps: int = 20,
+                       batch_size: int = 4, log=None, cancel=None) -> List[Sample]:
+    """Synthetic minority-class samples that bring ``cases`` to 1:1 PNI+/PNI-.
+
+    Each is generated by ``neogen`` conditioned on the (tumour, liver) masks of a minority-class
+    case of ``cases`` (cycled, randomly flipped left-right) and that case's PNI label. Only call it
+    with *training* cases.
+    """
+    from ..models.neonet import masks_from_labels
+
+    pos = [c for c in cases if c.pni == 1]
+    neg = [c for c in cases if c.pni == 0]
+    if not pos or not neg:
+        return []
+    minority, label = (pos, 1) if len(pos) < len(neg) else (neg, 0)
+    n_syn = abs(len(pos) - len(neg))
+    if n_syn == 0:
+        return []
+    rng = np.random.default_rng([seed, 7919])
+    gen = torch.Generator().manual_seed(int(seed))
+    order = [minority[i % len(minority)] for i in range(n_syn)]
+    out: List[Sample] = []
+    for b in range(0, n_syn, batch_size):
+        chunk = order[b:b + batch_size]
+        labs = []
+        for c in chunk:
+            lab = c.patch()[1]
+            if rng.random() < 0.5:
+                lab = lab[:, :, ::-1]
+            labs.append(np.ascontiguousarray(lab))
+        masks = masks_from_labels(torch.as_tensor(np.stack(labs)).long())
+        imgs = neogen.generate(masks, labels=label, num_inference_steps=num_inference_steps, generator=gen,
+                               cancel=cancel)
+        imgs = imgs.clamp(0, 1).float().numpy()[:, 0]
+        for c, lab, im in zip(chunk, labs, imgs):
+            out.append(Sample(im.astype(np.float32), (lab == 2).astype(np.float32), label, c.case_id, True))
+        if log:
+            log(f"Synthesised {min(b + batch_size, n_syn)}/{n_syn} PNI{'+' if label else '-'} patches")
+    return out
+
+
+def assemble_classifier_set(train_cases: Sequence[Case], neogen=None, seed: int = 0,
+                            num_inference_steps: int = 20, log=None, cancel=None) -> List[Sample]:
+    """The classifier's *training* set: real TLCR samples + synthetic 1:1 balancing (if ``neogen``)."""
+    samples = real_samples(train_cases)
+    if neogen is not None:
+        samples += synthesize_balance(train_cases, _load_neogen(neogen), seed, num_inference_steps, log=log,
+                                      cancel=cancel)
+    return samples
+
+
+# ------------------------------------------------------------------------------------------------ training
+def _checkpoint_path(out_dir, stage) -> Path:
+    return Path(out_dir) / stage / "checkpoint.pt"
+
+
+def _build_model(stage: str, cases: Sequence[Case], out_dir: Path, configs: Dict[str, dict], neogen, log):
+    from ..models.neonet import NeoGen, NeoSeg, PattenNet
+    if stage == "seg":
+        return NeoSeg(**configs["neoseg"])
+    if stage == "vae":
+        return NeoGen(**configs["neogen"])
+    src = neogen if neogen is not None else final_weights_path(out_dir, PREVIOUS_STAGE[stage])
+    if not isinstance(src, torch.nn.Module) and not Path(src).is_file():
+        raise InputError(f"Stage {stage!r} starts from a trained NeoGen ({PREVIOUS_STAGE[stage]} stage); "
+                         f"{src} does not exist. Train that stage first or pass neogen=.")
+    import copy
+    gen = copy.deepcopy(_load_neogen(src))
+    if stage == "ldm":
+        x = torch.as_tensor(np.stack([c.patch()[0] for c in cases[:16]]))[:, None]
+        sf = gen.calibrate_scale_factor(x)
+        log(f"Latent scale factor calibrated to {sf:.4f}")
+        return gen
+    if stage == "controlnet":
+        gen.init_controlnet_from_unet()
+        return gen
+    return PattenNet.from_neogen(gen, **configs["pattennet"])
+
+
+def _optimizer(stage: str, model, lr: float):
+    if stage in ("vae", "ldm", "controlnet"):
+        params = list(model.stage_parameters(stage))
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+
+
+def _stage_loss(stage: str, model, cases: Sequence[Case], samples: Optional[List[Sample]], step: int, seed: int,
+                batch_size: int, loss_fn=None) -> torch.Tensor:
+    from ..models.neonet import masks_from_labels
+    rng = np.random.default_rng([seed, step])
+    torch.manual_seed(int(seed) * 1_000_003 + int(step))
+    if stage == "seg":
+        imgs, tgts = [], []
+        for i in rng.integers(0, len(cases), batch_size):
+            im, lb = _random_window(cases[int(i)], NEOSEG_ROI, rng)
+            im, lb = _augment_patch(im, lb, rng)
+            imgs.append(im)
+            tgts.append(_seg_target(lb))
+        x = torch.as_tensor(np.stack(imgs))[:, None]
+        y = torch.as_tensor(np.stack(tgts))[:, None]
+        return loss_fn(model(x), y)
+    if stage == "cls":
+        idx = rng.integers(0, len(samples), batch_size)
+        # balanced batches: half from each class when both exist
+        pos = [i for i, s in enumerate(samples) if s.pni == 1]
+        neg = [i for i, s in enumerate(samples) if s.pni == 0]
+        if pos and neg:
+            idx = [pos[int(rng.integers(len(pos)))] if n % 2 == 0 else neg[int(rng.integers(len(neg)))]
+                   for n in range(batch_size)]
+        ims, tms, ys = [], [], []
+        for i in idx:
+            s = samples[int(i)]
+            im, tm = _augment_patch(s.image, s.tumour, rng)
+            ims.append(im)
+            tms.append(tm.astype(np.float32))
+            ys.append(float(s.pni))
+        x = torch.as_tensor(np.stack(ims))[:, None]
+        m = torch.as_tensor(np.stack(tms))[:, None]
+        logit, _ = model(x, m if model.config["mask_channels"] else None)
+        return F.binary_cross_entropy_with_logits(logit, torch.as_tensor(ys, dtype=logit.dtype))
+    ims, labs, ys = [], [], []
+    for i in rng.integers(0, len(cases), batch_size):
+        c = cases[int(i)]
+        im, lb = _augment_patch(*c.patch(), rng)
+        ims.append(im)
+        labs.append(lb)
+        ys.append(c.pni)
+    x = torch.as_tensor(np.stack(ims))[:, None]
+    masks = masks_from_labels(torch.as_tensor(np.stack(labs)).long()) if stage == "controlnet" else None
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+    return model.training_losses(x, masks=masks, labels=torch.as_tensor(ys), stage=stage, generator=gen)["loss"]
+
+
+def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True, progress=None, log=print, *,
+                neogen=None, configs: Optional[Dict[str, dict]] = None, batch_size: int = 2,
+                lr: Optional[float] = None, seed: int = 0, checkpoint_every: int = 50, synthesize: bool = True,
+                num_inference_steps: int = 20, samples: Optional[List[Sample]] = None, cancel=None,
+                time_limit_s: Optional[float] = None) -> Path:
+    """Train one stage; returns the final weights (``out_dir/<stage>/<component>.safetensors``).
+
+    ``stage``: "seg" (NeoSeg), "vae", "ldm", "controlnet" (NeoGen, in that order) or "cls"
+    (PattenNet). ``data``: phantom seeds, :class:`Case` list, or a CSV/folder (:func:`load_cases`).
+    ``neogen``: the NeoGen the stage starts from (module or path); default: the previous stage's
+    weights in ``out_dir`` (ldm <- vae, controlnet <- ldm, cls <- controlnet). For "cls" the
+    minority class is topped up 1:1 with that NeoGen's samples unless ``synthesize`` is False
+    (``samples`` overrides the assembled training set entirely). ``resume``: continue from
+    ``out_dir/<stage>/checkpoint.pt`` when present (a finished run with ``steps`` <= its step count
+    just rewrites the weights); a checkpoint is written every ``checkpoint_every`` steps and at the end.
+    ``configs``: component constructor arguments (default: :func:`default_configs` "demo").
+    ``time_limit_s``: stop early after that many seconds of training (checkpoint and weights are
+    written; rerunning with ``resume`` continues towards ``steps``).
+    """
+    from ..models.neonet import save_neonet_component
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    log = log or (lambda *_: None)
+    rep = Reporter(progress, cancel)
+    out_dir = Path(out_dir)
+    (out_dir / stage).mkdir(parents=True, exist_ok=True)
+    cases = _cases(data)
+    configs = configs or default_configs("demo")
+    lr = DEFAULT_LR[stage] if lr is None else float(lr)
+    ckpt_path = _checkpoint_path(out_dir, stage)
+    ckpt = None
+    if resume and ckpt_path.is_file():
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged checkpoint must not be silently restarted over
+            raise InputError(f"Cannot resume from {ckpt_path} ({exc}); delete it or pass resume=False.") from None
+    if ckpt is not None:
+        from ..models.neonet.checkpoint import _builders
+        kind = STAGE_KIND[stage]
+        if ckpt.get("kind") != kind:
+            raise InputError(f"{ckpt_path} holds a {ckpt.get('kind')} run, not a {kind} one.")
+        model = _builders()[kind](json.loads(ckpt["config"]))
+        model.load_state_dict(ckpt["model_state_dict"])
+        step, history = int(ckpt["step"]), [float(v) for v in ckpt["history"]]
+        log(f"Resuming stage {stage} at step {step}")
+    else:
+        torch.manual_seed(int(seed))  # reproducible initialisation
+        model = _build_model(stage, cases, out_dir, configs, neogen, log)
+        step, history = 0, []
+    model.train()
+    opt = _optimizer(stage, model, lr)
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer_state_dict"])
+    loss_fn = None
+    if stage == "seg":
+        from monai.losses import DiceCELoss
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    if stage == "cls" and samples is None:
+        src = neogen if neogen is not None else final_weights_path(out_dir, "controlnet")
+        use = synthesize and (isinstance(src, torch.nn.Module) or Path(src).is_file())
+        if synthesize and not use:
+            log(f"No NeoGen at {src}: training the classifier without synthetic balancing")
+        samples = assemble_classifier_set(cases, src if use else None, seed, num_inference_steps, log, cancel)
+    if stage == "cls":
+        n_syn = sum(s.synthetic for s in samples)
+        log(f"Classifier training set: {len(samples) - n_syn} real + {n_syn} synthetic samples")
+
+    def save():
+        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
+        torch.save({"step": step, "kind": STAGE_KIND[stage], "stage": stage, "config": json.dumps(model.config),
+                    "model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
+                    "history": [float(h) for h in history], "seed": int(seed), "lr": float(lr)}, tmp)
+        tmp.replace(ckpt_path)
+
+    start = step
+    import time as _time
+    t_start = _time.monotonic()
+    while step < steps:
+        rep.check()
+        if time_limit_s is not None and _time.monotonic() - t_start > time_limit_s:
+            log(f"[{stage}] time limit reached at step {step}/{steps}")
+            save()
+            break
+        for g in opt.param_groups:  # cosine schedule over the requested steps
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(1, steps)))
+        loss = _stage_loss(stage, model, cases, samples, step, seed, batch_size, loss_fn)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        history.append(float(loss.detach()))
+        if step % checkpoint_every == 0 or step == steps:
+            save()
+            log(f"[{stage}] step {step}/{steps} loss {np.mean(history[-checkpoint_every:]):.4f}")
+        rep((step - start) / max(1, steps - start), f"{stage}: step {step}/{steps}")
+    if step == start:
+        save()
+    model.eval()
+    return save_neonet_component(model, final_weights_path(out_dir, stage),
+                                 extra_metadata={"stage": stage, "steps": str(step)})
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def binary_metrics(y_true, scores, threshold: float = 0.5) -> Dict[str, float]:
+    """AUC (ROC, ties counted half), accuracy, sensitivity, specificity at ``threshold`` on ``scores``.
+
+    ``scores`` are probabilities of PNI+; an undefined metric (one class absent) is NaN.
+    """
+    y = np.asarray(y_true, dtype=int).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError("y_true and scores differ in length")
+    pred = (s >= threshold).astype(int)
+    pos, neg = y == 1, y == 0
+    tp, tn = int(np.sum(pred[pos] == 1)), int(np.sum(pred[neg] == 0))
+    nan = float("nan")
+    if pos.any() and neg.any():
+        # Mann-Whitney U: P(score_pos > score_neg) + 0.5 P(equal)
+        diff = s[pos][:, None] - s[neg][None, :]
+        auc = float((np.sum(diff > 0) + 0.5 * np.sum(diff == 0)) / diff.size)
+    else:
+        auc = nan
+    return {"auc": auc, "accuracy": float(np.mean(pred == y)) if y.size else nan,
+            "sensitivity": tp / int(pos.sum()) if pos.any() else nan,
+            "specificity": tn / int(neg.sum()) if neg.any() else nan,
+            "n": int(y.size), "n_positive": int(pos.sum())}
+
+
+def mean_sd(values) -> Dict[str, float]:
+    v = np.asarray([x for x in values if x == x], dtype=np.float64)
+    return {"mean": float(v.mean()) if v.size else float("nan"),
+            "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0 if v.size else float("nan")}
+
+
+@torch.no_grad()
+def predict_samples(pattennet, samples: Sequence[Sample], batch_size: int = 8) -> np.ndarray:
+    """PNI+ probabilities for TLCR samples."""
+    pattennet.eval()
+    out = []
+    for b in range(0, len(samples), batch_size):
+        ch = samples[b:b + batch_size]
+        x = torch.as_tensor(np.stack([s.image for s in ch]))[:, None]
+        m = torch.as_tensor(np.stack([s.tumour for s in ch]))[:, None]
+        logit, _ = pattennet(x, m if pattennet.config["mask_channels"] else None)
+        out.append(torch.sigmoid(logit).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def segment_case(neoseg, case: Case) -> Case:
+    """The case with its label map replaced by NeoSeg's prediction (argmax; 1 liver, 2 tumour)."""
+    prob = neoseg.predict(torch.as_tensor(case.image.array), roi_size=NEOSEG_ROI, overlap=0.25)
+    lab = prob[0].argmax(0).numpy().astype(np.uint8)
+    if not np.any(lab == 2):  # no tumour found: fall back to the most tumour-like voxel
+        p = prob[0, 2].numpy()
+        lab[np.unravel_index(int(np.argmax(p)), p.shape)] = 2
+    return Case(case.case_id, case.image, case.labels.with_array(lab), case.pni, case.patient_id)
+
+
+def evaluate_classifier(pattennet, data, neoseg=None, threshold: float = 0.5, log=None) -> Dict:
+    """AUC, accuracy, sensitivity, specificity of a PattenNet on cases (TLCR from the ground-truth
+    tumour mask, or from ``neoseg``'s prediction when given: the end-to-end pipeline)."""
+    from ..models.neonet import load_neonet_component
+    if not isinstance(pattennet, torch.nn.Module):
+        pattennet = load_neonet_component(pattennet, "pattennet")
+    if neoseg is not None and not isinstance(neoseg, torch.nn.Module):
+        neoseg = load_neonet_component(neoseg, "neoseg")
+    cases = _cases(data)
+    if neoseg is not None:
+        cases = [segment_case(neoseg, c) for c in cases]
+    samples = real_samples(cases)
+    probs = predict_samples(pattennet, samples)
+    res = binary_metrics([s.pni for s in samples], probs, threshold)
+    res["crop_from"] = "neoseg" if neoseg is not None else "ground truth"
+    res["cases"] = [{"case_id": s.source_id, "pni": s.pni, "probability": float(p)} for s, p in zip(samples, probs)]
+    if log:
+        log(f"AUC {res['auc']:.3f}, accuracy {res['accuracy']:.3f}, sensitivity {res['sensitivity']:.3f}, "
+            f"specificity {res['specificity']:.3f} on {res['n']} cases")
+    return res
+
+
+def cv_splits(cases: Sequence[Case], k: int = 5, seed: int = 0):
+    """Patient-level stratified folds: list of (train indices, test indices)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+    y = np.array([c.pni for c in cases])
+    groups = np.array([c.group for c in cases])
+    if min(np.sum(y == 0), np.sum(y == 1)) < k:
+        raise InputError(f"{k}-fold stratified cross-validation needs at least {k} cases of each PNI class "
+                         f"(have {int(np.sum(y == 1))} PNI+, {int(np.sum(y == 0))} PNI-).")
+    skf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.asarray(tr), np.asarray(te)) for tr, te in skf.split(np.zeros(len(y)), y, groups)]
+
+
+def cross_validate(data, out_dir, k: int = 5, seed: int = 0, generator: Union[str, None, object] = "per_fold",
+                   steps: Optional[Dict[str, int]] = None, configs=None, num_inference_steps: int = 20,
+                   batch_size: int = 2, progress=None, log=print, cancel=None, train_fn=None) -> Dict:
+    """Patient-level stratified k-fold CV of the classifier (spec §3.5).
+
+    Per fold: ``generator="per_fold"`` trains NeoGen (vae, ldm, controlnet; ``steps``) on the fold's
+    training cases only; a NeoGen module/path is used as given (it must be trained on data disjoint
+    from every CV case: external data); ``None`` gives no synthesis, but then a VAE (``steps["vae"]``)
+    is still trained per fold for PattenNet's frozen encoder. The classifier (``steps["cls"]``)
+    trains on the training cases plus synthetic samples; only real held-out cases are tested.
+    Returns {"folds": [{fold, train_ids, test_ids, n_synthetic, synthetic_sources, metrics}],
+    "summary": {metric: {mean, sd}}, ...}.
+    """
+    log = log or (lambda *_: None)
+    rep = Reporter(progress, cancel)
+    steps = {"vae": 200, "ldm": 200, "controlnet": 200, "cls": 200, **(steps or {})}
+    cases = _cases(data)
+    out_dir = Path(out_dir)
+    folds = []
+    splits = cv_splits(cases, k, seed)
+    train_fn = train_fn or train_stage
+    for f, (tr, te) in enumerate(splits):
+        rep.check()
+        sub = rep.sub(f / k, (f + 1) / k)
+        train_cases = [cases[i] for i in tr]
+        test_cases = [cases[i] for i in te]
+        fdir = out_dir / f"fold{f}"
+        log(f"Fold {f + 1}/{k}: {len(train_cases)} training cases, {len(test_cases)} test cases")
+        if generator == "per_fold" or generator is None:
+            gen_path = train_fn("vae", train_cases, fdir, steps["vae"], True, None, log, configs=configs,
+                                seed=seed + f, batch_size=batch_size)
+            if generator == "per_fold":
+                train_fn("ldm", train_cases, fdir, steps["ldm"], True, None, log, configs=configs, seed=seed + f,
+                         batch_size=batch_size)
+                gen_path = train_fn("controlnet", train_cases, fdir, steps["controlnet"], True, None, log,
+                                    configs=configs, seed=seed + f, batch_size=batch_size)
+        else:
+            gen_path = generator
+        samples = assemble_classifier_set(train_cases, gen_path if generator is not None else None, seed + f,
+                                          num_inference_steps, log, cancel)
+        cls_path = train_fn("cls", train_cases, fdir, steps["cls"], True, sub, log, neogen=gen_path,
+                            configs=configs, seed=seed + f, batch_size=batch_size, samples=samples)
+        metrics = evaluate_classifier(cls_path, test_cases)
+        folds.append({"fold": f, "train_ids": [c.case_id for c in train_cases],
+                      "test_ids": [c.case_id for c in test_cases],
+                      "n_synthetic": int(sum(s.synthetic for s in samples)),
+                      "synthetic_sources": sorted({s.source_id for s in samples if s.synthetic}),
+                      "train_sample_ids": [s.source_id for s in samples],
+                      "metrics": {m: metrics[m] for m in ("auc", "accuracy", "sensitivity", "specificity", "n",
+                                                          "n_positive")},
+                      "test_predictions": metrics["cases"]})
+        log(f"Fold {f + 1}: AUC {metrics['auc']:.3f}")
+    summary = {m: mean_sd([fo["metrics"][m] for fo in folds]) for m in ("auc", "accuracy", "sensitivity",
+                                                                          "specificity")}
+    summary["auc_max"] = float(np.nanmax([fo["metrics"]["auc"] for fo in folds]))
+    log("CV AUC {mean:.3f} ± {sd:.3f}".format(**summary["auc"]))
+    return {"k": k, "seed": seed, "generator": generator if isinstance(generator, (str, type(None))) else "given",
+            "folds": folds, "summary": summary}
+
+
+def format_cv_report(result: Dict) -> str:
+    """Plain-text table of a :func:`cross_validate` result."""
+    lines = ["fold   AUC    acc    sens   spec   n  (+)  synthetic"]
+    for fo in result["folds"]:
+        m = fo["metrics"]
+        lines.append(f"{fo['fold'] + 1:>4}  {m['auc']:.3f}  {m['accuracy']:.3f}  {m['sensitivity']:.3f}  "
+                     f"{m['specificity']:.3f}  {m['n']:>2}  {m['n_positive']:>2}  {fo['n_synthetic']}")
+    s = result["summary"]
+    lines.append("mean ± SD: " + ", ".join(f"{k} {s[k]['mean']:.3f} ± {s[k]['sd']:.3f}"
+                                          for k in ("auc", "accuracy", "sensitivity", "specificity")))
+    return "\n".join(lines)
