@@ -13,7 +13,6 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
 
 STAGE_PREFIX = ".partial-"
 CASE_DELAY_ENV = "PANTHEON_BATCH_TEST_CASE_DELAY"  # seconds to pause mid-write (tests only)

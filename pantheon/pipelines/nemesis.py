@@ -20,9 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 

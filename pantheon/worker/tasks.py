@@ -12,7 +12,6 @@ bytes, dtype and geometry, so the same image written to a new temporary file sti
 """
 
 import json
-import math
 import os
 import time
 from contextlib import contextmanager

@@ -18,6 +18,7 @@ from typing import Dict, Mapping, Tuple
 import torch
 
 from ...errors import CheckpointError
+from ..checkpoints import check_state_dict as _check_state_dict, read_safetensors, save_safetensors
 from .mae import NemesisMAE
 
 PAPER_DEFAULTS = dict(num_heads=8, decoder_num_heads=8, superpatch_size=(128, 128, 128))
@@ -60,19 +61,8 @@ def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
 
 
 def _read_safetensors(path: Path):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-    try:
-        state = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"Checkpoint {path} is truncated or corrupted and cannot be read ({exc}).") from None
-    try:
-        config = json.loads(meta.get("config", "{}"))
-    except json.JSONDecodeError:
-        raise CheckpointError(f"Checkpoint {path} has an unreadable config in its metadata.") from None
-    return state, config
+    state, meta = read_safetensors(path, model_name="NEMESIS")
+    return state, meta["config"]
 
 
 def infer_architecture(state: Mapping[str, torch.Tensor], path="checkpoint") -> dict:
@@ -102,20 +92,8 @@ def infer_architecture(state: Mapping[str, torch.Tensor], path="checkpoint") -> 
 
 
 def check_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path="checkpoint") -> None:
-    """Strict match: raise one CheckpointError naming every missing, unexpected and wrong-shaped key."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{k} {tuple(state[k].shape)} (model {tuple(expected[k].shape)})"
-                   for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or wrong:
-        def fmt(name, items):
-            if not items:
-                return None
-            shown = ", ".join(items[:8]) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
-            return f"{len(items)} {name}: {shown}"
-        parts = [p for p in (fmt("missing", missing), fmt("unexpected", unexpected), fmt("wrong-shaped", wrong)) if p]
-        raise CheckpointError(f"{path} does not match the NEMESIS architecture: " + "; ".join(parts) + ".")
+    """Strict match: one CheckpointError naming every missing, unexpected and wrong-shaped key."""
+    _check_state_dict(model, state, path, "NEMESIS")
 
 
 def load_nemesis(path, **overrides) -> NemesisMAE:
@@ -143,10 +121,5 @@ def load_nemesis(path, **overrides) -> NemesisMAE:
 
 def save_nemesis(model: NemesisMAE, path, extra_metadata: Dict[str, str] | None = None) -> None:
     """Save weights as safetensors with the architecture config in the metadata (atomic)."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     meta = {"config": json.dumps(model.config), "format": "pantheon-nemesis-v1", **(extra_metadata or {})}
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    save_safetensors(model.state_dict(), path, meta)
