@@ -15,7 +15,6 @@ Scripting (Slicer's Python console), blocking::
 
 import logging
 import os
-import shutil
 import time
 from typing import Annotated, Optional
 
@@ -33,6 +32,7 @@ from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from NemesisSlicerLib import core as lib
+from pantheon.slicerbridge.panel import WorkerLogicMixin
 
 log = logging.getLogger("NemesisSlicer")
 
@@ -477,22 +477,20 @@ class NemesisSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class NemesisSlicerLogic(ScriptedLoadableModuleLogic):
+class NemesisSlicerLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
     """GUI-free NEMESIS logic; usable from the Python console, scripts and tests.
 
-    Owns one long-lived worker client (created on first use, never at import). ``submit`` is
-    non-blocking (returns a ``NemesisTask`` to poll from the GUI thread); ``process`` blocks.
+    Owns one long-lived worker client (created on first use, never at import; see
+    :class:`pantheon.slicerbridge.panel.WorkerLogicMixin`). ``submit`` is non-blocking (returns a
+    ``NemesisTask`` to poll from the GUI thread); ``process`` blocks.
     """
+
+    modelName = "NEMESIS"
+    logger = log
 
     def __init__(self, workerPython: Optional[str] = None, clientFactory=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.workerPython = workerPython  # None: Slicer's own Python
-        self.clientFactory = clientFactory  # for tests; default pantheon.worker.client.WorkerClient
-        self.logCallback = None
-        self.confirmCallback = None  # text -> bool; default slicer.util.confirmOkCancelDisplay
-        self.pipRunner = None  # command list -> return code; default subprocess (custom worker Python)
-        self._client = None
-        self._environment = None
+        self.initWorker(workerPython, clientFactory)
         self.lastProbePath = None
         self._similarity = None  # (markups node, volume node, params, observer tags)
         self._similarityDebouncer = lib.Debouncer(0.3)
@@ -501,117 +499,9 @@ class NemesisSlicerLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return NemesisSlicerParameterNode(super().getParameterNode())
 
-    # ------------------------------------------------------------------ worker
-    def log(self, text) -> None:
-        log.info(text)
-        if self.logCallback is not None:
-            self.logCallback(text)
-
-    def workerPythonExecutable(self) -> Optional[str]:
-        """The worker's interpreter: the chosen one, else Slicer's PythonSlicer (None outside Slicer:
-        the client then uses the current interpreter)."""
-        if self.workerPython:
-            return self.workerPython
-        if hasattr(slicer, "app"):
-            return shutil.which("PythonSlicer") or None
-        return None
-
-    @property
-    def client(self):
-        if self._client is None:
-            factory = self.clientFactory
-            if factory is None:
-                from pantheon.worker.client import WorkerClient
-                factory = WorkerClient
-            self._client = factory(python=self.workerPythonExecutable(), log_callback=self.log)
-        return self._client
-
-    def setWorkerPython(self, python: Optional[str]) -> None:
-        """Use another interpreter for the worker (the current worker is stopped)."""
-        self.workerPython = python or None
-        self.shutdown()
-
     def shutdown(self) -> None:
         self.stopObservingSimilarityPoint()
-        if self._client is not None:
-            try:
-                self._client.shutdown()
-            finally:
-                self._client = None
-                self._environment = None
-
-    # ------------------------------------------------------------------ requirements
-    def workerEnvironment(self, refresh: bool = False) -> dict:
-        if self._environment is None or refresh:
-            self._environment = self.client.check_environment()
-        return self._environment
-
-    def missingRequirements(self, refresh: bool = False) -> list:
-        """Packages the worker's Python lacks (e.g. ["torch", "monai"]); empty when ready."""
-        return list(self.workerEnvironment(refresh).get("missing") or [])
-
-    def installPlan(self, missing=None, cuda: Optional[bool] = None):
-        missing = self.missingRequirements() if missing is None else missing
-        if cuda is None:
-            cuda = False
-            if self._parameterNodeValue("device") == "cuda":
-                cuda = True
-        return lib.install_plan(missing, python=self.workerPython, cuda=cuda,
-                                have_pytorch_extension=self._pytorchUtils() is not None)
-
-    def ensureRequirements(self, confirm=None, cuda: Optional[bool] = None) -> bool:
-        """True when the worker's Python has what NEMESIS needs; otherwise say what will be installed
-        and where, ask, and install only if the user agrees. Never called at import time."""
-        missing = self.missingRequirements()
-        if not missing:
-            return True
-        plan = self.installPlan(missing, cuda)
-        confirm = confirm or self.confirmCallback or (
-            lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Install NEMESIS requirements")))
-        if not confirm(plan.describe()):
-            self.log("Installation declined: " + ", ".join(plan.requirements))
-            return False
-        self.installRequirements(plan)
-        self.shutdown()  # the next job starts a fresh worker that sees the new packages
-        return not self.missingRequirements(refresh=True)
-
-    def installRequirements(self, plan) -> None:
-        for step in plan.steps:
-            self.log(f"Installing {', '.join(step.requirements)} into {plan.target}...")
-            if step.via == "pytorchutils":
-                torchUtils = self._pytorchUtils()
-                spec = step.requirements[0]
-                torchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                            torchVersionRequirement=spec[len("torch"):])
-            elif plan.python is None:
-                slicer.util.pip_install(" ".join(step.requirements + step.pip_args))
-            else:
-                cmd = step.pip_command(plan.python)
-                runner = self.pipRunner or self._runPip
-                code = runner(cmd)
-                if code != 0:
-                    raise RuntimeError(f"pip failed (exit code {code}): {' '.join(cmd)}")
-
-    def _runPip(self, cmd) -> int:
-        import subprocess
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            self.log(line.rstrip())
-        return proc.wait()
-
-    @staticmethod
-    def _pytorchUtils():
-        try:
-            import PyTorchUtils  # the PyTorch extension, when installed
-            return PyTorchUtils
-        except ImportError:
-            return None
-
-    def _parameterNodeValue(self, name):
-        try:
-            return getattr(self.getParameterNode(), name)
-        except Exception:
-            return None
+        WorkerLogicMixin.shutdown(self)
 
     # ------------------------------------------------------------------ weights
     def weightsArgument(self, choice, path=None, allowDownload=False) -> dict:
@@ -679,13 +569,12 @@ class NemesisSlicerLogic(ScriptedLoadableModuleLogic):
             raise ValueError("Choose an input volume.")
         full = dict(params) if params is not None else self.buildParams(action, **kw)
         from pantheon import slicerbridge as bridge
-        tmp = lib.private_temp_dir()
+        tmp = lib.private_temp_dir("nemesis-")
         try:
             inputs = {}
             if inputVolumeNode is not None:
                 inputs["volume"] = str(bridge.export_volume(inputVolumeNode, os.path.join(tmp, "input.nrrd")))
             inputs.update(extraInputs or {})
-            job = self.client.submit(lib.ACTIONS[action], full, inputs, output_dir=os.path.join(tmp, "output"))
         except Exception:
             lib.remove_tree(tmp)
             raise
@@ -697,28 +586,7 @@ class NemesisSlicerLogic(ScriptedLoadableModuleLogic):
             # a re-run of the same action reuses that action's output nodes (same IDs)
             return bridge.import_result(result, inputVolumeNode, action, show=show)
 
-        self.log(f"Started {action} ({lib.ACTIONS[action]})")
-        return lib.NemesisTask(action, job, tmp, onResult, context=inputVolumeNode)
-
-    def wait(self, task, progress=None, cancel=None, timeout: Optional[float] = None, interval: float = 0.05):
-        """Poll ``task`` until it ends; raise on failure, return what was imported."""
-        start = time.monotonic()
-        while not task.done:
-            task.poll()
-            for line in task.messages:
-                self.log(line)
-            task.messages.clear()
-            if progress is not None:
-                progress(*task.progress)
-            if cancel is not None and cancel():
-                task.cancel()
-            if timeout is not None and time.monotonic() - start > timeout and not task.cancel_requested:
-                task.cancel()
-            if not task.done:
-                time.sleep(interval)
-        if task.state != "done":
-            raise lib.TaskError(task.error.get("kind", "internal"), task.error.get("message", ""))
-        return task.imported
+        return self.startJob(action, lib.ACTIONS[action], full, inputs, tmp, onResult, context=inputVolumeNode)
 
     def process(self, action, inputVolumeNode, progress=None, cancel=None, timeout=None, show=True, params=None, **kw):
         """Blocking: export, run in the worker, import the results; returns the ImportedResult."""

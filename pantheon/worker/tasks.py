@@ -22,7 +22,11 @@ from .protocol import TEST_PIPELINES_ENV
 
 
 def available_pipelines():
+    from .tasks_mathena import MATHENA_PIPELINES
+    from .tasks_neonet import NEONET_PIPELINES
     names = dict(NEMESIS_PIPELINES)
+    names.update(MATHENA_PIPELINES)
+    names.update(NEONET_PIPELINES)
     if os.environ.get(TEST_PIPELINES_ENV) == "1":
         names.update(TEST_PIPELINES)
     return names

@@ -1,0 +1,495 @@
+"""What every Pantheon Slicer panel needs to drive the worker, below the Qt layer.
+
+Shared by the NemesisSlicer, ToothAnalysis and PNIPredict modules (each module's ``*Lib/core.py``
+holds only its own choices and parameter building): RAS/LPS, install plans for the worker's
+Python, debouncing, private temp folders, the non-blocking task handle polled from the GUI
+thread, and :class:`WorkerLogicMixin`, the worker/requirements half of a module's Logic.
+
+Runs in the Slicer process: standard library only, Python 3.9 syntax, and ``slicer`` is imported
+inside the few methods that need the application (never at import).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+__all__ = [
+    "ras_to_lps", "lps_to_ras", "REQUIREMENT_SPECS", "TORCH_CPU_INDEX", "TORCH_CUDA_INDEX",
+    "InstallStep", "InstallPlan", "install_plan", "Debouncer", "private_temp_dir", "remove_tree",
+    "WorkerTask", "ThreadTask", "TaskError", "environment_text", "WorkerLogicMixin", "run_worker_python",
+]
+
+# ------------------------------------------------------------------------------------ points
+def ras_to_lps(point) -> List[float]:
+    """Slicer world coordinates (RAS) -> the worker's (LPS): negate x and y."""
+    x, y, z = (float(v) for v in point[:3])
+    return [-x, -y, z]
+
+
+lps_to_ras = ras_to_lps  # the same flip both ways
+
+# ------------------------------------------------------------------------------------ install
+REQUIREMENT_SPECS = {
+    "torch": "torch>=2.1",
+    "monai": "monai>=1.3",
+    "numpy": "numpy>=1.24",
+    "SimpleITK": "SimpleITK>=2.3",
+    "simpleitk": "SimpleITK>=2.3",
+    "nibabel": "nibabel>=5.0",
+    "safetensors": "safetensors>=0.4",
+    "scikit-learn": "scikit-learn>=1.3",
+    "sklearn": "scikit-learn>=1.3",
+    "pillow": "pillow>=10.0",
+    "PIL": "pillow>=10.0",
+    "tqdm": "tqdm>=4.60",
+    "scipy": "scipy",
+    "pynrrd": "pynrrd>=1.0",
+    "nrrd": "pynrrd>=1.0",
+}
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"  # Windows: PyPI torch is CPU-only
+
+
+@dataclass
+class InstallStep:
+    requirements: List[str]
+    via: str = "pip"  # "pip" (slicer.util.pip_install / python -m pip) or "pytorchutils"
+    pip_args: List[str] = field(default_factory=list)  # e.g. ["--index-url", TORCH_CPU_INDEX]
+
+    def pip_command(self, python: str) -> List[str]:
+        return [python, "-m", "pip", "install", *self.requirements, *self.pip_args]
+
+
+@dataclass
+class InstallPlan:
+    steps: List[InstallStep]
+    target: str  # where it goes, in words
+    python: Optional[str]  # None: Slicer's own Python
+    model: str = "Pantheon"  # who needs the packages, in the question to the user
+
+    @property
+    def requirements(self) -> List[str]:
+        return [r for s in self.steps for r in s.requirements]
+
+    def describe(self) -> str:
+        lines = [f"{self.model} runs in a separate worker process. Its Python ({self.target}) lacks "
+                 "packages it needs. These will be installed there:", ""]
+        for s in self.steps:
+            how = "with the PyTorch extension (it picks the build for your GPU driver)" if s.via == "pytorchutils" \
+                else ("with pip " + " ".join(s.pip_args)).strip()
+            lines.append(f"  - {', '.join(s.requirements)} ({how})")
+        lines += ["", "This downloads several hundred MB to a few GB and can take minutes. "
+                  "Nothing is installed into Slicer itself unless the worker uses Slicer's own Python.",
+                  "Install now?"]
+        return "\n".join(lines)
+
+
+def install_plan(missing: Sequence[str], python: Optional[str] = None, cuda: bool = False,
+                 have_pytorch_extension: bool = False, platform: str = sys.platform,
+                 model: str = "Pantheon") -> InstallPlan:
+    """What to install for ``missing`` package names, and how.
+
+    torch is installed on its own: through the PyTorch extension when the worker is Slicer's own
+    Python and the extension is present; otherwise with pip, pinned to the CPU wheel index unless a
+    CUDA build is wanted (PyPI's Linux torch is the CUDA build; on Windows PyPI has only CPU wheels).
+    """
+    missing = list(dict.fromkeys(missing))
+    steps: List[InstallStep] = []
+    if "torch" in missing:
+        if python is None and have_pytorch_extension:
+            steps.append(InstallStep([REQUIREMENT_SPECS["torch"]], via="pytorchutils"))
+        elif not cuda:
+            args = [] if platform == "darwin" else ["--index-url", TORCH_CPU_INDEX]
+            steps.append(InstallStep([REQUIREMENT_SPECS["torch"]], pip_args=args))
+        else:
+            args = ["--index-url", TORCH_CUDA_INDEX] if platform.startswith("win") else []
+            steps.append(InstallStep([REQUIREMENT_SPECS["torch"]], pip_args=args))
+    rest = [REQUIREMENT_SPECS.get(m, m) for m in missing if m != "torch"]
+    if rest:
+        steps.append(InstallStep(list(dict.fromkeys(rest))))
+    target = "Slicer's own Python" if python is None else f"the Python at {python}"
+    return InstallPlan(steps, target, python, model)
+
+# ------------------------------------------------------------------------------------ debouncing
+class Debouncer:
+    """Coalesce a burst of requests into one call after ``delay_s`` of quiet.
+
+    ``request(value)`` stores the newest value; ``due(now)`` says whether it should run now;
+    ``take()`` returns it and clears. Time comes from ``clock`` so tests need not sleep.
+    """
+
+    def __init__(self, delay_s: float = 0.3, clock: Callable[[], float] = time.monotonic):
+        self.delay_s, self.clock = float(delay_s), clock
+        self._value, self._at, self._pending = None, 0.0, False
+
+    @property
+    def pending(self) -> bool:
+        return self._pending
+
+    def request(self, value, immediate: bool = False) -> None:
+        self._value, self._pending = value, True
+        self._at = float("-inf") if immediate else self.clock()
+
+    def due(self, now: Optional[float] = None) -> bool:
+        now = self.clock() if now is None else now
+        return self._pending and now - self._at >= self.delay_s
+
+    def take(self):
+        value, self._value, self._pending = self._value, None, False
+        return value
+
+    def cancel(self) -> None:
+        self._value, self._pending = None, False
+
+# ------------------------------------------------------------------------------------ temp files
+def private_temp_dir(prefix: str = "pantheon-") -> str:
+    """A fresh directory only the current user can read (mkdtemp creates it 0700)."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o700)
+    return d
+
+
+def remove_tree(path) -> None:
+    if path and os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+# ------------------------------------------------------------------------------------ task handle
+class WorkerTask:
+    """A submitted worker job plus what to do with its result; polled from the GUI thread.
+
+    ``poll()`` forwards the worker's events, and when the job is finished calls ``on_result``
+    (import into the scene; must run on the main thread, which is where the widget's timer polls)
+    and removes the task's private temp folder. Afterwards ``state`` is ``done``, ``failed`` or
+    ``cancelled``; ``imported`` holds what ``on_result`` returned, ``error`` a dict ``kind``/``message``.
+    """
+
+    FINISHED = ("done", "failed", "cancelled")
+
+    def __init__(self, action: str, job, temp_dir: Optional[str], on_result: Callable[[dict], object],
+                 on_finish: Optional[Callable[["WorkerTask"], None]] = None, context=None):
+        self.action, self.job, self.temp_dir = action, job, temp_dir
+        self.on_result, self.on_finish, self.context = on_result, on_finish, context
+        self.state = "running"
+        self.progress = (0.0, "Queued")
+        self.messages: List[str] = []
+        self.imported = None
+        self.result: Optional[dict] = None
+        self.error: Optional[dict] = None
+        self.cancel_requested = False
+
+    @property
+    def done(self) -> bool:
+        return self.state in self.FINISHED
+
+    def cancel(self) -> None:
+        if not self.done and not self.cancel_requested:
+            self.cancel_requested = True
+            self.messages.append("Cancelling...")
+            try:
+                self.job.cancel()
+            except Exception as exc:  # the job may have just finished
+                self.messages.append(f"Cancel: {exc}")
+
+    def poll(self) -> List[dict]:
+        if self.done:
+            return []
+        events = list(self.job.poll() or [])
+        for ev in events:
+            kind = ev.get("type")
+            if kind == "progress":
+                self.progress = (float(ev.get("fraction", self.progress[0]) or 0.0),
+                                 str(ev.get("message", "") or self.progress[1]))
+            elif kind == "log":
+                self.messages.append(str(ev.get("message", ev.get("line", ""))))
+        if getattr(self.job, "done", False):
+            self._finish()
+        return events
+
+    def _finish(self) -> None:
+        try:
+            state = getattr(self.job, "state", "done")
+            if state == "done":
+                self.result = self.job.result
+                try:
+                    self.imported = self.on_result(self.result)
+                    self.state = "done"
+                    self.progress = (1.0, "Done")
+                except Exception as exc:  # import failed: report it like a worker error
+                    self.state = "failed"
+                    self.error = {"kind": "import", "message": f"Importing the results failed: {exc}"}
+            else:
+                err = getattr(self.job, "error", None) or {}
+                if state == "cancelled" or err.get("kind") == "cancelled" or self.cancel_requested:
+                    self.state = "cancelled"
+                    self.error = {"kind": "cancelled", "message": err.get("message") or "Cancelled."}
+                else:
+                    self.state = "failed"
+                    self.error = {"kind": err.get("kind", "internal"),
+                                  "message": err.get("message", "The worker failed without a message.")}
+        finally:
+            remove_tree(self.temp_dir)
+            if self.on_finish is not None:
+                self.on_finish(self)
+
+# ------------------------------------------------------------------------------------ messages
+class TaskError(RuntimeError):
+    """A job that did not finish: ``kind`` (input, checkpoint, cancelled, crashed, ...) and ``message``."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+def environment_text(env: dict) -> str:
+    missing = env.get("missing") or []
+    torch = env.get("torch") or "not installed"
+    cuda = {True: "CUDA available", False: "no CUDA", None: "CUDA unknown"}.get(env.get("cuda"))
+    text = f"Worker Python {env.get('version', '?')} at {env.get('python', '?')}; torch {torch}; {cuda}."
+    if missing:
+        text += f" Missing: {', '.join(missing)}."
+    return text
+
+class ThreadTask:
+    """Runs ``fn(progress, cancel_event)`` on a background thread (no Slicer calls in ``fn``) with the
+    same polling interface as :class:`WorkerTask`; used for the weights download."""
+
+    FINISHED = WorkerTask.FINISHED
+
+    def __init__(self, action: str, fn: Callable, follow_up: Optional[str] = None):
+        import threading
+        self.action, self.follow_up = action, follow_up
+        self.state, self.progress, self.messages = "running", (0.0, "Starting"), []
+        self.imported = self.result = self.error = None
+        self.cancel_requested = False
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: List[dict] = []
+        self._finished: Optional[tuple] = None
+
+        def progress(fraction, message=""):
+            with self._lock:
+                self._pending.append({"type": "progress", "fraction": float(fraction), "message": str(message)})
+
+        def target():
+            try:
+                out = fn(progress, self._cancel)
+                fin = ("done", out, None)
+            except Exception as exc:
+                cancelled = self._cancel.is_set() or type(exc).__name__ == "Cancelled"
+                fin = ("cancelled" if cancelled else "failed", None,
+                       {"kind": "cancelled" if cancelled else getattr(exc, "kind", "download"), "message": str(exc)})
+            with self._lock:
+                self._finished = fin
+
+        self._thread = threading.Thread(target=target, name=f"pantheon-{action}", daemon=True)
+        self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        return self.state in self.FINISHED
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.cancel_requested = True
+            self._cancel.set()
+
+    def poll(self) -> List[dict]:
+        if self.done:
+            return []
+        with self._lock:
+            events, self._pending = self._pending, []
+            fin = self._finished
+        for ev in events:
+            self.progress = (ev["fraction"], ev["message"])
+        if fin is not None:
+            self.state, self.result, self.error = fin
+            self.imported = self.result
+        return events
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        self._thread.join(timeout)
+
+
+class WorkerLogicMixin:
+    """The worker half of a panel's Logic: one long-lived worker client (created on first use,
+    never at import), the worker's Python and its missing packages, installing them with consent,
+    and waiting for a task. A module's Logic inherits this next to ``ScriptedLoadableModuleLogic``,
+    calls :meth:`initWorker` in ``__init__`` and sets :attr:`modelName`.
+    """
+
+    modelName = "Pantheon"
+    logger = logging.getLogger("Pantheon")
+
+    def initWorker(self, workerPython: Optional[str] = None, clientFactory=None) -> None:
+        self.workerPython = workerPython  # None: Slicer's own Python
+        self.clientFactory = clientFactory  # for tests; default pantheon.worker.client.WorkerClient
+        self.logCallback = None
+        self.confirmCallback = None  # text -> bool; default slicer.util.confirmOkCancelDisplay
+        self.pipRunner = None  # command list -> return code; default subprocess (custom worker Python)
+        self._client = None
+        self._environment = None
+
+    def log(self, text) -> None:
+        self.logger.info(text)
+        if self.logCallback is not None:
+            self.logCallback(text)
+
+    def workerPythonExecutable(self) -> Optional[str]:
+        """The worker's interpreter: the chosen one, else Slicer's PythonSlicer (None outside Slicer:
+        the client then uses the current interpreter)."""
+        if self.workerPython:
+            return self.workerPython
+        import slicer
+        if hasattr(slicer, "app"):
+            return shutil.which("PythonSlicer") or None
+        return None
+
+    @property
+    def client(self):
+        if self._client is None:
+            factory = self.clientFactory
+            if factory is None:
+                from pantheon.worker.client import WorkerClient
+                factory = WorkerClient
+            self._client = factory(python=self.workerPythonExecutable(), log_callback=self.log)
+        return self._client
+
+    def setWorkerPython(self, python: Optional[str]) -> None:
+        """Use another interpreter for the worker (the current worker is stopped)."""
+        self.workerPython = python or None
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.shutdown()
+            finally:
+                self._client = None
+                self._environment = None
+
+    # ------------------------------------------------------------------ requirements
+    def workerEnvironment(self, refresh: bool = False) -> dict:
+        if self._environment is None or refresh:
+            self._environment = self.client.check_environment()
+        return self._environment
+
+    def missingRequirements(self, refresh: bool = False) -> list:
+        """Packages the worker's Python lacks (e.g. ["torch", "monai"]); empty when ready."""
+        return list(self.workerEnvironment(refresh).get("missing") or [])
+
+    def installPlan(self, missing=None, cuda: Optional[bool] = None) -> InstallPlan:
+        missing = self.missingRequirements() if missing is None else missing
+        if cuda is None:
+            cuda = self._parameterNodeValue("device") == "cuda"
+        return install_plan(missing, python=self.workerPython, cuda=cuda,
+                            have_pytorch_extension=self._pytorchUtils() is not None, model=self.modelName)
+
+    def ensureRequirements(self, confirm=None, cuda: Optional[bool] = None) -> bool:
+        """True when the worker's Python has what the models need; otherwise say what will be
+        installed and where, ask, and install only if the user agrees. Never called at import time."""
+        missing = self.missingRequirements()
+        if not missing:
+            return True
+        plan = self.installPlan(missing, cuda)
+        if confirm is None:
+            confirm = self.confirmCallback
+        if confirm is None:
+            import slicer
+            title = f"Install {self.modelName} requirements"
+            confirm = lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle=title)  # noqa: E731
+        if not confirm(plan.describe()):
+            self.log("Installation declined: " + ", ".join(plan.requirements))
+            return False
+        self.installRequirements(plan)
+        self.shutdown()  # the next job starts a fresh worker that sees the new packages
+        return not self.missingRequirements(refresh=True)
+
+    def installRequirements(self, plan) -> None:
+        for step in plan.steps:
+            self.log(f"Installing {', '.join(step.requirements)} into {plan.target}...")
+            if step.via == "pytorchutils":
+                spec = step.requirements[0]
+                self._pytorchUtils().PyTorchUtilsLogic().installTorch(
+                    askConfirmation=False, torchVersionRequirement=spec[len("torch"):])
+            elif plan.python is None:
+                import slicer
+                slicer.util.pip_install(" ".join(step.requirements + step.pip_args))
+            else:
+                cmd = step.pip_command(plan.python)
+                code = (self.pipRunner or self._runPip)(cmd)
+                if code != 0:
+                    raise RuntimeError(f"pip failed (exit code {code}): {' '.join(cmd)}")
+
+    def _runPip(self, cmd) -> int:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            self.log(line.rstrip())
+        return proc.wait()
+
+    @staticmethod
+    def _pytorchUtils():
+        try:
+            import PyTorchUtils  # the PyTorch extension, when installed
+            return PyTorchUtils
+        except ImportError:
+            return None
+
+    def _parameterNodeValue(self, name):
+        try:
+            return getattr(self.getParameterNode(), name)
+        except Exception:
+            return None
+
+    # ------------------------------------------------------------------ running jobs
+    def startJob(self, action: str, pipeline: str, params: dict, inputs: Dict[str, str], temp_dir: str,
+                 on_result: Callable[[dict], object], context=None) -> WorkerTask:
+        """Submit ``pipeline`` with files already written under ``temp_dir`` (removed when the task
+        ends, or now if submitting fails); returns the task to poll."""
+        try:
+            job = self.client.submit(pipeline, params, inputs, output_dir=os.path.join(temp_dir, "output"))
+        except Exception:
+            remove_tree(temp_dir)
+            raise
+        self.log(f"Started {action} ({pipeline})")
+        return WorkerTask(action, job, temp_dir, on_result, context=context)
+
+    def wait(self, task, progress=None, cancel=None, timeout: Optional[float] = None, interval: float = 0.05):
+        """Poll ``task`` until it ends; raise :class:`TaskError` on failure, return what was imported."""
+        start = time.monotonic()
+        while not task.done:
+            task.poll()
+            for line in task.messages:
+                self.log(line)
+            task.messages.clear()
+            if progress is not None:
+                progress(*task.progress)
+            if cancel is not None and cancel():
+                task.cancel()
+            if timeout is not None and time.monotonic() - start > timeout and not task.cancel_requested:
+                task.cancel()
+            if not task.done:
+                time.sleep(interval)
+        if task.state != "done":
+            raise TaskError(task.error.get("kind", "internal"), task.error.get("message", ""))
+        return task.imported
+
+
+def run_worker_python(script: str, args: Sequence[str], python: Optional[str] = None, env: Optional[dict] = None,
+                      timeout: float = 300.0, what: str = "The worker script") -> str:
+    """Run ``script`` (Python source) with the worker's interpreter and return its stdout.
+
+    The panels' self-tests make their phantoms this way: the Slicer process itself never imports
+    pantheon.synth (numpy/scipy models code belongs to the worker's Python).
+    """
+    cmd = [python or sys.executable, "-c", script, *[str(a) for a in args]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
