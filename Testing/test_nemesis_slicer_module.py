@@ -15,14 +15,13 @@ import os
 import re
 import sys
 import time
-import types
-import unittest
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
+
+from slicer_standins import install_standins
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "NemesisSlicer"
@@ -252,79 +251,12 @@ def test_ui_parameter_names_are_parameter_node_fields():
 slicer_core = None
 
 
-def _install_standins():
-    """Stand-ins for what slicer-core lacks; returns an undo function."""
-    import slicer
-    saved_modules = {n: sys.modules.get(n) for n in ("qt", "ctk", "slicer.i18n", "slicer.ScriptedLoadableModule",
-                                                        "slicer.parameterNodeWrapper")}
-    saved_attrs = {n: getattr(slicer, n, None) for n in ("i18n", "ScriptedLoadableModule", "parameterNodeWrapper")}
-
-    qt = types.ModuleType("qt")
-    qt.QTimer = mock.MagicMock
-    sys.modules["qt"] = qt
-    sys.modules["ctk"] = types.ModuleType("ctk")
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    pnw = types.ModuleType("slicer.parameterNodeWrapper")
-
-    class _Marker:
-        def __init__(self, *args, **kwargs):
-            self.args = args
-    pnw.Choice, pnw.Default, pnw.WithinRange = (type(n, (_Marker,), {}) for n in ("Choice", "Default", "WithinRange"))
-    pnw.parameterNodeWrapper = lambda cls: cls
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class ScriptedLoadableModule:
-        def __init__(self, parent):
-            self.parent = parent
-
-    class ScriptedLoadableModuleWidget:
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            self.moduleName = type(self).__name__[:-len("Logic")]
-
-        def getParameterNode(self):
-            return None
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        messages = []
-
-        def delayDisplay(self, message, requestedDelay=None, msec=None):
-            self.messages.append(message)
-
-    for c in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
-              ScriptedLoadableModuleTest):
-        setattr(slm, c.__name__, c)
-    for name, mod in (("slicer.i18n", i18n), ("slicer.parameterNodeWrapper", pnw),
-                      ("slicer.ScriptedLoadableModule", slm)):
-        sys.modules[name] = mod
-        setattr(slicer, name.split(".", 1)[1], mod)
-
-    def undo():
-        for n, m in saved_modules.items():
-            if m is None:
-                sys.modules.pop(n, None)
-            else:
-                sys.modules[n] = m
-        for n, v in saved_attrs.items():
-            if v is None:
-                if hasattr(slicer, n):
-                    delattr(slicer, n)
-            else:
-                setattr(slicer, n, v)
-    return undo
-
-
 @pytest.fixture(scope="module")
 def nem():
     slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without the Slicer app) is not installed")
     if not hasattr(slicer, "vtkMRMLScene"):
         pytest.skip("slicer-core lacks MRML")
-    undo = _install_standins()
+    undo = install_standins()
     sys.path.insert(0, str(MODULE_DIR))
     try:
         spec = importlib.util.spec_from_file_location("NemesisSlicer", MODULE_FILE)

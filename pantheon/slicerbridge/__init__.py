@@ -3,6 +3,7 @@
 Scene -> worker: :func:`volume_from_node`, :func:`export_volume`, :func:`export_segmentation`.
 Worker -> scene: :func:`import_result` (returns :class:`ImportedResult`), :func:`show_result`
 (view layout; needs the Slicer application), :func:`outputs_of`, :func:`remove_outputs`.
+Crop boxes -> markups ROI: :func:`import_roi` (:mod:`pantheon.slicerbridge.markups`).
 
 ``slicer`` and ``vtk`` are imported inside functions only, and nothing here imports torch: this
 runs in the Slicer process. Design notes (geometry frame, replacement on re-run, colour tables,
@@ -12,6 +13,7 @@ terminology, subject hierarchy) are in :mod:`pantheon.slicerbridge.scene`.
 from .scene import (ATTR_ACTION, ATTR_INPUT, ATTR_KIND, ATTR_OUTPUT, ImportedResult, color_node_id,
                     export_segmentation, export_volume, import_result, outputs_of, remove_outputs,
                     segment_terminology, show_result, volume_from_node)
+from .markups import find_roi, import_roi, roi_corners_ras, roi_geometry, roi_node_corners
 from .terms import BTCV_ORGANS, parse_terminology, resolve_label_values, terminology_string
 
 __all__ = [
@@ -19,4 +21,5 @@ __all__ = [
     "show_result", "outputs_of", "remove_outputs", "color_node_id", "segment_terminology",
     "BTCV_ORGANS", "terminology_string", "parse_terminology", "resolve_label_values",
     "ATTR_INPUT", "ATTR_ACTION", "ATTR_OUTPUT", "ATTR_KIND",
+    "import_roi", "find_roi", "roi_geometry", "roi_corners_ras", "roi_node_corners",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "ras_to_lps", "lps_to_ras", "REQUIREMENT_SPECS", "TORCH_CPU_INDEX", "TORCH_CUDA_INDEX",
     "InstallStep", "InstallPlan", "install_plan", "Debouncer", "private_temp_dir", "remove_tree",
     "WorkerTask", "ThreadTask", "TaskError", "environment_text", "WorkerLogicMixin", "run_worker_python",
+    "poll_task", "PanelWidgetMixin", "selftest_skip_reason",
 ]
 
 # ------------------------------------------------------------------------------------ points
@@ -238,6 +239,22 @@ class WorkerTask:
             remove_tree(self.temp_dir)
             if self.on_finish is not None:
                 self.on_finish(self)
+
+def poll_task(task, log: Optional[Callable[[str], None]] = None):
+    """One tick of a panel's poll timer for a :class:`WorkerTask` / :class:`ThreadTask`: poll it (an
+    exception while polling fails the task instead of escaping into Qt), hand its new log lines to
+    ``log``; returns ``(fraction clamped to [0, 1], message)`` for the progress bar."""
+    try:
+        task.poll()
+    except Exception as exc:  # protocol trouble: the task ends as failed, the panel stays usable
+        task.state, task.error = "failed", {"kind": "internal", "message": str(exc)}
+        remove_tree(getattr(task, "temp_dir", None))
+    for line in task.messages:
+        if log is not None:
+            log(line)
+    task.messages.clear()
+    fraction, message = task.progress
+    return max(0.0, min(1.0, float(fraction or 0.0))), str(message or "")
 
 # ------------------------------------------------------------------------------------ messages
 class TaskError(RuntimeError):
@@ -493,3 +510,236 @@ def run_worker_python(script: str, args: Sequence[str], python: Optional[str] = 
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed: {proc.stderr.strip()[-2000:]}")
     return proc.stdout
+
+
+# ------------------------------------------------------------------------------------ widget half
+class PanelWidgetMixin:
+    """The Qt-free half of a panel widget: the idle/running/cancelling state machine of its action
+    buttons (Apply becomes Cancel while its task runs), polling the task from the widget's timer,
+    the log box and error label, the worker-Python choice and the environment check.
+
+    It only reads and writes attributes of the widgets (``text``, ``enabled``, ``visible``, ...), so
+    it needs no ``qt`` import; the module's widget creates the ``QTimer``. The widget class lists it
+    before ``ScriptedLoadableModuleWidget`` and provides:
+
+    - ``self.ui`` with ``progressBar``, ``statusLabel``, ``errorLabel``, ``logTextEdit`` and, when it
+      has them, ``checkEnvironmentButton``, ``environmentLabel``, ``workerCustomPythonRadioButton``,
+      ``workerPythonLineEdit``; ``self.logic`` (a :class:`WorkerLogicMixin`); ``self.timer``;
+    - ``self.actionButtons`` {action: button} and ``self.buttonTexts`` {action: idle text};
+    - ``_canRun(action) -> bool``, ``startAction(action) -> task``, ``initializeParameterNode()``,
+      ``setParameterNode(node)``, and optionally ``onTaskDone(task)`` (success) / ``onTaskEnded(task)``
+      (any outcome, after the state is idle).
+
+    Call :meth:`initPanelState` in ``__init__`` and :meth:`connectPanel` in ``setup``; ``cleanup``,
+    ``enter``, ``exit`` and the scene-close handlers are provided.
+    """
+
+    panelTitle = "Pantheon"
+    LOG_LIMIT = 200000  # characters kept in the log box
+    POLL_MS = 100
+
+    def initPanelState(self) -> None:
+        self.task = None
+        self.state = "idle"  # idle | running | cancelling
+        self.timer = None
+        self.actionButtons: Dict[str, object] = {}
+        self.buttonTexts: Dict[str, str] = {}
+
+    def connectPanel(self, timer, scene) -> None:
+        """Wire what every panel has, after ``self.actionButtons`` is set: each action button ->
+        :meth:`onActionButton` (its idle text is remembered), the environment / clear-log buttons and
+        the worker-Python radio button when the .ui has them, ``timer`` (a ``qt.QTimer``) -> :meth:`onPoll`
+        every :attr:`POLL_MS`, and the scene's close events (the widget must be a VTKObservationMixin)."""
+        self.buttonTexts = {action: button.text for action, button in self.actionButtons.items()}
+        for action, button in self.actionButtons.items():
+            button.connect("clicked(bool)", lambda checked=False, a=action: self.onActionButton(a))
+        ui = self.ui
+        if hasattr(ui, "checkEnvironmentButton"):
+            ui.checkEnvironmentButton.connect("clicked(bool)", self.onCheckEnvironment)
+        if hasattr(ui, "clearLogButton"):
+            ui.clearLogButton.connect("clicked(bool)", lambda checked=False: ui.logTextEdit.clear())
+        if hasattr(ui, "workerSlicerPythonRadioButton"):
+            ui.workerSlicerPythonRadioButton.connect("toggled(bool)", self.onWorkerPythonChoiceChanged)
+        self.timer = timer
+        timer.setInterval(self.POLL_MS)
+        timer.connect("timeout()", self.onPoll)
+        self.addObserver(scene, scene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(scene, scene.EndCloseEvent, self.onSceneEndClose)
+
+    # ------------------------------------------------------------------ module life cycle
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.timer is not None:
+            self.timer.stop()
+        if getattr(self, "logic", None) is not None:
+            self.logic.shutdown()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        node, tag = getattr(self, "_parameterNode", None), getattr(self, "_parameterNodeGuiTag", None)
+        if node is not None and tag is not None:
+            node.disconnectGui(tag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller=None, event=None) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller=None, event=None) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    @staticmethod
+    def tr(text: str) -> str:
+        try:
+            from slicer.i18n import tr
+        except ImportError:
+            return text
+        return tr(text)
+
+    # ------------------------------------------------------------------ log and errors
+    def appendLog(self, text) -> None:
+        if getattr(self, "ui", None) is None:
+            return
+        box = self.ui.logTextEdit
+        box.appendPlainText(str(text))
+        if len(box.toPlainText()) > self.LOG_LIMIT:
+            box.setPlainText(box.toPlainText()[-self.LOG_LIMIT // 2:])
+
+    def showError(self, message, popup: bool = False) -> None:
+        self.ui.errorLabel.text = message
+        self.ui.errorLabel.visible = bool(message)
+        if message:
+            self.appendLog("ERROR: " + message)
+            if popup:
+                import slicer
+                slicer.util.errorDisplay(message, windowTitle=self.panelTitle)
+
+    # ------------------------------------------------------------------ state machine
+    def setState(self, state: str) -> None:
+        self.state = state
+        self.updateButtons()
+
+    def updateButtons(self, *args) -> None:
+        running = self.task is not None
+        for action, button in self.actionButtons.items():
+            mine = running and self.task.action == action
+            if mine:
+                button.text = self.tr("Cancelling...") if self.state == "cancelling" else self.tr("Cancel")
+            else:
+                button.text = self.buttonTexts[action]
+            button.enabled = (mine and self.state == "running") or (not running and bool(self._canRun(action)))
+        if hasattr(self.ui, "checkEnvironmentButton"):
+            self.ui.checkEnvironmentButton.enabled = not running
+        self.ui.progressBar.visible = running
+
+    def _canRun(self, action) -> bool:  # the module overrides this
+        return True
+
+    def onActionButton(self, action) -> None:
+        """Apply (start ``action``) or, while that action runs, Cancel."""
+        if self.task is not None:
+            if self.task.action == action and self.state == "running":
+                self.task.cancel()
+                self.setState("cancelling")
+            return
+        self.showError("")
+        import slicer
+        try:
+            with slicer.util.tryWithErrorDisplay(self.tr(f"{self.panelTitle} could not start."), waitCursor=True):
+                if not self.logic.ensureRequirements():
+                    self.showError(self.tr("The worker's Python lacks PyTorch/MONAI; nothing was run."))
+                    return
+                task = self.startAction(action)
+        except Exception as exc:
+            self.showError(str(exc))
+            return
+        if task is not None:
+            self.track(task)
+
+    def track(self, task) -> None:
+        self.task = task
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = self.tr("Starting...")
+        self.setState("running")
+        self.timer.start()
+
+    def onPoll(self) -> None:
+        if self.task is None:
+            self.timer.stop()
+            return
+        fraction, message = poll_task(self.task, self.appendLog)
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+        if self.task.done:
+            self.timer.stop()
+            self.onTaskFinished(self.task)
+
+    def onTaskFinished(self, task) -> None:
+        self.task = None
+        self.setState("idle")
+        if task.state == "done":
+            self.ui.statusLabel.text = self.tr("Done: {action}").format(action=task.action)
+            notes = getattr(task.imported, "notes", None)
+            if notes is None and isinstance(task.imported, dict):
+                notes = task.imported.get("notes")
+            for key, value in (notes or {}).items():
+                self.appendLog(f"{key}: {value}")
+            if hasattr(self, "onTaskDone"):
+                self.onTaskDone(task)
+        elif task.state == "cancelled":
+            self.ui.statusLabel.text = self.tr("Cancelled")
+        else:
+            self.ui.statusLabel.text = self.tr("Failed")
+            self.showError((task.error or {}).get("message", ""), popup=True)
+        if hasattr(self, "onTaskEnded"):
+            self.onTaskEnded(task)
+
+    # ------------------------------------------------------------------ worker Python and environment
+    def onWorkerPythonChoiceChanged(self, checked=True) -> None:
+        p = getattr(self, "_parameterNode", None)
+        if p is None:
+            return
+        custom = self.ui.workerCustomPythonRadioButton.checked
+        self.ui.workerPythonLineEdit.enabled = custom
+        python = self.ui.workerPythonLineEdit.currentPath if custom else ""
+        if python != p.workerPython:
+            p.workerPython = python
+        if (python or None) != self.logic.workerPython and self.task is None:
+            self.logic.setWorkerPython(python or None)
+
+    def onCheckEnvironment(self, checked=False) -> None:
+        self.showError("")
+        import slicer
+        try:
+            with slicer.util.tryWithErrorDisplay(self.tr("Checking the worker failed."), waitCursor=True):
+                env = self.logic.workerEnvironment(refresh=True)
+                self.appendLog(environment_text(env))
+                self.ui.environmentLabel.text = environment_text(env)
+                if env.get("missing"):
+                    self.logic.ensureRequirements()
+        except Exception as exc:
+            self.showError(str(exc))
+
+
+# ------------------------------------------------------------------------------------ self-tests
+SELFTEST_REQUIRE_WORKER_ENV = "PANTHEON_SELFTEST_REQUIRE_WORKER"
+
+
+def selftest_skip_reason(logic, scene) -> Optional[str]:
+    """Why a panel self-test skips its end-to-end part, in words (None: run it).
+
+    Skipped without a real MRML scene (stand-ins) or when the worker's Python lacks packages; with
+    ``PANTHEON_SELFTEST_REQUIRE_WORKER=1`` missing packages fail the test instead of skipping it.
+    """
+    if not isinstance(getattr(scene, "GetNumberOfNodes", lambda: None)(), int):
+        return "No MRML scene here: end-to-end test skipped"
+    missing = logic.missingRequirements()
+    if missing and os.environ.get(SELFTEST_REQUIRE_WORKER_ENV) != "1":
+        return f"The worker's Python lacks {', '.join(missing)}: end-to-end test skipped"
+    if missing:
+        raise AssertionError(f"The worker's Python lacks {', '.join(missing)} ({SELFTEST_REQUIRE_WORKER_ENV}=1).")
+    return None
