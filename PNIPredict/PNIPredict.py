@@ -21,7 +21,6 @@ from typing import Annotated, Optional
 
 import qt
 import slicer
-import vtk
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -123,10 +122,6 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.initPanelState()
-        self.logic = None
-        self.ui = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -139,22 +134,18 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
         self.logic = PNIPredictLogic()
         self.logic.logCallback = self.appendLog
 
-        self.ui.deviceComboBox.clear()
-        for device in lib.DEVICES:
-            self.ui.deviceComboBox.addItem(device)
-
         self.actionButtons = {"predict": self.ui.applyButton, "synthesize": self.ui.synthesizeButton}
         self.connectPanel(qt.QTimer(), slicer.mrmlScene)
+        self.connectSettings(lib.DEVICES,
+                             weights={lib.WEIGHTS_DEMO: self.ui.weightsDemoRadioButton,
+                                      lib.WEIGHTS_FILE: self.ui.weightsFileRadioButton},
+                             paths={"neosegPath": self.ui.neosegPathLineEdit,
+                                    "pattennetPath": self.ui.pattennetPathLineEdit,
+                                    "neogenPath": self.ui.neogenPathLineEdit})
 
         self.ui.tumourSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onTumourSegmentChanged)
         self.ui.tumourSegmentSelector.connect("currentSegmentChanged(QString)", self.onTumourSegmentChanged)
         self.ui.useTumourSegmentationCheckBox.connect("toggled(bool)", self.onTumourSegmentChanged)
-        self.ui.weightsDemoRadioButton.connect("toggled(bool)", self.onWeightsChoiceChanged)
-        self.ui.weightsFileRadioButton.connect("toggled(bool)", self.onWeightsChoiceChanged)
-        for edit in (self.ui.neosegPathLineEdit, self.ui.pattennetPathLineEdit, self.ui.neogenPathLineEdit,
-                     self.ui.workerPythonLineEdit):
-            edit.connect("currentPathChanged(QString)", self.onPathsChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.synthesisSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
         self.ui.synthesisReferenceSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
@@ -165,40 +156,20 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
 
     # ------------------------------------------------------------------ parameter node
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        PanelWidgetMixin.initializeParameterNode(self)
         p = self._parameterNode
-        if not p.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                p.inputVolume = first
         if not p.synthesisReference and p.inputVolume:
             p.synthesisReference = p.inputVolume
 
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode is not None:
-            if self._parameterNodeGuiTag is not None:
-                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-                self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode is None:
+        # setCurrentNode below may change the segment ID through the selector's signal
+        segmentId = inputParameterNode.tumourSegmentId if inputParameterNode is not None else ""
+        if not self.bindParameterNode(inputParameterNode):
             return
-        p = self._parameterNode
-        segmentId = p.tumourSegmentId  # setCurrentNode below may change it through the selector's signal
-        self._parameterNodeGuiTag = p.connectGui(self.ui)
-        self.addObserver(p, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
-        self.ui.weightsDemoRadioButton.checked = p.weightsChoice == lib.WEIGHTS_DEMO
-        self.ui.weightsFileRadioButton.checked = p.weightsChoice == lib.WEIGHTS_FILE
-        self.ui.neosegPathLineEdit.currentPath = p.neosegPath or ""
-        self.ui.pattennetPathLineEdit.currentPath = p.pattennetPath or ""
-        self.ui.neogenPathLineEdit.currentPath = p.neogenPath or ""
-        self.ui.workerPythonLineEdit.currentPath = p.workerPython or ""
-        self.ui.workerSlicerPythonRadioButton.checked = not p.workerPython
-        self.ui.workerCustomPythonRadioButton.checked = bool(p.workerPython)
-        self.ui.tumourSegmentSelector.setCurrentNode(p.tumourSegmentation)
+        self.syncSettingsWidgets()
+        self.ui.tumourSegmentSelector.setCurrentNode(self._parameterNode.tumourSegmentation)
         if segmentId:
             self.ui.tumourSegmentSelector.setCurrentSegmentID(segmentId)
-        self.ui.deviceComboBox.setCurrentText(p.device or "auto")
         self.updateButtons()
 
     def onInputChanged(self, node=None) -> None:
@@ -215,27 +186,6 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
         p.tumourSegmentId = self.ui.tumourSegmentSelector.currentSegmentID() or ""
         self.ui.tumourSegmentSelector.enabled = bool(self.ui.useTumourSegmentationCheckBox.checked)
         self.updateButtons()
-
-    def onWeightsChoiceChanged(self, checked=True) -> None:
-        if self._parameterNode is None:
-            return
-        fileChoice = self.ui.weightsFileRadioButton.checked
-        self._parameterNode.weightsChoice = lib.WEIGHTS_FILE if fileChoice else lib.WEIGHTS_DEMO
-        for edit in (self.ui.neosegPathLineEdit, self.ui.pattennetPathLineEdit, self.ui.neogenPathLineEdit):
-            edit.enabled = fileChoice
-
-    def onPathsChanged(self, path="") -> None:
-        p = self._parameterNode
-        if p is None:
-            return
-        p.neosegPath = self.ui.neosegPathLineEdit.currentPath
-        p.pattennetPath = self.ui.pattennetPathLineEdit.currentPath
-        p.neogenPath = self.ui.neogenPathLineEdit.currentPath
-        self.onWorkerPythonChoiceChanged()
-
-    def onDeviceChanged(self, index=0) -> None:
-        if self._parameterNode is not None:
-            self._parameterNode.device = self.ui.deviceComboBox.currentText or "auto"
 
     # ------------------------------------------------------------------ actions (PanelWidgetMixin hooks)
     def _canRun(self, action) -> bool:

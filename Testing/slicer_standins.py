@@ -1,11 +1,15 @@
-"""Stand-ins for the parts of the Slicer application that PyPI ``slicer-core`` lacks, shared by
-the module tests (test_nemesis_slicer_module.py, test_tooth_slicer_module.py).
+"""Stand-ins for the parts of the Slicer application that PyPI ``slicer-core`` lacks, and what the
+module and worker tests share (test_nemesis_slicer_module.py, test_tooth_slicer_module.py,
+test_pni_slicer_module.py, test_worker_*.py).
 
 ``install_standins()`` puts small stand-ins for ``qt``, ``ctk``, ``slicer.i18n``,
 ``slicer.ScriptedLoadableModule`` and ``slicer.parameterNodeWrapper`` in place (everything else -
 MRML, segmentations, ``slicer.util`` - stays real) and returns an undo function.
-``load_module_file`` loads a module's ``<Name>.py`` with them; ``archetype_load_volume`` replaces
-``slicer.util.loadVolume`` (which needs the application) with the reader Slicer uses.
+``load_module_file`` / ``slicer_module`` load a module's ``<Name>.py`` with them; ``archetype_load_volume``
+replaces ``slicer.util.loadVolume`` (which needs the application) with the reader Slicer uses.
+Also here: the worker-availability skip marker (``needs_worker``), fixture bodies (``worker_logic``,
+``worker_client``), .ui-file readers, and a panel widget below Qt (``fake_panel``, ``FakeWidget``,
+``FakeParameterNode``, ``ScriptedJob``).
 """
 
 from __future__ import annotations
@@ -152,3 +156,222 @@ def slicer_module(name: str, module_dir: Path):
         pytest.skip("slicer-core lacks MRML")
     with load_module_file(name, module_dir) as mod:
         yield mod
+
+
+@contextmanager
+def _on_path(folder: Path):
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
+def module_lib(module_dir: Path, package: str):
+    """A module's pure-Python ``<package>.core`` (``NemesisSlicerLib`` ...), imported from ``module_dir``."""
+    with _on_path(module_dir):
+        return importlib.import_module(f"{package}.core")
+
+
+def worker_logic(logic_class, *cleanup: str):
+    """Body of a module-scoped ``logic`` fixture: a Logic whose log lines collect in ``logLines``;
+    afterwards its worker is shut down and the named methods (e.g. ``removeCharts``) are called."""
+    lg = logic_class()
+    lg.logLines = []
+    lg.logCallback = lg.logLines.append
+    yield lg
+    lg.shutdown()
+    for name in cleanup:
+        getattr(lg, name)()
+
+
+def ijk_to_ras(node):
+    """A volume node's IJKToRAS matrix as a 4x4 numpy array."""
+    import slicer
+    import vtk
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
+
+
+# ------------------------------------------------------------------------------------ the .ui file and the code
+# What pantheon.slicerbridge.panel.PanelWidgetMixin uses of every panel's ``ui`` (besides the module's own code).
+PANEL_UI_NAMES = frozenset({"progressBar", "statusLabel", "errorLabel", "logTextEdit", "deviceComboBox",
+                            "workerPythonLineEdit", "workerSlicerPythonRadioButton", "workerCustomPythonRadioButton"})
+
+
+def ui_widgets(ui_file: Path):
+    """``({widget name: element}, root)`` of a Qt Designer file."""
+    import xml.etree.ElementTree as ET
+    root = ET.parse(ui_file).getroot()
+    return {w.get("name"): w for w in root.iter("widget")}, root
+
+
+def used_ui_names(module_file: Path):
+    """The ``self.ui.<name>`` widgets a module file uses, and those the shared panel mixin uses."""
+    import re
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", module_file.read_text(encoding="utf-8")))
+    return used | (PANEL_UI_NAMES if used else set())
+
+
+def parameter_node_fields(module_file: Path, class_name: str):
+    """``{field: annotation source}`` of a module's parameter node class."""
+    import ast
+    tree = ast.parse(module_file.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+    return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def bound_parameters(widgets):
+    """``{widget name: parameter name}`` of the widgets bound through SlicerParameterName."""
+    return {name: p.findtext("string") for name, w in widgets.items() for p in w.findall("property")
+            if p.get("name") == "SlicerParameterName"}
+
+
+def custom_widgets_declared(widgets, root) -> bool:
+    """Every non-Qt widget class of the .ui file is declared as a custom widget."""
+    declared = {cw.findtext("class") for cw in root.iter("customwidget")}
+    return {w.get("class") for w in widgets.values() if not w.get("class").startswith("Q")} <= declared
+
+
+def has_section(widgets, title: str) -> bool:
+    """The .ui file has a collapsible section with this title."""
+    return any(w.get("class") == "ctkCollapsibleButton" and w.findtext("property[@name='text']/string") == title
+               for w in widgets.values())
+
+
+# ------------------------------------------------------------------------------------ a widget below Qt
+class FakeWidget:
+    """Just enough of a Qt widget for the panel code: properties as attributes, signals recorded."""
+
+    def __init__(self, name, text=""):
+        self.name, self.text, self.enabled, self.checked, self.visible, self.value = name, text, True, False, True, 0
+        self.currentPath, self.currentText, self.items, self.slots = "", "", [], {}
+        self._node, self._segment = None, ""
+
+    def connect(self, signal, slot):
+        self.slots.setdefault(signal, []).append(slot)
+
+    def emit(self, signal, *args):
+        for slot in self.slots.get(signal, []):
+            slot(*args)
+
+    def clear(self):
+        self.items, self.text = [], ""
+
+    def addItem(self, text):
+        self.items.append(text)
+
+    def setCurrentText(self, text):
+        self.currentText = text
+
+    def setCurrentNode(self, node):
+        self._node = node
+
+    def currentNode(self):
+        return self._node
+
+    def setCurrentSegmentID(self, segment):
+        self._segment = segment
+
+    def currentSegmentID(self):
+        return self._segment
+
+    def appendPlainText(self, text):
+        self.text += str(text) + "\n"
+
+    def toPlainText(self):
+        return self.text
+
+    def setPlainText(self, text):
+        self.text = text
+
+    def setMRMLScene(self, scene):
+        pass
+
+
+class FakeParameterNode:
+    """The parameter node wrapper's interface the widgets use: every field of the module's parameter
+    node class (None unless given), connectGui and observers."""
+
+    def __init__(self, module_file: Path, class_name: str, **fields):
+        for name in parameter_node_fields(module_file, class_name):
+            setattr(self, name, None)
+        self.__dict__.update(fields)
+
+    def connectGui(self, ui):
+        return "tag"
+
+    def disconnectGui(self, tag):
+        pass
+
+    def AddObserver(self, event, callback, priority=0.0):
+        return 1
+
+    def RemoveObserver(self, tag):
+        pass
+
+
+class ScriptedJob:
+    """A worker job that reports ``events`` (default: one progress event) one per poll, then ends as told."""
+
+    def __init__(self, state="done", result=None, error=None, events=None):
+        self.events = [{"type": "progress", "fraction": 0.5, "message": "half way"}] if events is None \
+            else list(events)
+        self.final, self.result, self.error, self.state, self.cancelled = state, result, error, "running", False
+
+    @property
+    def done(self):
+        return self.state in ("done", "failed", "cancelled")
+
+    def poll(self):
+        if self.events:
+            return [self.events.pop(0)]
+        self.state = "cancelled" if self.cancelled else self.final
+        return []
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def fake_panel(monkeypatch, mod, module_dir: Path, ui_file: Path):
+    """Prepare ``mod``'s widget for ``setup()`` without Qt: ``slicer.util.loadUI`` /
+    ``childWidgetVariables`` give a namespace of :class:`FakeWidget` (one per .ui widget, with its
+    text), error popups are recorded. Returns ``(ui, popups)``."""
+    import contextlib
+    import slicer
+    widgets, _root = ui_widgets(ui_file)
+    ui = types.SimpleNamespace(**{n: FakeWidget(n, w.findtext("property[@name='text']/string") or "")
+                                  for n, w in widgets.items()})
+    monkeypatch.setattr(slicer.util, "loadUI", lambda path: FakeWidget(module_dir.name), raising=False)
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui, raising=False)
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext(), raising=False)
+    popups = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: popups.append(text), raising=False)
+    monkeypatch.setattr(mod.ScriptedLoadableModuleWidget, "setup", lambda self: None, raising=False)
+    monkeypatch.setattr(mod.ScriptedLoadableModuleWidget, "resourcePath",
+                        lambda self, f: str(module_dir / "Resources" / f), raising=False)
+    return ui, popups
+
+
+def set_up_widget(widget_class):
+    """A module widget, set up (after :func:`fake_panel`)."""
+    widget = widget_class()
+    widget.layout = types.SimpleNamespace(addWidget=lambda w: None)
+    widget.parent = types.SimpleNamespace(isEntered=True)
+    widget.setup()
+    return widget
+
+
+def worker_client(**kwargs):
+    """Body of a module-scoped ``client`` fixture: a real worker process (``WorkerClient(**kwargs)``),
+    shut down afterwards::
+
+        @pytest.fixture(scope="module")
+        def client():
+            yield from worker_client(preload=True, cache_budget_mb=512)
+    """
+    from pantheon.worker.client import WorkerClient
+    c = WorkerClient(**kwargs)
+    yield c
+    c.shutdown()

@@ -9,29 +9,23 @@ scene bridge. What stays untested here is the Qt widget itself (signals, layouts
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import os
-import re
-import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from slicer_standins import install_standins
+from slicer_standins import (FakeParameterNode, ScriptedJob, archetype_load_volume, bound_parameters, custom_widgets_declared, fake_panel,
+                             has_section, ijk_to_ras, module_lib, needs_worker, parameter_node_fields, set_up_widget,
+                             slicer_module, ui_widgets, used_ui_names, worker_logic)
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "NemesisSlicer"
 MODULE_FILE = MODULE_DIR / "NemesisSlicer.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "NemesisSlicer.ui"
 
-sys.path.insert(0, str(MODULE_DIR))
-from NemesisSlicerLib import core as lib  # noqa: E402  (pure Python)
-
-sys.path.remove(str(MODULE_DIR))
+lib = module_lib(MODULE_DIR, "NemesisSlicerLib")  # pure Python
 
 
 # ============================================================================ pure helpers
@@ -122,24 +116,8 @@ def test_debouncer():
     assert not d.pending
 
 
-class FakeJob:
-    def __init__(self, events, state="done", result=None, error=None):
-        self._events, self.state, self.result, self.error = list(events), "running", result, error
-        self._final = state
-        self.cancelled = False
-
-    @property
-    def done(self):
-        return self.state in ("done", "failed", "cancelled")
-
-    def poll(self):
-        if self._events:
-            return [self._events.pop(0)]
-        self.state = "cancelled" if self.cancelled else self._final
-        return []
-
-    def cancel(self):
-        self.cancelled = True
+def FakeJob(events, state="done", result=None, error=None):
+    return ScriptedJob(state, result, error, events=events)
 
 
 def test_task_states(tmp_path):
@@ -206,15 +184,9 @@ def test_messages():
 # ============================================================================ the .ui file
 
 
-def _ui_widgets():
-    root = ET.parse(UI_FILE).getroot()
-    return {w.get("name"): w for w in root.iter("widget")}, root
-
-
 def test_ui_has_every_widget_the_code_uses():
-    widgets, root = _ui_widgets()
-    source = MODULE_FILE.read_text(encoding="utf-8")
-    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", source))
+    widgets, root = ui_widgets(UI_FILE)
+    used = used_ui_names(MODULE_FILE)
     assert used, "the widget code uses no ui names?"
     assert used - set(widgets) == set(), f"missing in the .ui: {sorted(used - set(widgets))}"
     for _organ, box in lib.ORGANS:
@@ -222,26 +194,18 @@ def test_ui_has_every_widget_the_code_uses():
     assert widgets["inputVolumeSelector"].get("class") == "qMRMLNodeComboBox"
     for name in ("Inputs", "Weights and device", "Organ maps", "Reconstruction explorer", "Feature PCA",
                  "Similarity", "Train probe", "Progress and log"):
-        assert any(w.get("class") == "ctkCollapsibleButton" and w.find("property[@name='text']/string").text == name
-                   for w in widgets.values()), name
-    declared = {cw.findtext("class") for cw in root.iter("customwidget")}
-    assert {w.get("class") for w in widgets.values() if not w.get("class").startswith("Q")} <= declared
+        assert has_section(widgets, name), name
+    assert custom_widgets_declared(widgets, root)
 
 
 def test_ui_parameter_names_are_parameter_node_fields():
-    widgets, _ = _ui_widgets()
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NemesisSlicerParameterNode")
-    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
-    bound = {}
-    for name, w in widgets.items():
-        for p in w.findall("property"):
-            if p.get("name") == "SlicerParameterName":
-                bound[name] = p.findtext("string")
+    widgets, _ = ui_widgets(UI_FILE)
+    types_ = parameter_node_fields(MODULE_FILE, "NemesisSlicerParameterNode")
+    fields = set(types_)
+    bound = bound_parameters(widgets)
     assert bound, "no widget is bound to the parameter node"
     assert set(bound.values()) - fields == set()
     assert {"inputVolume", "maskRatioPlane", "maskRatioAxis", "noiseStd", "similarityPoint"} <= set(bound.values())
-    types_ = {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
     assert types_["inputVolume"] == "vtkMRMLScalarVolumeNode"
     assert types_["similarityPoint"] == "vtkMRMLMarkupsFiducialNode"
 
@@ -253,21 +217,7 @@ slicer_core = None
 
 @pytest.fixture(scope="module")
 def nem():
-    slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without the Slicer app) is not installed")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("slicer-core lacks MRML")
-    undo = install_standins()
-    sys.path.insert(0, str(MODULE_DIR))
-    try:
-        spec = importlib.util.spec_from_file_location("NemesisSlicer", MODULE_FILE)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["NemesisSlicer"] = mod
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop("NemesisSlicer", None)
-        sys.path.remove(str(MODULE_DIR))
-        undo()
+    yield from slicer_module("NemesisSlicer", MODULE_DIR)
 
 
 @pytest.fixture
@@ -351,27 +301,9 @@ def test_missing_requirements_and_install(nem, monkeypatch):
 # ---------------------------------------------------------------------------- with the real worker
 
 
-def _worker_available():
-    try:
-        import pantheon.slicerbridge  # noqa: F401
-        import pantheon.worker.client  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as exc:
-        return str(exc)
-    return None
-
-
-needs_worker = pytest.mark.skipif(_worker_available() is not None,
-                                  reason=f"worker/bridge not importable: {_worker_available()}")
-
-
 @pytest.fixture(scope="module")
 def logic(nem):
-    lg = nem.NemesisSlicerLogic()
-    lg.logLines = []
-    lg.logCallback = lg.logLines.append
-    yield lg
-    lg.shutdown()
+    yield from worker_logic(nem.NemesisSlicerLogic)
 
 
 def _phantom_node(seed, oblique=True, shape=(40, 56, 56), name="phantom"):
@@ -383,12 +315,7 @@ def _phantom_node(seed, oblique=True, shape=(40, 56, 56), name="phantom"):
     return node, ct, lab
 
 
-def _matrix(node):
-    import vtk
-    import slicer
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return slicer.util.arrayFromVTKMatrix(m)
+_matrix = ijk_to_ras
 
 
 @needs_worker
@@ -512,15 +439,134 @@ def test_self_test_runs_against_the_real_scene(nem, scene, monkeypatch):
     the application, so it is replaced by the same reader Slicer uses (archetype storage node)."""
     import slicer
 
-    def loadVolume(path, properties=None, returnNode=False):
-        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", (properties or {}).get("name", "v"))
-        storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-        storage.SetFileName(str(path))
-        assert storage.ReadData(node)
-        return node
-    monkeypatch.setattr(slicer.util, "loadVolume", loadVolume)
+    monkeypatch.setattr(slicer.util, "loadVolume", archetype_load_volume)
     monkeypatch.setenv("PANTHEON_SELFTEST_REQUIRE_WORKER", "1")
     test = nem.NemesisSlicerTest()
     test.messages = []
     test.runTest()
     assert "Test passed" in test.messages and "Feature PCA map" in test.messages
+
+
+# ============================================================================ the widget's state machine
+
+
+def test_widget_actions_download_and_similarity_pump(nem, scene, monkeypatch):
+    """The panel below Qt (PanelWidgetMixin with NemesisSlicer's hooks): Apply/Cancel, results and
+    failures, the official-weights download before the action it was for, and the similarity pump."""
+    import types
+
+    ui, popups = fake_panel(monkeypatch, nem, MODULE_DIR, UI_FILE)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    organs = {field: True for field in nem.ORGAN_FIELDS.values()}
+    params = FakeParameterNode(MODULE_FILE, "NemesisSlicerParameterNode", inputVolume=volume, weightsChoice="demo",
+                               device="cpu", workerPython="", weightsPath="", probePath="", maskRatioPlane=0.5,
+                               maskRatioAxis=0.5, noiseStd=0.0, similarityAutoUpdate=False, **organs)
+    monkeypatch.setattr(nem.NemesisSlicerLogic, "getParameterNode", lambda self: params)
+    monkeypatch.setattr(nem.NemesisSlicerLogic, "ensureRequirements", lambda self, *a, **k: True)
+    monkeypatch.setattr(nem.NemesisSlicerLogic, "pointLPSFromCrosshair", lambda self: [0.0, 0.0, 0.0])
+    jobs, submitted = [], []
+
+    def submit(self, action, inputVolumeNode, params=None, extraInputs=None, show=True, **kw):
+        submitted.append((action, inputVolumeNode, kw))
+        return lib.NemesisTask(action, jobs.pop(0), None, lambda result: result)
+
+    monkeypatch.setattr(nem.NemesisSlicerLogic, "submit", submit)
+    widget = set_up_widget(nem.NemesisSlicerWidget)
+    try:
+        assert ui.deviceComboBox.items == list(lib.DEVICES) and ui.deviceComboBox.currentText == "cpu"
+        assert ui.organsApplyButton.enabled and ui.pcaApplyButton.enabled
+        assert not ui.similarityApplyButton.enabled and not ui.trainProbeButton.enabled
+        assert ui.weightsDemoRadioButton.checked and not ui.weightsPathLineEdit.enabled
+        organsText = ui.organsApplyButton.text
+
+        # Apply -> Cancel -> Cancelling... -> cancelled
+        jobs.append(ScriptedJob("done", result={}))
+        ui.organsApplyButton.emit("clicked(bool)", False)
+        assert submitted[-1][0] == "organs" and submitted[-1][1] is volume and submitted[-1][2]["device"] == "cpu"
+        assert set(submitted[-1][2]["organs"]) == set(lib.ORGAN_NAMES)
+        assert widget.state == "running" and ui.organsApplyButton.text == "Cancel" and ui.organsApplyButton.enabled
+        assert not ui.pcaApplyButton.enabled and not ui.checkEnvironmentButton.enabled and ui.progressBar.visible
+        ui.organsApplyButton.emit("clicked(bool)", False)
+        assert widget.state == "cancelling" and ui.organsApplyButton.text == "Cancelling..."
+        assert not ui.organsApplyButton.enabled
+        for _ in range(5):
+            widget.onPoll()
+        assert widget.task is None and widget.state == "idle" and ui.statusLabel.text == "Cancelled"
+        assert ui.organsApplyButton.text == organsText and ui.organsApplyButton.enabled and not ui.progressBar.visible
+
+        # a finished reconstruction: metrics in the panel, notes in the log
+        imported = types.SimpleNamespace(nodes={}, scalars={"psnr_db": 30.0, "ssim": 0.5, "masked_fraction": 0.25},
+                                         notes={"warning": "Demo weights."})
+        jobs.append(ScriptedJob("done", result=imported))
+        ui.reconstructApplyButton.emit("clicked(bool)", False)
+        widget.onPoll()
+        assert ui.progressBar.value == 50 and ui.statusLabel.text == "half way"
+        widget.onPoll()
+        assert ui.statusLabel.text == "Done: reconstruct"
+        assert ui.reconstructMetricsLabel.text == lib.metrics_text(imported.scalars)
+        assert "warning: Demo weights." in ui.logTextEdit.text
+
+        # a failed job: the error in the panel and as a popup
+        jobs.append(ScriptedJob("failed", error={"kind": "input", "message": "Not a CT."}))
+        ui.pcaApplyButton.emit("clicked(bool)", False)
+        for _ in range(3):
+            widget.onPoll()
+        assert ui.errorLabel.visible and ui.errorLabel.text == "Not a CT." and popups == ["Not a CT."]
+        assert ui.statusLabel.text == "Failed" and widget.state == "idle"
+
+        # official weights not cached: asked first, downloaded, then the action runs
+        params.weightsChoice = "official"
+        asked = []
+        monkeypatch.setattr(nem.slicer.util, "confirmOkCancelDisplay", lambda text, **kw: asked.append(text) or True,
+                            raising=False)
+        cached = [False]
+        monkeypatch.setattr(nem.NemesisSlicerLogic, "officialWeightsCached", lambda self: cached[0])
+        monkeypatch.setattr(nem.NemesisSlicerLogic, "officialDownloadText", lambda self: "Download?")
+
+        def download(progress, cancel):
+            progress(1.0, "downloaded")
+            cached[0] = True
+            return "/cache/nemesis.pt"
+
+        monkeypatch.setattr(nem.NemesisSlicerLogic, "startOfficialWeightsDownload",
+                            lambda self, followUp=None: lib.ThreadTask(followUp, download, followUp))
+        jobs.append(ScriptedJob("done", result={}, events=[]))
+        count = len(submitted)
+        ui.pcaApplyButton.emit("clicked(bool)", False)
+        assert asked == ["Download?"] and len(submitted) == count and widget.state == "running"
+        widget.task.join(5)
+        widget.onPoll()
+        assert "Weights ready: /cache/nemesis.pt" in ui.logTextEdit.text
+        assert len(submitted) == count + 1 and submitted[-1][0] == "pca" and widget.task.action == "pca"
+        widget.onPoll()
+        assert widget.task is None and ui.statusLabel.text == "Done: pca"
+        # declined: nothing runs, the panel says why
+        cached[0] = False
+        monkeypatch.setattr(nem.slicer.util, "confirmOkCancelDisplay", lambda text, **kw: False, raising=False)
+        ui.pcaApplyButton.emit("clicked(bool)", False)
+        assert widget.task is None and "not downloaded" in ui.errorLabel.text
+        params.weightsChoice = "demo"
+
+        # the similarity point moved: the idle timer starts the debounced job and keeps polling it
+        params.similarityAutoUpdate = True
+        pending = [True]
+        jobs.append(ScriptedJob("done", result={}, events=[]))
+
+        def pump(self, now=None):
+            pending[0] = False
+            return submit(self, "similarity", volume)
+
+        monkeypatch.setattr(nem.NemesisSlicerLogic, "pumpSimilarity", pump)
+        monkeypatch.setattr(nem.NemesisSlicerLogic, "similarityPending", lambda self: pending[0])
+        widget.timer.stop.reset_mock()
+        widget.onPoll()
+        assert widget.task is not None and widget.task.action == "similarity" and not widget.timer.stop.called
+        assert ui.similarityApplyButton.text == "Cancel"
+        widget.onPoll()
+        assert widget.task is None and ui.statusLabel.text == "Done: similarity"
+        monkeypatch.setattr(nem.NemesisSlicerLogic, "pumpSimilarity", lambda self, now=None: None)
+        widget.timer.stop.reset_mock()
+        widget.onPoll()  # nothing due, nothing pending: the timer stops
+        assert widget.timer.stop.called
+    finally:
+        widget.cleanup()

@@ -10,27 +10,23 @@ What stays untested here is the Qt widget itself (signals, layouts, dialogs).
 
 from __future__ import annotations
 
-import ast
 import os
-import re
-import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from slicer_standins import archetype_load_volume, needs_worker, slicer_module
+from slicer_standins import (FakeParameterNode, ScriptedJob, archetype_load_volume, bound_parameters,
+                             custom_widgets_declared, fake_panel, has_section, ijk_to_ras, module_lib,
+                             needs_worker, parameter_node_fields, set_up_widget, slicer_module, ui_widgets,
+                             used_ui_names, worker_logic)
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "PNIPredict"
 MODULE_FILE = MODULE_DIR / "PNIPredict.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "PNIPredict.ui"
 
-sys.path.insert(0, str(MODULE_DIR))
-from PNIPredictLib import core as lib  # noqa: E402  (pure Python)
-
-sys.path.remove(str(MODULE_DIR))
+lib = module_lib(MODULE_DIR, "PNIPredictLib")  # pure Python
 FLIP = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -102,14 +98,9 @@ def test_mask_label_values():
 # ============================================================================ the .ui file
 
 
-def _ui_widgets():
-    root = ET.parse(UI_FILE).getroot()
-    return {w.get("name"): w for w in root.iter("widget")}, root
-
-
 def test_ui_has_every_widget_the_code_uses():
-    widgets, root = _ui_widgets()
-    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text(encoding="utf-8")))
+    widgets, root = ui_widgets(UI_FILE)
+    used = used_ui_names(MODULE_FILE)
     assert {"applyButton", "synthesizeButton", "probabilityLabel", "tumourSegmentSelector"} <= used
     assert used - set(widgets) == set(), f"missing in the .ui: {sorted(used - set(widgets))}"
     classes = {n: w.get("class") for n, w in widgets.items()}
@@ -120,22 +111,17 @@ def test_ui_has_every_widget_the_code_uses():
     style = widgets["probabilityLabel"].findtext("property[@name='styleSheet']/string")
     assert "font-size" in style and "bold" in style  # shown prominently
     for name in ("Inputs", "Weights and device", "PNI prediction", "Synthesize", "Progress and log"):
-        assert any(w.get("class") == "ctkCollapsibleButton" and w.findtext("property[@name='text']/string") == name
-                   for w in widgets.values()), name
-    declared = {cw.findtext("class") for cw in root.iter("customwidget")}
-    assert {w.get("class") for w in widgets.values() if not w.get("class").startswith("Q")} <= declared
+        assert has_section(widgets, name), name
+    assert custom_widgets_declared(widgets, root)
     scene_receivers = {c.findtext("receiver") for c in root.iter("connection")
                        if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
     assert {n for n, c in classes.items() if c.startswith("qMRML") and n != "PNIPredict"} <= scene_receivers
 
 
 def test_ui_parameter_names_are_parameter_node_fields():
-    widgets, _ = _ui_widgets()
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PNIPredictParameterNode")
-    fields = {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
-    bound = {name: p.findtext("string") for name, w in widgets.items() for p in w.findall("property")
-             if p.get("name") == "SlicerParameterName"}
+    widgets, _ = ui_widgets(UI_FILE)
+    fields = parameter_node_fields(MODULE_FILE, "PNIPredictParameterNode")
+    bound = bound_parameters(widgets)
     assert set(bound.values()) - set(fields) == set()
     assert {"inputVolume", "useTumourSegmentation", "synthesisSegmentation", "synthesisReference", "synthesisSteps",
             "synthesisSeed", "synthesisPNIPositive"} <= set(bound.values())
@@ -165,11 +151,7 @@ def test_module_loads_without_worker_or_torch(pni):
 
 @pytest.fixture(scope="module")
 def logic(pni):
-    lg = pni.PNIPredictLogic()
-    lg.logLines = []
-    lg.logCallback = lg.logLines.append
-    yield lg
-    lg.shutdown()
+    yield from worker_logic(pni.PNIPredictLogic)
 
 
 GRIDS = {  # make_liver_mri_phantom grid arguments: shape (K, J, I), spacing (si, sj, sk), orientation, oblique
@@ -210,12 +192,7 @@ def _segmentation(lab, scene, keep=((1, "liver"), (2, "tumour"))):
     return seg
 
 
-def _matrix(node):
-    import slicer
-    import vtk
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return slicer.util.arrayFromVTKMatrix(m)
+_matrix = ijk_to_ras
 
 
 def _same_grid(out, node):
@@ -380,121 +357,19 @@ def test_self_test_runs_against_the_real_scene(pni, scene, monkeypatch):
 # ============================================================================ the widget's state machine
 
 
-class FakeWidget:
-    """Just enough of a Qt widget for the panel code: properties as attributes, signals recorded."""
-
-    def __init__(self, name, text=""):
-        self.name, self.text, self.enabled, self.checked, self.visible, self.value = name, text, True, False, True, 0
-        self.currentPath, self.currentText, self.items, self.slots = "", "", [], {}
-        self._node, self._segment = None, ""
-
-    def connect(self, signal, slot):
-        self.slots.setdefault(signal, []).append(slot)
-
-    def emit(self, signal, *args):
-        for slot in self.slots.get(signal, []):
-            slot(*args)
-
-    def clear(self):
-        self.items, self.text = [], ""
-
-    def addItem(self, text):
-        self.items.append(text)
-
-    def setCurrentText(self, text):
-        self.currentText = text
-
-    def setCurrentNode(self, node):
-        self._node = node
-
-    def currentNode(self):
-        return self._node
-
-    def setCurrentSegmentID(self, segment):
-        self._segment = segment
-
-    def currentSegmentID(self):
-        return self._segment
-
-    def appendPlainText(self, text):
-        self.text += str(text) + "\n"
-
-    def toPlainText(self):
-        return self.text
-
-    def setPlainText(self, text):
-        self.text = text
-
-    def setMRMLScene(self, scene):
-        pass
-
-
-class FakeParameterNode:
-    """The parameter node wrapper's interface the widget uses (fields + connectGui + observers)."""
-
-    def __init__(self, **fields):
-        tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PNIPredictParameterNode")
-        for n in cls.body:
-            if isinstance(n, ast.AnnAssign):
-                setattr(self, n.target.id, None)
-        self.__dict__.update(weightsChoice="demo", device="cpu", showHeatmap=True, useTumourSegmentation=False,
-                             tumourSegmentId="", synthesisSteps=2, synthesisSeed=0, synthesisPNIPositive=True,
-                             neosegPath="", pattennetPath="", neogenPath="", workerPython="")
-        self.__dict__.update(fields)
-
-    def connectGui(self, ui):
-        return "tag"
-
-    def disconnectGui(self, tag):
-        pass
-
-    def AddObserver(self, event, callback, priority=0.0):
-        return 1
-
-    def RemoveObserver(self, tag):
-        pass
-
-
-class ScriptedJob:
-    """A worker job that reports one progress event, then ends as told."""
-
-    def __init__(self, state="done", result=None, error=None):
-        self.events = [{"type": "progress", "fraction": 0.5, "message": "half way"}]
-        self.final, self.result, self.error, self.state, self.cancelled = state, result, error, "running", False
-
-    @property
-    def done(self):
-        return self.state in ("done", "failed", "cancelled")
-
-    def poll(self):
-        if self.events:
-            return [self.events.pop(0)]
-        self.state = "cancelled" if self.cancelled else self.final
-        return []
-
-    def cancel(self):
-        self.cancelled = True
+def _parameter_node(**fields):
+    defaults = dict(weightsChoice="demo", device="cpu", showHeatmap=True, useTumourSegmentation=False,
+                    tumourSegmentId="", synthesisSteps=2, synthesisSeed=0, synthesisPNIPositive=True,
+                    neosegPath="", pattennetPath="", neogenPath="", workerPython="")
+    return FakeParameterNode(MODULE_FILE, "PNIPredictParameterNode", **dict(defaults, **fields))
 
 
 def test_widget_apply_cancel_state_machine(pni, scene, monkeypatch):
-    import contextlib
     import types
 
-    import slicer
-    root = ET.parse(UI_FILE).getroot()
-    ui = types.SimpleNamespace(**{w.get("name"): FakeWidget(w.get("name"), w.findtext("property[@name='text']/string")
-                                                            or "") for w in root.iter("widget")})
-    monkeypatch.setattr(slicer.util, "loadUI", lambda path: FakeWidget("PNIPredict"), raising=False)
-    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui, raising=False)
-    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext(), raising=False)
-    popups = []
-    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: popups.append(text), raising=False)
-    monkeypatch.setattr(pni.ScriptedLoadableModuleWidget, "setup", lambda self: None, raising=False)
-    monkeypatch.setattr(pni.ScriptedLoadableModuleWidget, "resourcePath",
-                        lambda self, f: str(MODULE_DIR / "Resources" / f), raising=False)
+    ui, popups = fake_panel(monkeypatch, pni, MODULE_DIR, UI_FILE)
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mri")
-    params = FakeParameterNode(inputVolume=volume)
+    params = _parameter_node(inputVolume=volume)
     monkeypatch.setattr(pni.PNIPredictLogic, "getParameterNode", lambda self: params)
     monkeypatch.setattr(pni.PNIPredictLogic, "ensureRequirements", lambda self, *a, **k: True)
     jobs, submitted = [], []
@@ -504,10 +379,7 @@ def test_widget_apply_cancel_state_machine(pni, scene, monkeypatch):
         return lib.WorkerTask("predict", jobs.pop(0), None, lambda result: result)
 
     monkeypatch.setattr(pni.PNIPredictLogic, "submit", submit)
-    widget = pni.PNIPredictWidget()
-    widget.layout = types.SimpleNamespace(addWidget=lambda w: None)
-    widget.parent = types.SimpleNamespace(isEntered=True)
-    widget.setup()
+    widget = set_up_widget(pni.PNIPredictWidget)
     try:
         assert ui.deviceComboBox.items == list(lib.DEVICES) and ui.deviceComboBox.currentText == "cpu"
         assert ui.applyButton.enabled and not ui.synthesizeButton.enabled  # no segmentation to synthesize from

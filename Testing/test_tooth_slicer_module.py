@@ -12,27 +12,23 @@ The demo weights are retrained from time to time: nothing here depends on how ma
 
 from __future__ import annotations
 
-import ast
 import os
-import re
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from slicer_standins import archetype_load_volume, load_module_file
+from slicer_standins import (archetype_load_volume, bound_parameters, custom_widgets_declared, has_section,
+                             ijk_to_ras, module_lib, needs_worker, parameter_node_fields, slicer_module, ui_widgets,
+                             used_ui_names, worker_logic)
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "ToothAnalysis"
 MODULE_FILE = MODULE_DIR / "ToothAnalysis.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "ToothAnalysis.ui"
 
-sys.path.insert(0, str(MODULE_DIR))
-from ToothAnalysisLib import core as lib  # noqa: E402  (pure Python)
-
-sys.path.remove(str(MODULE_DIR))
+lib = module_lib(MODULE_DIR, "ToothAnalysisLib")  # pure Python
 
 ROW = {"tooth": 36, "score": 0.91, "caries_area_mm2": None, "caries_pixels": 12, "anomaly_probability": 0.2,
        "anomaly_pixels": 0, "stage": "H", "stage_probability": 0.87, "box_x0": 10.0, "box_y0": 20.0,
@@ -113,18 +109,13 @@ def test_make_opg_file_runs_in_a_separate_python(tmp_path):
 # ============================================================================ the .ui file
 
 
-def _ui_widgets():
-    root = ET.parse(UI_FILE).getroot()
-    return {w.get("name"): w for w in root.iter("widget")}, root
-
-
 def _strings(widget, prop):
     return [s.text for s in widget.findall(f"property[@name='{prop}']/stringlist/string")]
 
 
 def test_ui_has_every_widget_the_code_uses():
-    widgets, root = _ui_widgets()
-    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text(encoding="utf-8")))
+    widgets, root = ui_widgets(UI_FILE)
+    used = used_ui_names(MODULE_FILE)
     assert used, "the widget code uses no ui names?"
     assert used - set(widgets) == set(), f"missing in the .ui: {sorted(used - set(widgets))}"
     assert widgets["inputVolumeSelector"].get("class") == "qMRMLNodeComboBox"
@@ -136,19 +127,14 @@ def test_ui_has_every_widget_the_code_uses():
     for name, cls in expected.items():
         assert widgets[name].get("class") == cls, name
     for name in ("Inputs", "Weights and device", "Findings", "Log"):
-        assert any(w.get("class") == "ctkCollapsibleButton" and w.find("property[@name='text']/string").text == name
-                   for w in widgets.values()), name
-    declared = {cw.findtext("class") for cw in root.iter("customwidget")}
-    assert {w.get("class") for w in widgets.values() if not w.get("class").startswith("Q")} <= declared
+        assert has_section(widgets, name), name
+    assert custom_widgets_declared(widgets, root)
 
 
 def test_ui_parameter_names_are_parameter_node_fields():
-    widgets, _ = _ui_widgets()
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ToothAnalysisParameterNode")
-    fields = {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
-    bound = {name: p.findtext("string") for name, w in widgets.items() for p in w.findall("property")
-             if p.get("name") == "SlicerParameterName"}
+    widgets, _ = ui_widgets(UI_FILE)
+    fields = parameter_node_fields(MODULE_FILE, "ToothAnalysisParameterNode")
+    bound = bound_parameters(widgets)
     assert set(bound.values()) == {"inputVolume", "scoreThreshold"} and set(bound.values()) <= set(fields)
     # the parameter node wrapper sets the selector's node types from this annotation: scalar and RGB images
     assert fields["inputVolume"] == "Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]"
@@ -160,11 +146,7 @@ def test_ui_parameter_names_are_parameter_node_fields():
 
 @pytest.fixture(scope="module")
 def tooth():
-    slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without the Slicer app) is not installed")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("slicer-core lacks MRML")
-    with load_module_file("ToothAnalysis", MODULE_DIR) as mod:
-        yield mod
+    yield from slicer_module("ToothAnalysis", MODULE_DIR)
 
 
 @pytest.fixture
@@ -172,12 +154,7 @@ def scene(tooth, mrml_scene):
     return mrml_scene
 
 
-def _matrix(node):
-    import slicer
-    import vtk
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return slicer.util.arrayFromVTKMatrix(m)
+_matrix = ijk_to_ras
 
 
 def _slice_node(scene, name, axes):
@@ -244,28 +221,9 @@ def test_findings_table_rows_and_view_centring(tooth, scene):
 # ---------------------------------------------------------------------------- with the real worker
 
 
-def _worker_available():
-    try:
-        import pantheon.slicerbridge  # noqa: F401
-        import pantheon.worker.client  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError as exc:
-        return str(exc)
-    return None
-
-
-needs_worker = pytest.mark.skipif(_worker_available() is not None,
-                                  reason=f"worker/bridge not importable: {_worker_available()}")
-
-
 @pytest.fixture(scope="module")
 def logic(tooth):
-    lg = tooth.ToothAnalysisLogic()
-    lg.logLines = []
-    lg.logCallback = lg.logLines.append
-    yield lg
-    lg.shutdown()
-    lg.removeCharts()
+    yield from worker_logic(tooth.ToothAnalysisLogic, "removeCharts")
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ pytest.importorskip("torch")
 
 from pantheon.io import Volume, read_volume, write_volume  # noqa: E402
 from pantheon.synth.opg import make_opg  # noqa: E402
-from pantheon.worker.client import WorkerClient, WorkerError  # noqa: E402
+from pantheon.worker.client import WorkerError  # noqa: E402
 from pantheon.worker.tasks_mathena import add_tooth_geometry  # noqa: E402
+from slicer_standins import worker_client  # noqa: E402
 
 PIPELINE = "mathena.analyze"
 
@@ -34,9 +35,7 @@ def oblique_geometry(angle_deg=25.0):
 
 @pytest.fixture(scope="module")
 def client():
-    c = WorkerClient(preload=True, cache_budget_mb=1024)
-    yield c
-    c.shutdown()
+    yield from worker_client(preload=True, cache_budget_mb=1024)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,13 @@ import pytest
 
 from pantheon.io import read_volume, write_volume
 from pantheon.synth import make_abdomen_phantom
-from pantheon.worker.client import WorkerClient, WorkerError
+from pantheon.worker.client import WorkerError
+from slicer_standins import worker_client
 
 
 @pytest.fixture(scope="module")
 def client():
-    c = WorkerClient(preload=True, cache_budget_mb=512)
-    yield c
-    c.shutdown()
+    yield from worker_client(preload=True, cache_budget_mb=512)
 
 
 @pytest.fixture(scope="module")

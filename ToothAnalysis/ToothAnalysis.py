@@ -32,7 +32,6 @@ from typing import Annotated, Optional, Union
 
 import qt
 import slicer
-import vtk
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -45,7 +44,7 @@ from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
 
 from ToothAnalysisLib import core as lib
-from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin
+from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin, selftest_skip_reason
 
 log = logging.getLogger("ToothAnalysis")
 
@@ -117,17 +116,13 @@ class ToothAnalysisWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     :class:`pantheon.slicerbridge.panel.PanelWidgetMixin`."""
 
     panelTitle = "Tooth Analysis"
+    acceptLabelMapInput = False
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.initPanelState()
-        self.logic = None
-        self.ui = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self.findingRows = []  # rows of the findings table shown in the panel
-        self._updatingGui = False  # True while parameter values are written into the widgets
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -140,19 +135,14 @@ class ToothAnalysisWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.logic = ToothAnalysisLogic()
         self.logic.logCallback = self.appendLog
 
-        self.ui.deviceComboBox.clear()
-        for device in lib.DEVICES:
-            self.ui.deviceComboBox.addItem(device)
-
         self.actionButtons = {lib.ACTION: self.ui.applyButton}
         self.connectPanel(qt.QTimer(), slicer.mrmlScene)
+        self.connectSettings(lib.DEVICES,
+                             weights={lib.WEIGHTS_DEMO: self.ui.weightsDemoRadioButton,
+                                      lib.WEIGHTS_FILE: self.ui.weightsFileRadioButton},
+                             paths={"detectorPath": self.ui.detectorPathLineEdit, "henaPath": self.ui.henaPathLineEdit})
 
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
-        self.ui.weightsDemoRadioButton.connect("toggled(bool)", self.onWeightsChoiceChanged)
-        self.ui.weightsFileRadioButton.connect("toggled(bool)", self.onWeightsChoiceChanged)
-        for edit in (self.ui.detectorPathLineEdit, self.ui.henaPathLineEdit, self.ui.workerPythonLineEdit):
-            edit.connect("currentPathChanged(QString)", self.onPathsChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.findingsTableWidget.connect("cellClicked(int,int)", self.onFindingClicked)
         self.ui.findingsTableWidget.connect("currentCellChanged(int,int,int,int)", self.onFindingCurrentChanged)
 
@@ -172,63 +162,10 @@ class ToothAnalysisWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.showFindings(None)
 
     # ------------------------------------------------------------------ parameter node
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.inputVolume = first
-
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode is not None:
-            if self._parameterNodeGuiTag is not None:
-                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-                self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode is None:
-            return
-        p = self._parameterNode
-        self._parameterNodeGuiTag = p.connectGui(self.ui)
-        self.addObserver(p, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
-        # read every value first: each widget update below fires a handler that writes back
-        choice, detector, hena = p.weightsChoice, p.detectorPath or "", p.henaPath or ""
-        python, device = p.workerPython or "", p.device or "auto"
-        self._updatingGui = True
-        try:
-            self.ui.detectorPathLineEdit.currentPath = detector
-            self.ui.henaPathLineEdit.currentPath = hena
-            self.ui.workerPythonLineEdit.currentPath = python
-            self.ui.workerSlicerPythonRadioButton.checked = not python
-            self.ui.workerCustomPythonRadioButton.checked = bool(python)
-            self.ui.deviceComboBox.setCurrentText(device)
-        finally:
-            self._updatingGui = False
-        self.ui.weightsDemoRadioButton.checked = choice == lib.WEIGHTS_DEMO
-        self.ui.weightsFileRadioButton.checked = choice == lib.WEIGHTS_FILE
-        self.onWeightsChoiceChanged()
-        self.onWorkerPythonChoiceChanged()
-        self.onInputChanged()
-
-    def onWeightsChoiceChanged(self, checked=True) -> None:
-        if self._parameterNode is None:
-            return
-        fromFiles = bool(self.ui.weightsFileRadioButton.checked)
-        self._parameterNode.weightsChoice = lib.WEIGHTS_FILE if fromFiles else lib.WEIGHTS_DEMO
-        self.ui.detectorPathLineEdit.enabled = fromFiles
-        self.ui.henaPathLineEdit.enabled = fromFiles
-
-    def onPathsChanged(self, path="") -> None:
-        p = self._parameterNode
-        if p is None or self._updatingGui:
-            return
-        p.detectorPath = self.ui.detectorPathLineEdit.currentPath
-        p.henaPath = self.ui.henaPathLineEdit.currentPath
-        self.onWorkerPythonChoiceChanged()
-
-    def onDeviceChanged(self, index=0) -> None:
-        if self._parameterNode is not None and not self._updatingGui:
-            self._parameterNode.device = self.ui.deviceComboBox.currentText or "auto"
+        if self.bindParameterNode(inputParameterNode):
+            self.syncSettingsWidgets()
+            self.onInputChanged()
 
     def onInputChanged(self, node=None) -> None:
         """Show the findings of the chosen image's last analysis (if any)."""
@@ -535,16 +472,12 @@ class ToothAnalysisTest(ScriptedLoadableModuleTest):
         import numpy as np
         import vtk
 
-        if not isinstance(getattr(slicer.mrmlScene, "GetNumberOfNodes", lambda: None)(), int):
-            self.delayDisplay("No MRML scene here: end-to-end test skipped")
-            return
         logic = ToothAnalysisLogic()
         try:
-            missing = logic.missingRequirements()
-            if missing and os.environ.get("PANTHEON_SELFTEST_REQUIRE_WORKER") != "1":
-                self.delayDisplay(f"The worker's Python lacks {', '.join(missing)}: end-to-end test skipped")
+            skip = selftest_skip_reason(logic, slicer.mrmlScene)
+            if skip:
+                self.delayDisplay(skip)
                 return
-            self.assertEqual(missing, [])
             self.delayDisplay("Making a synthetic panoramic X-ray")
             folder = lib.private_temp_dir("tooth-selftest-")
             try:

@@ -516,7 +516,8 @@ def run_worker_python(script: str, args: Sequence[str], python: Optional[str] = 
 class PanelWidgetMixin:
     """The Qt-free half of a panel widget: the idle/running/cancelling state machine of its action
     buttons (Apply becomes Cancel while its task runs), polling the task from the widget's timer,
-    the log box and error label, the worker-Python choice and the environment check.
+    the log box and error label, the worker-Python choice and the environment check, and the
+    parameter node's binding and its weights / paths / device widgets.
 
     It only reads and writes attributes of the widgets (``text``, ``enabled``, ``visible``, ...), so
     it needs no ``qt`` import; the module's widget creates the ``QTimer``. The widget class lists it
@@ -526,24 +527,36 @@ class PanelWidgetMixin:
       has them, ``checkEnvironmentButton``, ``environmentLabel``, ``workerCustomPythonRadioButton``,
       ``workerPythonLineEdit``; ``self.logic`` (a :class:`WorkerLogicMixin`); ``self.timer``;
     - ``self.actionButtons`` {action: button} and ``self.buttonTexts`` {action: idle text};
-    - ``_canRun(action) -> bool``, ``startAction(action) -> task``, ``initializeParameterNode()``,
-      ``setParameterNode(node)``, and optionally ``onTaskDone(task)`` (success) / ``onTaskEnded(task)``
-      (any outcome, after the state is idle).
+    - ``_canRun(action) -> bool``, ``startAction(action) -> task``, ``setParameterNode(node)`` (usually
+      :meth:`bindParameterNode` + :meth:`syncSettingsWidgets`), and optionally ``onTaskDone(task)``
+      (success) / ``onTaskEnded(task)`` (any outcome, after the state is idle) / ``onIdlePoll()``
+      (timer ticks without a task).
 
-    Call :meth:`initPanelState` in ``__init__`` and :meth:`connectPanel` in ``setup``; ``cleanup``,
-    ``enter``, ``exit`` and the scene-close handlers are provided.
+    Call :meth:`initPanelState` in ``__init__``, :meth:`connectPanel` and :meth:`connectSettings` in
+    ``setup``; ``initializeParameterNode``, ``cleanup``, ``enter``, ``exit`` and the scene-close
+    handlers are provided.
     """
 
     panelTitle = "Pantheon"
     LOG_LIMIT = 200000  # characters kept in the log box
     POLL_MS = 100
+    acceptLabelMapInput = True  # initializeParameterNode may pick a label map as the input volume
+    WEIGHTS_FILE = "file"  # the weights choice that enables the weights path line edits
 
     def initPanelState(self) -> None:
+        self.logic = None
+        self.ui = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._updatingGui = False  # True while parameter values are written into the widgets
         self.task = None
         self.state = "idle"  # idle | running | cancelling
         self.timer = None
         self.actionButtons: Dict[str, object] = {}
         self.buttonTexts: Dict[str, str] = {}
+        self.weightsRadioButtons: Dict[str, object] = {}  # weights choice -> radio button (first: default)
+        self.pathEdits: Dict[str, object] = {}  # parameter node field -> path line edit
+        self.weightsFileEdits: Sequence[object] = ()  # enabled only with the file weights choice
 
     def connectPanel(self, timer, scene) -> None:
         """Wire what every panel has, after ``self.actionButtons`` is set: each action button ->
@@ -565,6 +578,24 @@ class PanelWidgetMixin:
         timer.connect("timeout()", self.onPoll)
         self.addObserver(scene, scene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(scene, scene.EndCloseEvent, self.onSceneEndClose)
+
+    def connectSettings(self, devices, weights: Dict[str, object], paths: Dict[str, object],
+                        fileEdits: Optional[Sequence[object]] = None) -> None:
+        """Wire the "Weights and device" widgets to the parameter node: fill the device combo box with
+        ``devices``; ``weights`` {choice: radio button} (the first choice is the default),
+        ``paths`` {parameter node field: path line edit}, ``fileEdits`` the line edits enabled only
+        with the file choice (default: all of ``paths``). The worker-Python line edit is wired too."""
+        ui = self.ui
+        self.weightsRadioButtons, self.pathEdits = dict(weights), dict(paths)
+        self.weightsFileEdits = tuple(self.pathEdits.values() if fileEdits is None else fileEdits)
+        ui.deviceComboBox.clear()
+        for device in devices:
+            ui.deviceComboBox.addItem(device)
+        for button in self.weightsRadioButtons.values():
+            button.connect("toggled(bool)", self.onWeightsChoiceChanged)
+        for edit in list(self.pathEdits.values()) + [ui.workerPythonLineEdit]:
+            edit.connect("currentPathChanged(QString)", self.onPathsChanged)
+        ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
 
     # ------------------------------------------------------------------ module life cycle
     def cleanup(self) -> None:
@@ -591,6 +622,85 @@ class PanelWidgetMixin:
     def onSceneEndClose(self, caller=None, event=None) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ parameter node
+    def initializeParameterNode(self) -> None:
+        """Bind the logic's parameter node; an empty ``inputVolume`` gets the scene's first scalar
+        volume (not a label map unless :attr:`acceptLabelMapInput`)."""
+        import slicer
+        self.setParameterNode(self.logic.getParameterNode())
+        p = self._parameterNode
+        if not p.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and (self.acceptLabelMapInput or not first.IsA("vtkMRMLLabelMapVolumeNode")):
+                p.inputVolume = first
+
+    def bindParameterNode(self, node, observe: bool = True) -> bool:
+        """The common half of ``setParameterNode``: disconnect the old node from the GUI, connect
+        ``node`` (with ``observe``: :meth:`updateButtons` on each of its changes); True when a node is bound."""
+        old = self._parameterNode
+        if old is not None:
+            if self._parameterNodeGuiTag is not None:
+                old.disconnectGui(self._parameterNodeGuiTag)
+                self._parameterNodeGuiTag = None
+            if observe:
+                import vtk
+                self.removeObserver(old, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = node
+        if node is None:
+            return False
+        self._parameterNodeGuiTag = node.connectGui(self.ui)
+        if observe:
+            import vtk
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        return True
+
+    def syncSettingsWidgets(self) -> None:
+        """Show the bound parameter node's weights choice, paths, worker Python and device in the
+        widgets of :meth:`connectSettings`. Every value is read first: each widget update fires a
+        handler that writes back."""
+        p, ui = self._parameterNode, self.ui
+        choice = p.weightsChoice
+        paths = {name: getattr(p, name) or "" for name in self.pathEdits}
+        python, device = p.workerPython or "", p.device or "auto"
+        self._updatingGui = True
+        try:
+            for name, edit in self.pathEdits.items():
+                edit.currentPath = paths[name]
+            ui.workerPythonLineEdit.currentPath = python
+            ui.workerSlicerPythonRadioButton.checked = not python
+            ui.workerCustomPythonRadioButton.checked = bool(python)
+            ui.deviceComboBox.setCurrentText(device)
+        finally:
+            self._updatingGui = False
+        for value, button in self.weightsRadioButtons.items():
+            button.checked = choice == value
+        self.onWeightsChoiceChanged()
+        self.onWorkerPythonChoiceChanged()
+
+    def onWeightsChoiceChanged(self, checked=True) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        choices = list(self.weightsRadioButtons)
+        chosen = [c for c in choices[1:] if self.weightsRadioButtons[c].checked]
+        p.weightsChoice = chosen[0] if chosen else choices[0]
+        fileButton = self.weightsRadioButtons.get(self.WEIGHTS_FILE)
+        fromFiles = bool(fileButton is not None and fileButton.checked)
+        for edit in self.weightsFileEdits:
+            edit.enabled = fromFiles
+
+    def onPathsChanged(self, path="") -> None:
+        p = self._parameterNode
+        if p is None or self._updatingGui:
+            return
+        for name, edit in self.pathEdits.items():
+            setattr(p, name, edit.currentPath)
+        self.onWorkerPythonChoiceChanged()
+
+    def onDeviceChanged(self, index=0) -> None:
+        if self._parameterNode is not None and not self._updatingGui:
+            self._parameterNode.device = self.ui.deviceComboBox.currentText or "auto"
 
     @staticmethod
     def tr(text: str) -> str:
@@ -667,9 +777,15 @@ class PanelWidgetMixin:
         self.setState("running")
         self.timer.start()
 
+    def onIdlePoll(self) -> bool:
+        """A timer tick without a task (the module may start one and :meth:`track` it); True keeps
+        the timer running."""
+        return False
+
     def onPoll(self) -> None:
         if self.task is None:
-            self.timer.stop()
+            if not self.onIdlePoll():
+                self.timer.stop()
             return
         fraction, message = poll_task(self.task, self.appendLog)
         self.ui.progressBar.value = int(round(100 * fraction))
