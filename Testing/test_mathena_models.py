@@ -219,7 +219,7 @@ def test_hena_staged_training_and_freezing():
     model.zero_grad(set_to_none=True)
 
     # Stages 2 and 3: shared frozen (no grads, eval mode), only the stage's head trains.
-    for stage, head in (("ad", ("ad_head", "ad_mask", "ad_image")), ("dds", ("stage_probe",))):
+    for stage, head in (("ad", ("ad_branch", "ad_head", "ad_mask", "ad_image")), ("dds", ("stage_probe",))):
         params = model.set_stage(stage)
         assert {all_names[id(p)].split(".")[0] for p in params} == set(head)
         out = model.train()(x)
@@ -234,6 +234,78 @@ def test_hena_staged_training_and_freezing():
     assert sum(p.numel() for p in probe) == model.feature_dim * 8 + 8  # a linear probe, exactly
     with pytest.raises(ValueError):
         model.trainable_parameters("detector")
+
+
+def test_ad_branch_starts_as_the_shared_decoder_and_trains_alone():
+    torch.manual_seed(0)
+    model = tiny_hena()
+    x = torch.randn(2, 1, 32, 32)
+    b = model.ad_branch
+    assert float(b.ready) == 0 and not torch.equal(b.final_expand.expand.weight, model.final_expand.expand.weight)
+    model.set_stage("carseg")
+    opt = torch.optim.SGD(model.trainable_parameters("carseg"), lr=0.1)
+    model.loss(model.train()(x), {"caries": (torch.rand(2, 1, 32, 32) > 0.7).float()}, "carseg").backward()
+    opt.step()  # the shared decoder moves in carseg; the untouched branch does not follow it
+    params = model.set_stage("ad")
+    assert float(b.ready) == 1
+    for mine, shared in ((b.expands, model.expands), (b.concat_back, model.concat_back), (b.decoder, model.decoder),
+                         (b.final_expand, model.final_expand)):
+        s1, s2 = mine.state_dict(), shared.state_dict()
+        assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert {id(p) for p in b.parameters()} <= {id(p) for p in params}
+    shared_before = {k: v.clone() for k, v in model.state_dict().items() if k.split(".")[0] in HENA._SHARED}
+    opt = torch.optim.SGD(params, lr=0.1)
+    targets = {"anomaly": (torch.rand(2, 1, 32, 32) > 0.8).float()}
+    model.ad_loss(model.train()(x), targets).backward()
+    opt.step()
+    assert not torch.equal(b.final_expand.expand.weight, model.final_expand.expand.weight)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in shared_before.items())
+    trained = b.final_expand.expand.weight.clone()
+    model.set_stage("ad")  # re-entering the stage (a resumed run) must not reset the branch
+    assert torch.equal(trained, b.final_expand.expand.weight)
+    # without the branch the AD head reads the shared decoder (the original layout)
+    plain = tiny_hena(ad_branch=False)
+    assert plain.ad_branch is None and plain.ad_image.in_features == 8 + plain.feature_dim
+    assert {n.split(".")[0] for n, _ in plain.named_parameters()} & {"ad_branch"} == set()
+
+
+def test_ad_loss_dice_only_on_anomalous_crops_and_logit_offset():
+    from pantheon.models.mathena.hena import HENAOutput
+    import torch.nn.functional as F
+    torch.manual_seed(1)
+    logits = torch.randn(2, 1, 4, 4)
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, 0, :2] = 1  # crop 0 anomalous, crop 1 normal
+    score = torch.tensor([0.3, -0.2])
+    out = HENAOutput(caries=logits, anomaly=logits, anomaly_score=score, stage=torch.zeros(2, 8),
+                     features=torch.zeros(2, 4), gcst=None)
+    p = torch.sigmoid(logits[0]).flatten()
+    t = mask[0].flatten()
+    dice0 = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    label = torch.tensor([1.0, 0.0])
+    for offset in (0.0, 2.5):
+        want = (F.binary_cross_entropy_with_logits(logits, mask) + dice0
+                + F.binary_cross_entropy_with_logits(score + offset, label))
+        got = HENA.ad_loss(out, {"anomaly": mask, "anomaly_logit_offset": offset})
+        assert torch.allclose(got, want, atol=1e-6), (offset, got, want)
+    # no anomalous crop in the batch: no Dice term at all (BCE terms only)
+    empty = torch.zeros_like(mask)
+    want = (F.binary_cross_entropy_with_logits(logits, empty)
+            + F.binary_cross_entropy_with_logits(score, torch.zeros(2)))
+    assert torch.allclose(HENA.ad_loss(out, {"anomaly": empty}), want, atol=1e-6)
+
+
+def test_legacy_hena_checkpoint_without_ad_branch_loads(tmp_path):
+    torch.manual_seed(0)
+    old = tiny_hena(ad_branch=False).eval()
+    del old.config["ad_branch"]  # as written before the option existed
+    path = tmp_path / "old.safetensors"
+    save_mathena(old, path)
+    loaded = load_mathena(path)
+    assert loaded.ad_branch is None and loaded.config["ad_branch"] is False
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(old(x).anomaly, loaded(x).anomaly)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -219,3 +219,38 @@ def test_tooth_colours_and_demo_cards_if_present(tmp_path):
     from pantheon.synth.opg import make_opg
     res = mt.analyze(make_opg(3, size=(256, 512)).image, models, None)
     assert res.notes.get("warning") and res.labels["teeth"].volume.shape == (1, 256, 512)
+
+
+def test_findings_are_called_by_area_and_probability_not_by_stray_pixels():
+    """A few caries pixels (< MIN_CARIES_FRACTION of the crop) and an anomaly probability below
+    ANOMALY_THRESHOLD: the heat maps keep them, the calls and the segmentations do not."""
+    from pantheon.chart import tooth_status
+
+    class SpeckHENA(StubHENA):
+        def __call__(self, x):
+            out = super().__call__(x)
+            caries = torch.full_like(out.caries, -10.0)
+            caries[..., 31:34, 31:34] = 10.0  # 9 of 4096 crop pixels: 0.22% < 0.25%
+            anomaly = torch.full_like(out.anomaly, -10.0)
+            anomaly[..., 10:20, 10:20] = 10.0  # a clear blob, but the tooth's probability is low
+            score = torch.full_like(out.anomaly_score, float(np.log(0.15 / 0.85)))
+            return HENAOutput(caries=caries, anomaly=anomaly, anomaly_score=score, stage=out.stage,
+                          features=out.features, gcst=None)
+
+    vol = Volume(_opg()[None], spacing=(0.2, 0.3, 1.0))
+    res = mt.analyze(vol, StubDetector([(200, 100, 280, 220)], [36], [0.9]), SpeckHENA())
+    row = res.tables["findings"][0]
+    assert 9 / 4096 < mt.MIN_CARIES_FRACTION and 0.15 < mt.ANOMALY_THRESHOLD
+    assert row["caries"] is False and row["anomaly"] is False
+    assert row["caries_pixels"] == 0 and row["anomaly_pixels"] == 0
+    assert res.labels["caries"].volume.array.sum() == 0 and res.labels["anomaly"].volume.array.sum() == 0
+    assert res.heatmaps["caries_probability"].volume.array.max() > 0.99
+    assert res.heatmaps["anomaly_probability"].volume.array.max() > 0.99
+    assert res.scalars["n_caries"] == 0 and res.scalars["n_anomaly"] == 0
+    assert tooth_status(row) == {"caries": False, "anomaly": False}
+    # the same maps with a probability above the threshold: the tooth and its blob are kept
+    res2 = mt.analyze(vol, StubDetector([(200, 100, 280, 220)], [36], [0.9]), SpeckHENA(), anomaly_thresh=0.1)
+    row2 = res2.tables["findings"][0]
+    assert row2["anomaly"] is True and row2["anomaly_pixels"] > 0
+    assert res2.labels["anomaly"].volume.array.sum() == row2["anomaly_pixels"]
+    assert res2.scalars["n_anomaly"] == 1 and tooth_status(row2)["anomaly"] is True

@@ -117,8 +117,12 @@ def test_hena_stages_freeze_shared(tiny_samples, tmp_path):
     assert not torch.equal(s0["ad_mask.weight"], sa["ad_mask.weight"])  # ad trained its head
     assert torch.equal(sa["ad_mask.weight"], sd["ad_mask.weight"])  # dds left it alone
     assert not torch.equal(sa["stage_probe.weight"], sd["stage_probe.weight"])
+    branch = [k for k in s0 if k.startswith("ad_branch.")]
+    assert branch and float(sa["ad_branch.ready"]) == 1 and all(torch.equal(sa[k], sd[k]) for k in branch)
+    assert rd["history"][-1] < rd["history"][0]  # the probe fit lowered its loss from the all-zero start
     m = evaluate(None, dds, tiny_samples, input_hw=TINY_HW, crop_size=TINY_CROP)
-    for k in ("caries_dice_positive", "caries_dice_pooled", "anomaly_dice_pooled", "stage_accuracy", "stage_macro_f1"):
+    for k in ("caries_dice_positive", "caries_dice_pooled", "anomaly_dice_pooled", "anomaly_auroc", "stage_accuracy",
+              "stage_macro_f1"):
         assert k in m and 0 <= m[k] <= 1
 
 
@@ -169,6 +173,52 @@ def test_dice_conventions_hand_computed():
     assert s["accuracy"] == 0.75 and s["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 
+def test_auroc_hand_computed():
+    from pantheon.train.mathena import auroc
+    # pairs (pos, neg): (0.35, 0.1) win, (0.35, 0.4) loss, (0.8, *) two wins -> 3/4
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert auroc([0.5, 0.5, 0.9], [1, 0, 0]) == pytest.approx(0.25)  # one tie (1/2), one loss
+    assert auroc([3, 2, 1], [1, 1, 0]) == 1.0 and auroc([1, 2, 3], [1, 1, 0]) == 0.0
+    assert np.isnan(auroc([0.2, 0.3], [1, 1]))
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(0)
+    s, y = rng.integers(0, 5, 200).astype(float), rng.random(200) < 0.3  # many ties
+    assert auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+
+
+def test_ad_logit_offset_calibrates_the_image_probability():
+    """Batches with ``pos_fraction`` anomalous crops, trained with the offset, give back the real prevalence."""
+    import math
+    from pantheon.models.mathena.hena import HENAOutput
+    from pantheon.train.mathena import CropData
+    data = CropData.__new__(CropData)
+    data.label = np.array([1.0] * 5 + [0.0] * 95, np.float32)  # 5 % anomalous teeth
+    data.pos_fraction = 0.5
+    q = 0.5 + 0.5 * 0.05  # expected anomalous share of a batch
+    off = data.anomaly_logit_offset()
+    assert off == pytest.approx(math.log(q / (1 - q)) - math.log(0.05 / 0.95))
+    # a constant image-level logit fitted on such batches: optimum b + off = logit(q) -> sigmoid(b) = 0.05
+    n = 400
+    labels = torch.zeros(n)
+    labels[: int(round(q * n))] = 1
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([b], lr=1, max_iter=100, line_search_fn="strong_wolfe")
+    zeros = torch.zeros(n, 1, 2, 2)
+
+    def closure():
+        opt.zero_grad()
+        out = HENAOutput(caries=zeros, anomaly=zeros - 20, anomaly_score=b.expand(n), stage=torch.zeros(n, 8),
+                         features=torch.zeros(n, 1), gcst=None)
+        loss = HENA.ad_loss(out, {"anomaly": zeros, "anomaly_label": labels, "anomaly_logit_offset": off})
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert torch.sigmoid(b).item() == pytest.approx(0.05, abs=2e-3)
+    data.pos_fraction = 0.0  # batches drawn uniformly: no offset
+    assert data.anomaly_logit_offset() == pytest.approx(0.0, abs=1e-9)
+
+
 # ----------------------------------------------------------------------------------- demo
 @pytest.mark.parametrize("card_id", ["mathena-demo-detector", "mathena-demo-hena"])
 def test_demo_cards_match_bundled_files(card_id):
@@ -185,3 +235,8 @@ def test_demo_cards_match_bundled_files(card_id):
     metrics = json.loads((REPO / "Resources" / "weights" / "mathena-demo-metrics.json").read_text())
     assert metrics["images"] >= 20 and metrics["demo"] is True
     assert metrics["held_out_seeds"][0] > metrics["train_seeds"][1]
+    assert metrics["command"].startswith("python -m pantheon.train.mathena_demo")
+    assert not metrics["detector_reused_from_earlier_run"]
+    # the figures the demo is shipped with: a working anomaly head and stage probe (AD Dice was 0.03)
+    assert metrics["anomaly_dice_positive"] >= 0.4 and metrics["anomaly_auroc"] >= 0.85
+    assert metrics["stage_accuracy"] >= 0.65 and metrics["caries_dice_positive"] >= 0.4 and metrics["map50"] >= 0.85

@@ -230,6 +230,23 @@ def test_shape_errors():
     assert default_chunk_size(4096) == 91 and default_chunk_size(1) == 1
 
 
+@pytest.mark.parametrize("length,chunk,groups,extras", [(13, 4, None, True), (24, 8, 2, True), (17, 5, None, False),
+                                                       (30, None, 2, False)])
+def test_chunked_inference_path_matches_autograd_path(length, chunk, groups, extras):
+    """Without autograd the chunked scan takes its in-place path; both paths give the same numbers."""
+    inputs = make_inputs(length=length, groups=groups, seed=length, extras=extras)
+    ref = selective_scan_ref(**inputs, delta_softplus=True)
+    with torch.no_grad():
+        fast, fast_last = selective_scan_chunked(**inputs, delta_softplus=True, chunk_size=chunk,
+                                                 return_last_state=True)
+    leaf = {k: (v.clone().requires_grad_(True) if k == "u" else v) for k, v in inputs.items()}
+    slow, slow_last = selective_scan_chunked(**leaf, delta_softplus=True, chunk_size=chunk, return_last_state=True)
+    assert slow.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast_last, slow_last.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_chunked_on_gpu_matches_cpu():
     inputs = make_inputs(length=33, groups=2, seed=31)

@@ -82,6 +82,11 @@ def test_findings_text_and_cells():
     assert lib.finding_text(ROW) == "Tooth 36: caries; stage H (0.87)"
     assert lib.finding_text(dict(ROW, caries_pixels=0, anomaly_probability=0.7)) == "Tooth 36: anomaly; stage H (0.87)"
     assert lib.finding_text({"tooth": "21.0"}) == "Tooth 21: no caries or anomaly found"
+    # the pipeline's calls win over pixels/probability, also as the text a table node gives back
+    assert lib.finding_text(dict(ROW, caries="False", anomaly="True")) == "Tooth 36: anomaly; stage H (0.87)"
+    assert lib.finding_text(dict(ROW, caries=True, anomaly=False, anomaly_probability=0.9)) == \
+        "Tooth 36: caries; stage H (0.87)"
+    assert lib.format_cell("anomaly", True) == "yes" and lib.format_cell("caries", False) == "no"
     assert lib.format_cell("tooth", 36.0) == "36" and lib.format_cell("score", 0.9134) == "0.91"
     assert lib.format_cell("caries_area_mm2", float("nan")) == "" and lib.format_cell("caries_area_mm2", 7.25) == "7.2"
     assert lib.format_cell("caries_pixels", 12) == "12" and lib.format_cell("stage", "H") == "H"

@@ -22,6 +22,10 @@ COLORS = {"missing": "#c8c8c8", "healthy": "#4caf50", "caries": "#e53935", "anom
 
 
 def tooth_status(row: dict) -> Dict[str, bool]:
+    """The pipeline's per-tooth calls (``caries`` / ``anomaly``); rows of older findings tables
+    without them fall back to pixels / probability."""
+    if "caries" in row and "anomaly" in row:
+        return {"caries": bool(row["caries"]), "anomaly": bool(row["anomaly"])}
     caries = bool(row.get("caries_pixels", 0)) or bool(row.get("caries_area_mm2") or 0)
     anomaly = bool(row.get("anomaly_pixels", 0)) or (row.get("anomaly_probability") or 0) >= 0.5
     return {"caries": caries, "anomaly": anomaly}

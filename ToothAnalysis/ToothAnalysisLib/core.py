@@ -53,6 +53,8 @@ TABLE_FINDINGS = "findings"
 FINDINGS_COLUMNS = [
     ("tooth", "Tooth (FDI)"),
     ("score", "Score"),
+    ("caries", "Caries"),
+    ("anomaly", "Anomaly"),
     ("caries_pixels", "Caries px"),
     ("caries_area_mm2", "Caries mm²"),
     ("anomaly_probability", "Anomaly p"),
@@ -139,19 +141,25 @@ def row_centre_ras(row: dict) -> Optional[List[float]]:
     return None if lps is None else lps_to_ras(lps)
 
 
+def _called(row: dict, finding: str) -> bool:
+    """The pipeline's per-tooth call (``caries`` / ``anomaly`` columns; a table node gives them back
+    as text); older rows without them fall back to pixels / probability."""
+    value = row.get(finding)
+    if not _missing(value):
+        return str(value).strip().lower() in ("true", "1", "1.0", "yes")
+    if not _missing(row.get(f"{finding}_pixels")) and float(row[f"{finding}_pixels"]) > 0:
+        return True
+    p = row.get("anomaly_probability") if finding == "anomaly" else None
+    return not _missing(p) and float(p) >= 0.5
+
+
 def finding_text(row: dict) -> str:
     """One line about a tooth, e.g. "Tooth 36: caries, anomaly; stage H (0.91)"."""
     try:
         fdi = int(float(row.get("tooth")))
     except (TypeError, ValueError):
         return "Tooth ?"
-    parts = []
-    if not _missing(row.get("caries_pixels")) and float(row["caries_pixels"]) > 0:
-        parts.append("caries")
-    p = row.get("anomaly_probability")
-    if (not _missing(row.get("anomaly_pixels")) and float(row["anomaly_pixels"]) > 0) or \
-            (not _missing(p) and float(p) >= 0.5):
-        parts.append("anomaly")
+    parts = [name for name in ("caries", "anomaly") if _called(row, name)]
     text = f"Tooth {fdi}: " + (", ".join(parts) if parts else "no caries or anomaly found")
     if not _missing(row.get("stage")):
         text += f"; stage {row['stage']}"

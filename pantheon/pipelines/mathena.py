@@ -42,6 +42,15 @@ DEMO_HENA_CARD = "mathena-demo-hena"
 MODEL_NAME = "MATHENA (arXiv 2604.00537, reconstruction)"
 # SNOMED CT 80967001 |Dental caries (disorder)|.
 CARIES_CODE = ("SCT", "80967001", "Dental caries")
+# Per-tooth finding rules. Stray pixels above 0.5 appear on many healthy teeth (on held-out
+# synthetic OPGs: any caries pixel on 11-42% of caries-free teeth, any anomaly pixel on 42% of
+# normal ones), so a tooth is called from an area / probability, not from one pixel.
+# Operating points measured on the demo's held-out synthetic OPGs (no separate validation set:
+# treat them as demo defaults): caries >= 0.25% of the 64x64 crop (~10 px) -> sensitivity 0.70,
+# 4% of caries-free teeth flagged; anomaly probability >= 0.2 -> sensitivity 0.76, 0.2% flagged
+# (the probability is calibrated to the data's prevalence, so 0.5 calls only half the anomalies).
+MIN_CARIES_FRACTION = 0.0025
+ANOMALY_THRESHOLD = 0.2
 LUMA = np.array([0.299, 0.587, 0.114])
 
 # Quadrant base colours (RGB 0..1): 1 blue, 2 green, 3 orange, 4 purple; primary 5-8 reuse 1-4.
@@ -208,11 +217,15 @@ def _paste_max(target: np.ndarray, info, crop_map: np.ndarray, thresh: float) ->
 def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=None, cancel=None,
             batch_size: int = 8, mask_thresh: float = 0.5, detector_id: str = "unknown",
             hena_id: str = "unknown", demo: Optional[bool] = None,
-            known_spacing: Optional[bool] = None) -> Result:
+            known_spacing: Optional[bool] = None, anomaly_thresh: float = ANOMALY_THRESHOLD,
+            min_caries_fraction: float = MIN_CARIES_FRACTION) -> Result:
     """Tooth detection and per-tooth caries / anomaly / stage analysis of one OPG.
 
     ``detector`` / ``hena`` are models (or a :class:`MathenaModels` as ``detector`` with ``hena``
     None). ``known_spacing`` overrides the rule "spacing exactly (1, 1) means unknown".
+    A tooth has caries when at least ``min_caries_fraction`` of its crop is above ``mask_thresh``,
+    and an anomaly when HENA's per-tooth anomaly probability is at least ``anomaly_thresh``; the
+    caries / anomaly segmentations keep only those teeth's pixels (the probability maps keep all).
     Returns labels "teeth" (value = FDI), "caries", "anomaly"; heatmaps "caries_probability",
     "anomaly_probability"; table "findings"; scalars; notes. All on the input's geometry.
     """
@@ -233,6 +246,8 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
 
     caries_p = np.zeros((H, W), np.float32)
     anomaly_p = np.zeros((H, W), np.float32)
+    caries_kept = np.zeros((H, W), np.float32)  # probabilities of the teeth called carious / anomalous
+    anomaly_kept = np.zeros((H, W), np.float32)
     teeth = np.zeros((H, W), np.uint8)
     per_tooth = []
     size = int(_config(hena).get("crop_size", 0) or CROP_SIZE)
@@ -254,11 +269,18 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
         score = _sigmoid(out.anomaly_score.float().cpu().numpy().reshape(-1))
         stage = _softmax(out.stage.float().cpu().numpy())
         for k, (d, info) in enumerate(zip(chunk, infos)):
+            has_caries = float((car[k] > mask_thresh).mean()) >= min_caries_fraction
+            has_anomaly = float(score[k]) >= anomaly_thresh
             # only the tooth's window of the source grid is touched (fast on very large images)
             n_car = _paste_max(caries_p, info, car[k], mask_thresh)
             n_ano = _paste_max(anomaly_p, info, ano[k], mask_thresh)
+            if has_caries:
+                _paste_max(caries_kept, info, car[k], mask_thresh)
+            if has_anomaly:
+                _paste_max(anomaly_kept, info, ano[k], mask_thresh)
             s = int(np.argmax(stage[k]))
-            per_tooth.append(dict(d, caries_pixels=n_car, anomaly_pixels=n_ano,
+            per_tooth.append(dict(d, caries=has_caries, anomaly=has_anomaly,
+                                  caries_pixels=n_car if has_caries else 0, anomaly_pixels=n_ano if has_anomaly else 0,
                                   anomaly_probability=float(score[k]),
                                   stage=stage_names[s] if s < len(stage_names) else str(s),
                                   stage_probability=float(stage[k][s])))
@@ -267,8 +289,8 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
     for d in sorted(per_tooth, key=lambda t: t["score"]):  # higher score painted last (wins)
         r0, r1, c0, c1 = _box_pixels(d["box"], H, W)
         teeth[r0:r1, c0:c1] = d["fdi"]
-    caries = (caries_p > mask_thresh).astype(np.uint8)
-    anomaly = (anomaly_p > mask_thresh).astype(np.uint8)
+    caries = (caries_kept > mask_thresh).astype(np.uint8)
+    anomaly = (anomaly_kept > mask_thresh).astype(np.uint8)
 
     known = spacing_known(volume) if known_spacing is None else bool(known_spacing)
     px_area = float(volume.spacing[0] * volume.spacing[1])
@@ -276,6 +298,7 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
     for d in per_tooth:
         x0, y0, x1, y1 = d["box"]
         rows.append({"tooth": d["fdi"], "score": round(d["score"], 4),
+                     "caries": d["caries"], "anomaly": d["anomaly"],
                      "caries_area_mm2": round(d["caries_pixels"] * px_area, 4) if known else None,
                      "caries_pixels": d["caries_pixels"],
                      "anomaly_probability": round(d["anomaly_probability"], 4),
@@ -299,8 +322,8 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
     res.tables["findings"] = rows
     res.scalars.update({
         "n_teeth": float(len(rows)),
-        "n_caries": float(sum(1 for r in rows if r["caries_pixels"] > 0)),
-        "n_anomaly": float(sum(1 for r in rows if r["anomaly_pixels"] > 0 or r["anomaly_probability"] >= 0.5)),
+        "n_caries": float(sum(1 for r in rows if r["caries"])),
+        "n_anomaly": float(sum(1 for r in rows if r["anomaly"])),
         "caries_pixels": float(caries.sum()), "anomaly_pixels": float(anomaly.sum())})
     if known:
         res.scalars["caries_area_mm2"] = float(caries.sum() * px_area)
@@ -308,6 +331,9 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
     res.notes.update({
         "model": MODEL_NAME, "detector": detector_id, "hena": hena_id,
         "score_threshold": f"{score_thresh:g}", "mask_threshold": f"{mask_thresh:g}",
+        "finding_rules": (f"caries: >= {100 * min_caries_fraction:g}% of the tooth crop above the mask threshold; "
+                          f"anomaly: per-tooth anomaly probability >= {anomaly_thresh:g}; the segmentations keep "
+                          "only those teeth, the probability maps show every pixel"),
         "image": f"{W}x{H} pixels; detector input and {size}x{size} crops are at model resolution, "
                  "outputs on the input grid",
         "teeth_map": "each detected tooth's box painted with its FDI number (higher score wins on overlap)",

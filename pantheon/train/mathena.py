@@ -9,8 +9,15 @@ Stages, in the order the paper states (``pantheon tooth train --stage ...``):
 - ``carseg``: HENA shared representation + caries head on per-tooth crops from ground-truth boxes
   (``crop_tooth``), BCE + soft Dice; half of every batch comes from crops with caries.
 - ``ad``: starts from the carseg weights, ``freeze_shared`` (encoder, GCST, decoder, caries head),
-  trains the anomaly head (mask BCE + Dice + image-level BCE); half of every batch anomalous.
-- ``dds``: starts from the ad weights, trains only the stage linear probe (CE, Demirjian A-H).
+  initialises HENA's AD decoder branch from the trained shared decoder and fine-tunes it with the
+  anomaly head (:meth:`HENA.ad_loss`: pixel BCE + soft Dice on anomalous crops + image-level BCE);
+  ``pos_fraction`` of every batch anomalous (default half; anomalous teeth are about 5 % of all),
+  and the image-level logit gets the logit-adjustment offset of that oversampling in the loss
+  (:meth:`CropData.anomaly_logit_offset`), so that its probability is calibrated to the real
+  prevalence.
+- ``dds``: starts from the ad weights, fits only the stage linear probe (CE, Demirjian A-H) on
+  cached frozen features of all crops (original, flipped, jittered), full batch with L-BFGS
+  (:func:`_fit_probe`); minibatch SGD through the network left the probe far from converged.
 
 Crop augmentation: horizontal flip (allowed for crops, spec 4.5; never vertical), brightness,
 contrast, noise. Every step's batch is drawn from ``numpy.random.default_rng([seed, step])``, so a
@@ -35,6 +42,9 @@ Metrics (:func:`evaluate`, spec 5.4), conventions recorded in the result under `
 - Dice (caries, anomaly) on HENA crops of the ground-truth boxes, prediction = sigmoid > 0.5:
   ``*_dice_positive``: mean per-crop Dice over crops whose GT mask is non-empty;
   ``*_dice_pooled``: 2 |P ∩ G| / (|P| + |G|) summed over all crops (negatives included).
+- ``anomaly_image_accuracy`` (sigmoid(anomaly_score) > 0.5 vs the tooth's anomaly label) and
+  ``anomaly_auroc`` (:func:`auroc` of sigmoid(anomaly_score) over all GT teeth);
+  ``anomaly_auroc_mask_max`` ranks teeth by their maximum pixel anomaly probability instead.
 - ``stage_accuracy`` and ``stage_macro_f1`` (sklearn, over the stages present in the GT).
 """
 
@@ -238,7 +248,20 @@ class CropData:
                 x[j] = _jitter(x[j], rng, (0.0, 0.02))
         t = {"caries": torch.from_numpy(car)[:, None], "anomaly": torch.from_numpy(ano)[:, None],
              "anomaly_label": torch.from_numpy(self.label[idx]), "stage": torch.from_numpy(self.stage[idx])}
+        if stage == "ad":
+            t["anomaly_logit_offset"] = self.anomaly_logit_offset()
         return torch.from_numpy(np.ascontiguousarray(x))[:, None], t
+
+    def anomaly_logit_offset(self) -> float:
+        """``logit(q) - logit(pi)``: pi = share of anomalous crops in the data, q = their expected
+        share in an "ad" batch (``pos_fraction`` drawn from positives, the rest uniformly). Added to
+        the image-level logit in the loss (:meth:`HENA.ad_loss`) so that the model's own logit stays
+        calibrated to the real prevalence although batches oversample anomalies."""
+        pi = float(np.clip((self.label > 0).mean(), 1e-4, 1 - 1e-4))
+        if not (self.label > 0).any():
+            return 0.0
+        q = float(np.clip(self.pos_fraction + (1 - self.pos_fraction) * pi, 1e-4, 1 - 1e-4))
+        return math.log(q / (1 - q)) - math.log(pi / (1 - pi))
 
 
 # ============================================================================ training
@@ -268,11 +291,15 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
                 seed: int = 0, checkpoint_every: int = 50, model_kw: Optional[dict] = None, init=None,
                 image_dir=None, input_hw=DETECTOR_INPUT_HW, crop_size: int = CROP_SIZE,
                 time_budget_s: Optional[float] = None, cancel=None, opg_kw: Optional[dict] = None,
-                threads: Optional[int] = None, pos_fraction: float = 0.5) -> dict:
+                threads: Optional[int] = None, pos_fraction: float = 0.5, probe_l2: float = 1e-4) -> dict:
     """Train one MATHENA stage; returns ``{"stage", "weights", "step", "history", "stopped_early"}``.
 
     ``data``: see :func:`load_data` (already built :class:`Sample` lists are fine too).
     ``time_budget_s``: stop early (checkpoint and final weights still written) when exceeded.
+    ``pos_fraction``: share of every carseg / ad batch drawn from positive crops.
+    ``probe_l2``: L2 penalty of the dds linear probe (on standardised features); for "dds",
+    ``steps`` counts L-BFGS iterations of the full-batch probe fit (:func:`_fit_probe`), and
+    ``batch_size`` / ``lr`` / ``time_budget_s`` are not used.
     """
     if stage not in TRAIN_STAGES:
         raise InputError(f"unknown MATHENA training stage {stage!r}; expected one of {TRAIN_STAGES}")
@@ -333,6 +360,11 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
 
     t0 = time.perf_counter()
     stopped_early = False
+    if stage == "dds" and step < steps:
+        # the shared part is frozen, so the probe's inputs are fixed: compute them once and fit the
+        # probe to convergence instead of re-running the network for every minibatch
+        history = _fit_probe(model, dataset, seed, steps, probe_l2, rep, log)
+        step = steps
     while step < steps:
         rep(step / max(steps, 1), f"{stage} step {step}/{steps}")
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
@@ -367,6 +399,60 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
     rep(1.0, f"{stage} finished")
     return {"stage": stage, "weights": str(weights), "step": step, "history": history,
             "stopped_early": stopped_early, "seconds": time.perf_counter() - t0}
+
+
+def _fit_probe(model: HENA, data: "CropData", seed: int, steps: int, l2: float, rep=None, log=print,
+               n_jitter: int = 1, batch_size: int = 64) -> List[float]:
+    """Fit ``model.stage_probe`` (one Linear layer) on the frozen probe features of every crop with
+    a stage label: original, horizontally flipped and ``n_jitter`` intensity-jittered copies.
+
+    Features are standardised, the multinomial logistic regression (cross-entropy + ``l2`` * |W|^2)
+    is solved full-batch by L-BFGS (``steps`` iterations at most), and the standardisation is then
+    folded into the layer (W' = W / sd, b' = b - W' mu), so the probe stays exactly one Linear on
+    the raw features. Returns the loss after every iteration."""
+    idx = np.flatnonzero(data.stage >= 0)
+    rng = np.random.default_rng([seed, 7])
+    views = [data.crops[idx], data.crops[idx][:, :, ::-1]]
+    for _ in range(n_jitter):
+        views.append(np.stack([_jitter(c, rng, (0.0, 0.02)) for c in data.crops[idx]]))
+    was_training = model.training
+    model.eval()
+    feats = []
+    with torch.no_grad():
+        for k, v in enumerate(views):
+            if rep is not None:
+                rep(0.5 * k / len(views), f"dds: probe features {k + 1}/{len(views)}")
+            v = np.ascontiguousarray(v, np.float32)
+            feats.extend(model(torch.from_numpy(v[i:i + batch_size])[:, None]).features
+                         for i in range(0, len(v), batch_size))
+    model.train(was_training)
+    X = torch.cat(feats).double()
+    y = torch.from_numpy(np.tile(data.stage[idx], len(views)))
+    mu, sd = X.mean(0), X.std(0).clamp(min=1e-6)
+    Z = (X - mu) / sd
+    K = model.stage_probe.out_features
+    W = torch.zeros(K, Z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(K, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max(1, int(steps)), history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+    history: List[float] = []
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(Z @ W.T + b, y) + l2 * (W * W).sum()
+        loss.backward()
+        history.append(float(loss.detach()))
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        Wf = W / sd
+        model.stage_probe.weight.copy_(Wf.float())
+        model.stage_probe.bias.copy_((b - Wf @ mu).float())
+        acc = float(((X @ Wf.T + (b - Wf @ mu)).argmax(1) == y).double().mean())
+    log(f"dds: linear probe fitted on {len(X)} feature vectors in {len(history)} evaluations, "
+        f"loss {history[-1]:.4f}, train accuracy {acc:.3f}")
+    return history
 
 
 # ============================================================================ metrics
@@ -436,6 +522,25 @@ def dice_scores(pred_masks, gt_masks) -> dict:
             "positive_crops": int(pos.sum()), "crops": int(len(p))}
 
 
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve = P(score of a random positive > score of a random negative), ties
+    counted as 1/2 (Mann-Whitney U / (n_pos n_neg), average ranks); NaN without both classes."""
+    s = np.asarray(scores, np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    # average rank (1-based) of each group of tied scores
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = (a + 1 + b) / 2.0
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 def stage_scores(pred, true) -> dict:
     from sklearn.metrics import accuracy_score, f1_score
     pred, true = np.asarray(pred).reshape(-1), np.asarray(true).reshape(-1)
@@ -481,6 +586,8 @@ def evaluate(detector: Optional[MATHEDetector], hena: Optional[HENA], opgs, inpu
                                            "interpolation), mean over classes with GT",
                                   "dice": "HENA on GT-box crops, threshold 0.5; 'positive' = mean per-crop Dice "
                                           "over crops with non-empty GT, 'pooled' = Dice over all crops' pixels",
+                                  "anomaly_image": "per tooth (GT-box crop): sigmoid(anomaly_score) vs 'tooth "
+                                                   "has an anomaly'; accuracy at 0.5, AUROC (ties count 1/2)",
                                   "stage": "top-1 accuracy and sklearn macro-F1 over stages present in the GT"}}
     if detector is not None:
         detector.eval()
@@ -504,5 +611,7 @@ def evaluate(detector: Optional[MATHEDetector], hena: Optional[HENA], opgs, inpu
                     "caries_positive_crops": c["positive_crops"], "anomaly_dice_positive": a["positive"],
                     "anomaly_dice_pooled": a["pooled"], "anomaly_positive_crops": a["positive_crops"],
                     "anomaly_image_accuracy": float(((pr["anomaly_score"] > 0.5) == (data.label > 0)).mean()),
+                    "anomaly_auroc": auroc(pr["anomaly_score"], data.label > 0),
+                    "anomaly_auroc_mask_max": auroc(pr["anomaly"].reshape(len(data), -1).max(1), data.label > 0),
                     "stage_accuracy": st["accuracy"], "stage_macro_f1": st["macro_f1"], "crops": len(data)})
     return out

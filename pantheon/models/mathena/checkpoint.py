@@ -52,6 +52,8 @@ def load_mathena(path, kind: Optional[str] = None, **overrides) -> Model:
 
     ``kind`` ("MATHEDetector" / "HENA") defaults to the file's; a mismatch raises CheckpointError.
     ``overrides`` replace config entries (e.g. an explicit architecture to check against).
+    HENA files without ``ad_branch`` in their config predate that option and load with
+    ``ad_branch=False`` (their original layout).
     """
     state, meta = read_mathena(path)
     file_kind = meta.get("kind")
@@ -60,7 +62,10 @@ def load_mathena(path, kind: Optional[str] = None, **overrides) -> Model:
         raise CheckpointError(f"{path} is not a MATHENA checkpoint (model kind {file_kind!r}).")
     if file_kind is not None and file_kind != kind:
         raise CheckpointError(f"{path} holds a {file_kind} checkpoint, not a {kind}.")
-    config = {**meta["config"], **overrides}
+    config = dict(meta["config"])
+    if kind == "HENA" and "ad_branch" not in config:  # written before HENA had an AD decoder branch
+        config["ad_branch"] = False
+    config.update(overrides)
     try:
         model = KINDS[kind](**config)
     except (TypeError, ValueError) as exc:

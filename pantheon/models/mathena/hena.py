@@ -29,14 +29,26 @@ Heads (``forward`` returns a :class:`HENAOutput`):
 
 - ``caries`` (B, 1, H, W) logits: 1x1 projection of the decoder output;
 - ``anomaly`` (B, 1, H, W) logits: its own small per-pixel MLP (1x1 conv - GELU - 1x1 conv) on the
-  decoder output, and ``anomaly_score`` (B,) image-level logit: a Linear layer on
-  [mean-pooled AD hidden features, probe features];
+  output of the AD decoder branch (``ad_branch=True``, default) or of the shared decoder
+  (``ad_branch=False``, the original layout), and ``anomaly_score`` (B,) image-level logit: a
+  Linear layer on [mean-pooled (and, with the branch, max-pooled) AD hidden features, probe
+  features];
 - ``stage`` (B, 8) Demirjian A-H logits: a single Linear layer (linear probe) on the probe features
   = mean-pooled bottleneck tokens (after GCST), concatenated with z_g when ``use_gcst``.
 
 Staged training (spec section 4.5): "carseg" trains stem, encoder, bottleneck/GCST, decoder and the
 caries head (the *shared* part plus its head); :meth:`freeze_shared` then freezes the shared part
-(requires_grad False, kept in eval mode); "ad" trains only the AD head; "dds" only the probe.
+(requires_grad False, kept in eval mode); "ad" trains only the AD part; "dds" only the probe.
+
+AD branch (assumption; the paper says only that AD is "fine-tuned" on the frozen shared
+representation, spec section 3 item 5 leaves open which modules train): with ``ad_branch=True``
+the AD head reads a decoder of its own (same topology as the shared decoder: PatchExpand, skip
+concat, VSS blocks, final expand) fed by the frozen encoder skips and the frozen bottleneck
+(after GCST). When the "ad" stage starts, the branch is initialised as a copy of the trained
+shared decoder (:meth:`init_ad_branch`) and then fine-tuned, so the shared encoder, GCST,
+shared decoder and caries head stay exactly as CarSeg left them. Why: a per-pixel MLP on the
+``embed_dim`` channels of a decoder trained for caries alone cannot outline impacted teeth or
+periapical lesions (held-out anomaly Dice about 0.03 in the first demo build).
 """
 
 from __future__ import annotations
@@ -93,6 +105,30 @@ class PatchExpand(nn.Module):
         return self.norm(x.reshape(B, H * r, W * r, self.out_dim))
 
 
+class _DecoderBranch(nn.Module):
+    """A decoder with the shared decoder's topology (for the AD head): bottleneck + skips -> (B, H, W, C0).
+
+    ``ready`` (buffer, 0/1) records whether it was initialised from the shared decoder."""
+
+    def __init__(self, dims: Sequence[int], decoder_depths: Sequence[int], patch_size: int, vss: dict):
+        super().__init__()
+        n = len(dims)
+        self.expands = nn.ModuleList()
+        self.concat_back = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for j, level in enumerate(range(n - 2, -1, -1)):
+            self.expands.append(PatchExpand(dims[level + 1], dims[level], 2))
+            self.concat_back.append(nn.Linear(2 * dims[level], dims[level]))
+            self.decoder.append(nn.Sequential(*[VSSBlock(dims[level], **vss) for _ in range(decoder_depths[j])]))
+        self.final_expand = PatchExpand(dims[0], dims[0], patch_size)
+        self.register_buffer("ready", torch.zeros(()))
+
+    def forward(self, x, skips):
+        for expand, cat, dec, skip in zip(self.expands, self.concat_back, self.decoder, reversed(skips)):
+            x = dec(cat(torch.cat([expand(x), skip], dim=-1)))
+        return self.final_expand(x)
+
+
 class GCST(nn.Module):
     """Global Context State Token at the bottleneck (channels-last (B, h, w, C) in and out)."""
 
@@ -135,12 +171,14 @@ class HENA(nn.Module):
         num_stages: DDS classes (Demirjian A-H = 8). Assumption (spec section 5.3).
         drop_path: maximum stochastic-depth rate (linear over encoder blocks; spec: 0.2 in
             Mamba-UNet training, default 0 here).
+        ad_branch: give the AD head its own decoder branch (see the module docstring). Assumption.
+            Checkpoints written before this option existed load with ``ad_branch=False``.
     """
 
     def __init__(self, in_channels: int = 1, embed_dim: int = 48, depths: Sequence[int] = (2, 2, 2, 2),
                  decoder_depths: Optional[Sequence[int]] = None, patch_size: int = 4, d_state: int = 16,
                  ssm_ratio: float = 2.0, d_conv: int = 3, use_gcst: bool = True, num_stages: int = 8,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, ad_branch: bool = True):
         super().__init__()
         depths = [int(d) for d in depths]
         if len(depths) < 2:
@@ -152,7 +190,7 @@ class HENA(nn.Module):
         self.config = dict(in_channels=in_channels, embed_dim=embed_dim, depths=depths,
                            decoder_depths=decoder_depths, patch_size=patch_size, d_state=d_state,
                            ssm_ratio=ssm_ratio, d_conv=d_conv, use_gcst=use_gcst, num_stages=num_stages,
-                           drop_path=drop_path)
+                           drop_path=drop_path, ad_branch=bool(ad_branch))
         self.use_gcst = use_gcst
         self.patch_size = patch_size
         self.multiple = patch_size * 2 ** (n - 1)
@@ -186,9 +224,12 @@ class HENA(nn.Module):
 
         # ---- task heads on the frozen representation -------------------------------------------
         self.feature_dim = dims[-1] * (2 if use_gcst else 1)
+        self.ad_branch = _DecoderBranch(dims, decoder_depths, patch_size, vss) if ad_branch else None
         self.ad_head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.GELU())
         self.ad_mask = nn.Linear(embed_dim, 1)
-        self.ad_image = nn.Linear(embed_dim + self.feature_dim, 1)
+        # with the branch the image-level logit also sees the max-pooled hidden features: a small
+        # periapical lesion barely moves a mean over the whole crop
+        self.ad_image = nn.Linear(embed_dim * (2 if ad_branch else 1) + self.feature_dim, 1)
         self.stage_probe = nn.Linear(self.feature_dim, num_stages)
         self._shared_frozen = False
 
@@ -196,7 +237,7 @@ class HENA(nn.Module):
 
     _SHARED = ("stem", "stem_norm", "encoder", "merges", "bottleneck_norm", "gcst", "expands",
                "concat_back", "decoder", "final_expand")
-    _STAGE_MODULES = {"carseg": _SHARED + ("caries_head",), "ad": ("ad_head", "ad_mask", "ad_image"),
+    _STAGE_MODULES = {"carseg": _SHARED + ("caries_head",), "ad": ("ad_branch", "ad_head", "ad_mask", "ad_image"),
                       "dds": ("stage_probe",)}
 
     def _modules_of(self, names) -> List[nn.Module]:
@@ -208,8 +249,8 @@ class HENA(nn.Module):
             yield from m.parameters()
 
     def trainable_parameters(self, stage: str) -> List[nn.Parameter]:
-        """Parameters trained in ``stage``: "carseg" (shared + caries head), "ad" (AD head only:
-        per-pixel MLP, mask and image-level layers), "dds" (the linear probe only)."""
+        """Parameters trained in ``stage``: "carseg" (shared + caries head), "ad" (AD decoder branch
+        when present, per-pixel MLP, mask and image-level layers), "dds" (the linear probe only)."""
         if stage not in STAGES:
             raise ValueError(f"unknown HENA training stage {stage!r}; expected one of {STAGES}")
         return [p for m in self._modules_of(self._STAGE_MODULES[stage]) for p in m.parameters()]
@@ -223,10 +264,24 @@ class HENA(nn.Module):
                 p.requires_grad_(False)
         self._shared_frozen = True
 
+    @torch.no_grad()
+    def init_ad_branch(self) -> None:
+        """Copy the (trained) shared decoder into the AD branch and mark the branch initialised."""
+        if self.ad_branch is None:
+            return
+        b = self.ad_branch
+        for dst, src in ((b.expands, self.expands), (b.concat_back, self.concat_back), (b.decoder, self.decoder),
+                         (b.final_expand, self.final_expand)):
+            dst.load_state_dict(src.state_dict())
+        b.ready.fill_(1.0)
+
     def set_stage(self, stage: str) -> List[nn.Parameter]:
         """Make exactly ``stage``'s parameters trainable (freezing the shared part for "ad"/"dds");
-        returns them, ready for an optimiser."""
+        returns them, ready for an optimiser. Entering "ad" for the first time initialises the AD
+        branch from the shared decoder (a saved, already initialised branch is left alone)."""
         params = self.trainable_parameters(stage)
+        if stage == "ad" and self.ad_branch is not None and not bool(self.ad_branch.ready):
+            self.init_ad_branch()
         if stage != "carseg":
             self.freeze_shared()
         for p in self.parameters():
@@ -261,13 +316,19 @@ class HENA(nn.Module):
             x, z = self.gcst(x)
         pooled = x.mean(dim=(1, 2))
         feats = pooled if z is None else torch.cat([pooled, z], dim=-1)
+        bottleneck = x
         for expand, cat, dec, skip in zip(self.expands, self.concat_back, self.decoder, reversed(skips)):
             x = dec(cat(torch.cat([expand(x), skip], dim=-1)))
         x = self.final_expand(x)  # (B, H, W, C0)
         caries = self.caries_head(x).permute(0, 3, 1, 2)
-        ad_hidden = self.ad_head(x)
+        if self.ad_branch is not None:
+            ad_hidden = self.ad_head(self.ad_branch(bottleneck, skips))
+            pooled_ad = [ad_hidden.mean(dim=(1, 2)), ad_hidden.amax(dim=(1, 2))]
+        else:
+            ad_hidden = self.ad_head(x)
+            pooled_ad = [ad_hidden.mean(dim=(1, 2))]
         anomaly = self.ad_mask(ad_hidden).permute(0, 3, 1, 2)
-        anomaly_score = self.ad_image(torch.cat([ad_hidden.mean(dim=(1, 2)), feats], dim=-1)).squeeze(-1)
+        anomaly_score = self.ad_image(torch.cat(pooled_ad + [feats], dim=-1)).squeeze(-1)
         stage = self.stage_probe(feats)
         return HENAOutput(caries=caries.contiguous(), anomaly=anomaly.contiguous(), anomaly_score=anomaly_score,
                           stage=stage, features=feats, gcst=z)
@@ -283,23 +344,43 @@ class HENA(nn.Module):
         dice = 1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
         return bce + dice.mean()
 
+    @staticmethod
+    def ad_loss(out: HENAOutput, targets: dict, eps: float = 1.0) -> torch.Tensor:
+        """AD loss: pixel BCE (all crops) + soft Dice (crops with an anomaly only) + image-level BCE.
+
+        ``targets["anomaly"]`` (B, 1, H, W) mask; ``targets["anomaly_label"]`` (B,) image label
+        (default: any positive pixel); optional ``targets["anomaly_logit_offset"]`` (float):
+        added to the image-level logit inside the loss only (logit adjustment, Menon et al. 2021).
+        Why: training batches oversample anomalous crops; with offset ``logit(q) - logit(pi)``
+        (q the sampled, pi the true positive share) the *unshifted* logit is calibrated to the true
+        prior, so ``sigmoid(anomaly_score) > 0.5`` is a sensible decision. The Dice term skips
+        normal crops: with an empty target soft Dice only rewards an all-zero mask, and the pixel
+        BCE already says that, without drowning the few lesion pixels.
+        """
+        logits, mask = out.anomaly, targets["anomaly"].to(out.anomaly.dtype)
+        label = targets.get("anomaly_label")
+        if label is None:
+            label = (mask.flatten(1).amax(1) > 0)
+        label = label.to(out.anomaly_score.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits, mask)
+        p, t = torch.sigmoid(logits).flatten(1), mask.flatten(1)
+        pos = t.sum(1) > 0
+        dice = (1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps))[pos].sum() / pos.sum().clamp(min=1)
+        offset = float(targets.get("anomaly_logit_offset", 0.0))
+        image = F.binary_cross_entropy_with_logits(out.anomaly_score + offset, label)
+        return bce + dice + image
+
     def loss(self, out: HENAOutput, targets: dict, stage: str) -> torch.Tensor:
         """Loss of one training stage (spec section 4.5).
 
         "carseg": BCE + soft Dice (1:1) on ``targets["caries"]`` (B, 1, H, W);
-        "ad": BCE + soft Dice on ``targets["anomaly"]`` plus, when given, BCE of the image-level
-        logit against ``targets["anomaly_label"]`` (B,) (default: any positive pixel);
+        "ad": :meth:`ad_loss`;
         "dds": cross-entropy on ``targets["stage"]`` (B,) class indices (A..H -> 0..7).
         """
         if stage == "carseg":
             return self._bce_dice(out.caries, targets["caries"])
         if stage == "ad":
-            mask = targets["anomaly"]
-            label = targets.get("anomaly_label")
-            if label is None:
-                label = (mask.flatten(1).amax(1) > 0)
-            return self._bce_dice(out.anomaly, mask) + F.binary_cross_entropy_with_logits(
-                out.anomaly_score, label.to(out.anomaly_score.dtype))
+            return self.ad_loss(out, targets)
         if stage == "dds":
             return F.cross_entropy(out.stage, targets["stage"].long())
         raise ValueError(f"unknown HENA training stage {stage!r}; expected one of {STAGES}")

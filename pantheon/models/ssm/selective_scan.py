@@ -187,7 +187,11 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     3. T more vectorised steps rerun every chunk from its true start state and read out
        y_t = C_t . h_t.
 
-    Pass 1 keeps its per-step dA_t and delta_t u_t B_t for pass 3. Only exponentials of
+    With autograd, pass 1 keeps its per-step dA_t and delta_t u_t B_t for pass 3. Without it
+    (inference, or inputs that need no gradient) the state is updated in place in preallocated
+    buffers, only dA_t is kept (delta_t u_t B_t is recomputed in pass 3) and the D skip is fused
+    into the copy back to (batch, D, L): no page faults and less memory traffic, about 10-20 %
+    faster, same arithmetic. Only exponentials of
     delta*A and of the chunk's summed delta*A are taken (never of a positive difference), and
     the per-step arithmetic is the reference's, so it agrees with :func:`selective_scan_ref` to
     rounding and stays finite for huge delta or very negative A. Cost: 2 T + nc Python-level
@@ -196,6 +200,8 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     reference. ``chunk_size`` defaults to :func:`default_chunk_size`.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     dtype_in = u.dtype
     dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     u = u.to(dtype)
@@ -238,19 +244,36 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     # materialising (batch, D, L, N) tensors keeps the working set in cache. exp(x) is computed
     # as exp2(x * log2(e)), which is about twice as fast on CPUs.
     dl = chunks(delta)                                           # (T, batch, G, nc, 1, H)
-    du = dl * chunks(u)
+    du = chunks(delta * u)  # multiply before the transposing copy: one copy fewer
     A2 = (A * math.log2(math.e)).view(groups, per_group, dstate).transpose(1, 2).unsqueeze(1).contiguous()
     B_r = chunks_bc(Bg).unsqueeze(-1)                            # (T, batch, G, nc, N, 1)
     C_r = chunks_bc(Cg).unsqueeze(-2)                            # (T, batch, G, nc, 1, N)
 
-    # 1. local end state of every chunk (zero start); keep the per-step dA_t, dBu_t for pass 3
-    dAs, dBus, h = [], [], None
-    for t in range(T):
-        dA = torch.exp2(dl[t] * A2)                              # (batch, G, nc, N, H)
-        dBu = du[t] * B_r[t]
-        h = dBu if h is None else torch.addcmul(dBu, dA, h)
-        dAs.append(dA)
-        dBus.append(dBu)
+    shape = (batch, groups, nc, dstate, per_group)
+    if not needs_grad:
+        # Inference (no graph to keep): the state is updated in place in preallocated buffers, and
+        # only dA_t is kept for pass 3 (its exp2 is the costliest op per element), while dBu_t is
+        # recomputed there: one multiply in cache is cheaper than writing (batch, D, L, N) values
+        # to memory here and reading them back. About 15-20 % faster than the autograd path.
+        # (one tensor per step, not one big (T, ...) block: blocks above malloc's mmap threshold
+        # are fresh pages, page-faulted in on every call, which costs more than the scan itself)
+        dAs = []
+        dBu = u.new_empty(shape)
+        h = u.new_zeros(shape)
+        for t in range(T):
+            dA = torch.mul(dl[t], A2).exp2_()
+            torch.mul(du[t], B_r[t], out=dBu)
+            torch.addcmul(dBu, dA, h, out=h)
+            dAs.append(dA)
+    else:
+        # 1. local end state of every chunk (zero start); keep the per-step dA_t, dBu_t for pass 3
+        dAs, dBus, h = [], [], None
+        for t in range(T):
+            dA = torch.exp2(dl[t] * A2)                          # (batch, G, nc, N, H)
+            dBu = du[t] * B_r[t]
+            h = dBu if h is None else torch.addcmul(dBu, dA, h)
+            dAs.append(dA)
+            dBus.append(dBu)
     # 2. carry across chunks: the chunk's decay is exp(A * its cumulative delta), in log space
     decay = torch.exp2(dl.sum(0) * A2)                           # (batch, G, nc, N, H)
     state = u.new_zeros(batch, groups, dstate, per_group)
@@ -260,13 +283,29 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         state = torch.addcmul(h[:, :, c], decay[:, :, c], state)
     # 3. rerun the chunks from their true start and read out
     h = torch.stack(starts, dim=2)                               # (batch, G, nc, N, H)
-    ys = []
-    for t in range(T):
-        h = torch.addcmul(dBus[t], dAs[t], h)
-        ys.append(torch.matmul(C_r[t], h))                       # (batch, G, nc, 1, H)
-    del dAs, dBus
-    y = torch.stack(ys, dim=0).squeeze(-2)                      # (T, batch, G, nc, H)
-    y = y.permute(1, 2, 4, 3, 0).reshape(batch, dim, nc * T)[..., :length]
+    if not needs_grad:
+        Y = u.new_empty((T, batch, groups, nc, 1, per_group))
+        for t in range(T):
+            torch.mul(du[t], B_r[t], out=dBu)
+            torch.addcmul(dBu, dAs[t], h, out=h)
+            torch.matmul(C_r[t], h, out=Y[t])
+        del dAs
+        y = Y.squeeze(-2)                                        # (T, batch, G, nc, H)
+    else:
+        ys = []
+        for t in range(T):
+            h = torch.addcmul(dBus[t], dAs[t], h)
+            ys.append(torch.matmul(C_r[t], h))                   # (batch, G, nc, 1, H)
+        del dAs, dBus
+        y = torch.stack(ys, dim=0).squeeze(-2)                  # (T, batch, G, nc, H)
+    y = y.permute(1, 2, 4, 3, 0)                                 # (batch, G, H, nc, T), a view
+    if D is not None and not needs_grad:  # the D skip doubles as the copy back to (batch, D, L)
+        u_pad = F.pad(u, (0, pad)) if pad else u
+        # (out= a contiguous tensor: left alone, the result would take y's permuted layout)
+        y = torch.addcmul(y, u_pad.view(batch, groups, per_group, nc, T), D.to(dtype).view(groups, per_group, 1, 1),
+                          out=u.new_empty(batch, groups, per_group, nc, T))
+        D = None
+    y = y.reshape(batch, dim, nc * T)[..., :length]
     state = state.transpose(-1, -2).reshape(batch, dim, dstate)
     out = _finish(y, u, D, z, dtype_in)
     if return_last_state:
