@@ -165,6 +165,35 @@ def test_generate_reproducible_counts_steps_and_reports(gen, batch):
     assert not torch.equal(a, b)
 
 
+def test_generate_guided_start_skips_noisy_steps(gen, batch):
+    """init_strength < 1 starts from the noised latent of the mask-painted guide image and runs only
+    the DDIM steps at or below that noise level; 1.0 is the plain sampler."""
+    masks, labels = batch[1][:1], batch[2][1:]
+    guide = gen.guide_image(masks)
+    assert guide.shape == (1, 1) + PATCH
+    tumour, liver = masks[0, 0] > 0.5, (masks[0, 1] > 0.5) & ~(masks[0, 0] > 0.5)
+    lo, li, tu = gen.GUIDE_INTENSITIES
+    assert torch.all(guide[0, 0][tumour] == tu) and torch.all(guide[0, 0][liver] == li)
+    assert torch.all(guide[0, 0][masks[0, 1] < 0.5] == lo)
+    calls = []
+    handle = gen.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        g = torch.Generator().manual_seed(3)
+        a = gen.generate(masks, labels, num_inference_steps=10, generator=g, init_strength=0.5)
+        n_guided = len(calls)
+        gen.generate(masks, labels, num_inference_steps=10, generator=torch.Generator().manual_seed(3))
+    finally:
+        handle.remove()
+    assert 4 <= n_guided <= 6 and len(calls) - n_guided == 10
+    assert a.shape == (1, 1) + PATCH and torch.isfinite(a).all()
+    with pytest.raises(ValueError, match="init_strength"):
+        gen.generate(masks, labels, num_inference_steps=2, init_strength=0.0)
+    with pytest.raises(ValueError, match="init_strength"):
+        NeoGen(**TINY_GEN, init_strength=1.5)
+    assert "init_strength" not in gen.config  # the default leaves older configs unchanged
+    assert NeoGen(**TINY_GEN, init_strength=0.6).config["init_strength"] == 0.6
+
+
 def test_generate_cancel(gen, batch):
     ev = threading.Event()
     calls = []
@@ -220,6 +249,62 @@ def test_pattennet_shapes_and_frozen_encoder(gen, batch):
     assert logit.shape == (2,) and att.shape == (2, 1, 16, 16, 8)
     with pytest.raises(InputError, match="masks"):
         masked(x)
+
+
+def test_pattennet_mask_stem_radial_and_avgmax(gen, batch, tmp_path):
+    """The learned mask stem lands on the latent grid; the radial input grows away from the crop
+    centre; avg+max pooling doubles the head input; the options survive a checkpoint round trip."""
+    from pantheon.models.neonet.pattennet import _radial_map
+    x, masks, _ = batch
+    torch.manual_seed(0)
+    net = PattenNet.from_neogen(gen, dab_channels=(8,), mask_channels=1, pooling="avgmax", mask_pooling="conv",
+                                radial_channel=True, mask_embed_channels=4)
+    assert net.head.in_features == 16 and net.mask_stem[0].in_channels == 2
+    assert net.mask_stem(torch.zeros((2, 2) + PATCH)).shape == (2, 4, 16, 16, 8)  # latent grid
+    logit, att = net(x, masks[:, :1])
+    assert logit.shape == (2,) and att.shape == (2, 1, 16, 16, 8)
+    r = _radial_map(PATCH, x)[0, 0]
+    assert float(r.min()) < 0.2 and float(r.max()) == pytest.approx(3.0)
+    assert float(r[16, 16, 8]) < float(r[30, 16, 8]) < float(r[31, 31, 15])
+    # a tumour voxel far from the centre changes the output; the mask reaches the head
+    far = masks[:1, :1].clone()
+    far[..., 28:31, 14:17, 6:9] = 1
+    net.eval()
+    with torch.no_grad():
+        assert not torch.allclose(net(x[:1], masks[:1, :1])[0], net(x[:1], far)[0])
+    save_neonet_component(net, tmp_path / "p.safetensors")
+    loaded = load_neonet_component(tmp_path / "p.safetensors", "pattennet")
+    assert loaded.config == net.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, masks[:, :1])[0], net(x, masks[:, :1])[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="radial_channel"):
+        PattenNet(gen.config, dab_channels=(8,), mask_channels=1, radial_channel=True)
+    with pytest.raises(ValueError, match="pooling"):
+        PattenNet(gen.config, dab_channels=(8,), pooling="median")
+
+
+def test_controlnet_gets_mask_at_image_size_and_live_embedding(batch):
+    """The ControlNet's conditioning embedding receives the one-hot masks at patch size and turns
+    them into a map on the latent grid; the live-embedding start is non-zero while the output
+    convs stay zero (so the frozen UNet is untouched at step 0)."""
+    x, masks, labels = batch
+    torch.manual_seed(0)
+    g = NeoGen(**TINY_GEN)
+    g.init_controlnet_from_unet(live_embedding=True)
+    emb = g.controlnet.controlnet_cond_embedding
+    assert float(emb.conv_out.conv.weight.detach().abs().sum()) > 0
+    assert all(float(p.abs().sum()) == 0 for b in g.controlnet.controlnet_down_blocks for p in b.parameters())
+    seen = {}
+    hook = emb.register_forward_hook(lambda m, i, o: seen.update(inp=tuple(i[0].shape), out=tuple(o.shape)))
+    try:
+        g.training_losses(x, masks=masks, labels=labels, stage="controlnet", generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert seen["inp"] == (2, 2) + PATCH
+    assert seen["out"][2:] == g.check_spatial_shape(PATCH)  # latent grid
+    with torch.no_grad():
+        emb_out = emb(masks)
+    assert not torch.allclose(emb_out[0], emb_out[1])  # different masks, different conditioning
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

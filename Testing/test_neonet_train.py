@@ -194,3 +194,93 @@ def test_demo_cards_valid_and_match(kind):
     assert sha256_file(f, use_cache=False) == card.sha256
     metrics = json.loads((ROOT / "Resources" / "weights" / "neonet-demo-metrics.json").read_text())
     assert metrics["demo"] is True and "auc" in metrics["classifier_held_out"]["crop_from_ground_truth"]
+
+
+# ------------------------------------------------------------------------------------------- classifier training
+def _blob_sample(pni: int):
+    """A (24, 32, 32) image/mask pair: a centred ball, plus a thin tentacle when ``pni``."""
+    k, j, i = np.meshgrid(*[np.arange(n) for n in PATCH_SHAPE], indexing="ij")
+    mask = ((k - 11.5) ** 2 + (j - 15.5) ** 2 + (i - 15.5) ** 2) <= 16
+    if pni:
+        mask |= (np.abs(k - 12) <= 0) & (np.abs(j - 16) <= 0) & (i >= 16) & (i <= 25)
+    img = np.where(mask, 0.3, 0.85).astype(np.float32)
+    return img, mask.astype(np.float32)
+
+
+def test_classifier_augmentation_is_label_preserving_and_geometry_correct():
+    from scipy import ndimage
+
+    from pantheon.train.neonet import augment_classifier_patch
+    img0, mask0 = _blob_sample(1)
+    k, j, i = np.meshgrid(*[np.arange(n) - (s - 1) / 2 for n, s in zip(PATCH_SHAPE, PATCH_SHAPE)], indexing="ij")
+    r = np.sqrt(k * k + j * j + i * i)
+    r0 = r[mask0 > 0].max()
+    seen = set()
+    for n in range(40):
+        rng = np.random.default_rng(n)
+        img, mask = augment_classifier_patch(img0, mask0, rng, max_shift=2)  # the widest shift still preserves it
+        assert img.shape == mask.shape == PATCH_SHAPE and img.dtype == np.float32
+        assert set(np.unique(mask)) <= {0.0, 1.0}
+        assert mask.sum() == mask0.sum()  # nothing shifted out: the structure is central
+        assert 0.0 <= img.min() and img.max() <= 1.0
+        # the same geometric transform hit image and mask: every mask voxel is darker than every voxel
+        # of the shell around it (the shell is central too, so no zero-filled border is involved)
+        shell = ndimage.binary_dilation(mask > 0, iterations=2) & (mask == 0)
+        assert img[mask > 0].max() < img[shell].min()
+        # the tentacle's reach from the crop centre (the PNI evidence) moves by at most the shift
+        assert abs(r[mask > 0].max() - r0) <= 2 * np.sqrt(3) + 1e-6
+        seen.add(tuple(np.round(np.argwhere(mask > 0).mean(0) - np.argwhere(mask0 > 0).mean(0), 1)))
+    assert len(seen) > 5  # flips, rotations and shifts really vary the sample
+
+
+def test_balanced_batches():
+    from pantheon.train.neonet import Sample, balanced_batch
+    z = np.zeros(PATCH_SHAPE, np.float32)
+    samples = [Sample(z, z, int(n < 3), f"c{n}") for n in range(12)]  # 3 PNI+, 9 PNI-
+    counts = np.zeros(2)
+    for n in range(50):
+        idx = balanced_batch(samples, np.random.default_rng(n), 8)
+        ys = [samples[i].pni for i in idx]
+        assert sum(ys) == 4
+        counts += np.bincount(ys, minlength=2)
+    assert counts[0] == counts[1]
+    only_neg = [Sample(z, z, 0, f"n{n}") for n in range(4)]
+    assert len(balanced_batch(only_neg, np.random.default_rng(0), 3)) == 3
+
+
+def test_cls_keeps_best_validation_checkpoint(trained, cases, tmp_path):
+    """With validation samples the classifier stage keeps the weights of its best validation AUC and
+    can stop early; the chosen step is recorded in the weights' metadata."""
+    from pantheon.models.neonet import read_neonet_checkpoint
+    from pantheon.train.neonet import real_samples, train_stage
+    out, paths = trained
+    val = real_samples(cases)
+    lines = []
+    path = train_stage("cls", cases[:4], tmp_path, steps=6, resume=True, log=lines.append, configs=TINY,
+                       neogen=paths["controlnet"], synthesize=False, batch_size=2, val_samples=val, eval_every=2,
+                       patience=2)
+    _, meta = read_neonet_checkpoint(path)
+    assert int(meta["best_step"]) in (2, 4, 6) and 0.0 <= float(meta["validation_auc"]) <= 1.0
+    assert any("validation AUC" in ln for ln in lines)
+    ck = torch.load(tmp_path / "cls" / "checkpoint.pt", weights_only=True)
+    assert ck["best_step"] == int(meta["best_step"]) and ck["best_state"] is not None
+
+
+def test_demo_classifier_separates_fresh_phantoms():
+    """The bundled demo PattenNet ranks PNI+ above PNI- on phantoms it has never seen (seeds outside
+    the demo's training, validation and held-out ranges; ground-truth TLCR crops)."""
+    from pantheon.registry import CARDS_DIR
+    from pantheon.train.neonet import evaluate_classifier, load_cases
+    card = CARDS_DIR / "neonet-demo-pattennet.json"
+    weights = ROOT / "Resources" / "weights" / "neonet-demo-pattennet.safetensors"
+    if not card.is_file() or not weights.is_file():
+        pytest.skip("demo weights not built")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cases = load_cases(list(range(50_000, 50_008)), pni_rule=lambda s: s % 2 == 0)  # 4 PNI+, 4 PNI-
+        res = evaluate_classifier(weights, cases)
+    finally:
+        torch.set_num_threads(threads)
+    assert res["n"] == 8 and res["n_positive"] == 4
+    assert res["auc"] >= 0.75, res["cases"]

@@ -4,19 +4,27 @@
 
 What it does (DEMO weights: they know phantoms, not patients; never for clinical use):
 
-1. Generates :data:`TRAIN_SEEDS` phantoms (about 1/3 PNI+, like the paper's 34%) and
-   :data:`HELD_OUT_SEEDS` phantoms (balanced) directly on the model grid (preprocess.MODEL_SPACING).
-   The two sets are disjoint; nothing of the held-out set is seen by any training stage.
+1. Generates :data:`TRAIN_SEEDS` phantoms (about 1/3 PNI+, like the paper's 34%),
+   :data:`VAL_SEEDS` and :data:`HELD_OUT_SEEDS` phantoms (balanced) directly on the model grid
+   (preprocess.MODEL_SPACING). The three sets are disjoint; nothing of the held-out set is seen by
+   any training stage or model choice. The validation phantoms only choose the classifier's
+   checkpoint (best validation AUC, early stopping) and the ControlNet conditioning scale.
 2. Trains on the training phantoms only: NeoSeg (seg), NeoGen (vae -> ldm -> controlnet) and
    PattenNet (cls) with the minority class (PNI+) topped up 1:1 by NeoGen samples conditioned on
    the training PNI+ masks. Tiny models (:func:`pantheon.train.neonet.default_configs` "demo").
-   Each stage gets a wall-clock budget: after a few steps its speed is measured and the step
-   count set to fit the budget (the run is resumable, so this only fixes ``steps``).
+   Each stage gets a wall-clock budget (:data:`DEFAULT_BUDGET_S`, about 25 minutes in all on a
+   shared 2-core CPU with one thread; about 30 with phantom generation and evaluation): after a
+   few steps its speed is measured and the step count set to fit the budget (the run is
+   resumable, so this only fixes ``steps``). On a loaded machine the same budget buys fewer steps.
+   After the ControlNet stage the sampling settings (ControlNet conditioning scale, DDIM init
+   strength: pure noise or a guided start from the masks, :data:`SAMPLING_CHOICES`) are chosen on
+   validation phantoms by synthetic Dice and stored in the NeoGen config.
 3. Measures on the held-out phantoms: classifier AUC/accuracy/sensitivity/specificity with TLCR
-   crops from the ground-truth tumour mask and end-to-end from NeoSeg's predicted mask; and
-   synthesis faithfulness: NeoGen samples conditioned on the held-out masks are segmented by
-   NeoSeg and compared (Dice) with the conditioning tumour and liver masks (NeoSeg on the real
-   patches is given as the reference).
+   crops from the ground-truth tumour mask and end-to-end from NeoSeg's predicted mask (plus the
+   same on the real training and the validation phantoms, to show over-fitting); and synthesis
+   faithfulness: NeoGen samples conditioned on the held-out masks are segmented by NeoSeg and
+   compared (Dice) with the conditioning tumour and liver masks (NeoSeg on the real patches is
+   given as the reference; with a guided start, the pure-noise sampler is reported as well).
 4. Writes ``neonet-demo-{neoseg,neogen,pattennet}.safetensors``, their model cards and
    ``neonet-demo-metrics.json``.
 
@@ -38,10 +46,17 @@ import torch
 from ..models.neonet.preprocess import MODEL_SPACING, PATCH_SHAPE
 
 DEMO_IDS = {"neoseg": "neonet-demo-neoseg", "neogen": "neonet-demo-neogen", "pattennet": "neonet-demo-pattennet"}
-TRAIN_SEEDS = range(30_000, 30_042)
-HELD_OUT_SEEDS = range(40_000, 40_020)
-#: Wall-clock seconds per stage on a shared 2-core CPU (total about 15 minutes with evaluation).
-DEFAULT_BUDGET_S = {"seg": 180, "vae": 150, "ldm": 90, "controlnet": 130, "cls": 110}
+TRAIN_SEEDS = range(30_000, 30_210)
+VAL_SEEDS = range(35_000, 35_040)
+HELD_OUT_SEEDS = range(40_000, 40_060)
+#: Wall-clock seconds per stage with one thread (19 minutes of training; about 25-30 minutes in all
+#: with phantom generation, synthesis and evaluation on a 2-core CPU shared with other work).
+DEFAULT_BUDGET_S = {"seg": 360, "vae": 120, "ldm": 180, "controlnet": 300, "cls": 180}
+#: Batch size per stage (the classifier needs balanced batches of several samples).
+STAGE_BATCH = {"seg": 2, "vae": 2, "ldm": 4, "controlnet": 4, "cls": 8}
+#: (ControlNet conditioning scale, DDIM init strength) pairs tried on the validation phantoms; the best
+#: is stored in the NeoGen config (init strength 1.0 = the plain sampler from pure noise).
+SAMPLING_CHOICES = ((1.0, 1.0), (2.0, 1.0), (1.0, 0.7), (2.0, 0.6))
 
 
 def _train_pni(seed: int) -> bool:
@@ -58,7 +73,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / s) if s else 1.0
 
 
-def _timed_stage(stage, cases, run_dir, budget_s, log, max_steps=5000, **kw):
+def _timed_stage(stage, cases, run_dir, budget_s, log, max_steps=20000, final_kw=None, **kw):
     from .neonet import train_stage
     probe = 5
     t = time.time()
@@ -69,7 +84,7 @@ def _timed_stage(stage, cases, run_dir, budget_s, log, max_steps=5000, **kw):
     steps = int(np.clip(budget_s / max(per_step, 1e-3), probe + 1, max_steps))
     log(f"[{stage}] {per_step:.2f} s/step -> {steps} steps")
     path = train_stage(stage, cases, run_dir, steps=steps, resume=True, log=log, checkpoint_every=max(10, steps // 5),
-                       time_limit_s=1.25 * budget_s, **kw)
+                       time_limit_s=1.25 * budget_s, **kw, **(final_kw or {}))
     ck = torch.load(Path(run_dir) / stage / "checkpoint.pt", map_location="cpu", weights_only=True)
     h = ck["history"]
     return path, {"steps_planned": steps, "steps": int(ck["step"]), "seconds": round(time.time() - t, 1),
@@ -77,17 +92,19 @@ def _timed_stage(stage, cases, run_dir, budget_s, log, max_steps=5000, **kw):
 
 
 @torch.no_grad()
-def synthesis_dice(neogen, neoseg, cases, seed: int = 0, num_inference_steps: int = 20) -> dict:
+def synthesis_dice(neogen, neoseg, cases, seed: int = 0, num_inference_steps: int = 20,
+                   reference: bool = True, conditioning_scale=None, init_strength=None) -> dict:
     """Dice between NeoSeg on NeoGen samples and the conditioning masks (tumour; liver incl. tumour)."""
     from ..models.neonet import masks_from_labels
     labs = np.stack([c.patch()[1] for c in cases])
     masks = masks_from_labels(torch.as_tensor(labs).long())
     gen = torch.Generator().manual_seed(seed)
     pni = torch.as_tensor([c.pni for c in cases])
-    syn = neogen.generate(masks, labels=pni, num_inference_steps=num_inference_steps, generator=gen).clamp(0, 1)
+    syn = neogen.generate(masks, labels=pni, num_inference_steps=num_inference_steps, generator=gen,
+                          conditioning_scale=conditioning_scale, init_strength=init_strength).clamp(0, 1)
     real = torch.as_tensor(np.stack([c.patch()[0] for c in cases]))[:, None]
     out = {}
-    for name, x in (("synthetic", syn), ("real_reference", real)):
+    for name, x in (("synthetic", syn), ("real_reference", real))[:2 if reference else 1]:
         pred = neoseg.predict(x.float(), roi_size=PATCH_SHAPE, overlap=0.0).argmax(1).numpy()
         dt = [_dice(p == 2, m[0]) for p, m in zip(pred, masks.numpy())]
         dl = [_dice(p >= 1, m[1]) for p, m in zip(pred, masks.numpy())]
@@ -95,16 +112,40 @@ def synthesis_dice(neogen, neoseg, cases, seed: int = 0, num_inference_steps: in
                      "liver_dice_mean": float(np.mean(dl)), "liver_dice_sd": float(np.std(dl, ddof=1))}
     out["n"] = len(cases)
     out["num_inference_steps"] = num_inference_steps
+    out["conditioning_scale"] = float(neogen.config["conditioning_scale"] if conditioning_scale is None
+                                      else conditioning_scale)
+    out["init_strength"] = float(neogen.config.get("init_strength", 1.0) if init_strength is None else init_strength)
     return out
 
 
+@torch.no_grad()
+def choose_sampling(neogen, neoseg, cases, choices=SAMPLING_CHOICES, seed: int = 1, num_inference_steps: int = 20,
+                    log=None):
+    """((scale, init strength), table) on *validation* cases: the ControlNet conditioning scale and
+    DDIM init strength whose samples NeoSeg segments most like their conditioning masks (sum of
+    tumour and liver Dice). ``table`` maps "scale/strength" to the Dice means."""
+    table = {}
+    for sc, st in choices:
+        d = synthesis_dice(neogen, neoseg, cases, seed, num_inference_steps, reference=False,
+                           conditioning_scale=sc, init_strength=st)["synthetic"]
+        table[f"{sc:g}/{st:g}"] = {"conditioning_scale": float(sc), "init_strength": float(st),
+                                   "tumour_dice_mean": d["tumour_dice_mean"], "liver_dice_mean": d["liver_dice_mean"]}
+        if log:
+            log(f"conditioning scale {sc:g}, init strength {st:g}: synthetic tumour Dice "
+                f"{d['tumour_dice_mean']:.3f}, liver {d['liver_dice_mean']:.3f} (validation)")
+    best = max(table.values(), key=lambda v: v["tumour_dice_mean"] + v["liver_dice_mean"])
+    return (best["conditioning_scale"], best["init_strength"]), table
+
+
 def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seeds=TRAIN_SEEDS,
-                              held_out_seeds=HELD_OUT_SEEDS, seed: int = 0, num_inference_steps: int = 20,
-                              run_dir=None, progress=None, cancel=None, log=print) -> dict:
+                              held_out_seeds=HELD_OUT_SEEDS, val_seeds=VAL_SEEDS, seed: int = 0,
+                              num_inference_steps: int = 20, run_dir=None, progress=None, cancel=None,
+                              log=print) -> dict:
     """Train and write the NeoNet demo weights, cards and metrics (see the module docstring)."""
     from ..models.neonet import load_neonet_component
     from ..registry import CARDS_DIR, ModelCard, save_card, sha256_file
-    from .neonet import STAGES, assemble_classifier_set, evaluate_classifier, load_cases
+    from .neonet import (STAGES, assemble_classifier_set, binary_metrics, evaluate_classifier, load_cases,
+                         predict_samples, real_samples)
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -117,22 +158,46 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
     cards_dir = Path(cards_dir) if cards_dir else CARDS_DIR
     own_run = run_dir is None
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="neonet-demo-"))
-    log(f"Generating {len(train_seeds)} training and {len(held_out_seeds)} held-out phantoms")
+    log(f"Generating {len(train_seeds)} training, {len(val_seeds)} validation and {len(held_out_seeds)} "
+        f"held-out phantoms")
+    t_gen = time.time()
     train = load_cases(list(train_seeds), pni_rule=_train_pni)
+    val = load_cases(list(val_seeds), pni_rule=_held_out_pni)
     held = load_cases(list(held_out_seeds), pni_rule=_held_out_pni)
-    assert not {c.case_id for c in train} & {c.case_id for c in held}
-    training = {}
+    ids = [{c.case_id for c in s} for s in (train, val, held)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    training = {"phantom_seconds": round(time.time() - t_gen, 1)}
+    val_samples = real_samples(val)
+    scale_table = {}
     try:
         paths = {}
         for stage in STAGES:
-            kw = {}
+            kw, final_kw = {"batch_size": STAGE_BATCH[stage]}, {}
             if stage == "cls":  # synthesise once (training phantoms only), so the timing probe measures steps
+                t_syn = time.time()
                 samples = assemble_classifier_set(train, paths["controlnet"], seed, num_inference_steps, log, cancel)
-                kw = {"samples": samples}
+                kw["samples"] = samples
+                final_kw = {"val_samples": val_samples, "eval_every": 25, "patience": 12}
                 training["classifier_set"] = {"real": int(sum(not s.synthetic for s in samples)),
-                                              "synthetic": int(sum(s.synthetic for s in samples))}
+                                              "synthetic": int(sum(s.synthetic for s in samples)),
+                                              "synthesis_seconds": round(time.time() - t_syn, 1)}
             paths[stage], training[stage] = _timed_stage(stage, train, run_dir, budget[stage], log, seed=seed,
-                                                         cancel=cancel, **kw)
+                                                         cancel=cancel, final_kw=final_kw, **kw)
+            if stage == "controlnet":  # choose the sampling scale on validation phantoms, store it in the config
+                from ..models.neonet import save_neonet_component
+                gen_tmp = load_neonet_component(paths["controlnet"], "neogen")
+                seg_tmp = load_neonet_component(paths["seg"], "neoseg")
+                t_sel = time.time()
+                (sc, st), scale_table = choose_sampling(gen_tmp, seg_tmp, val[:12], log=log,
+                                                        num_inference_steps=num_inference_steps)
+                gen_tmp.config["conditioning_scale"] = float(sc)
+                if st != 1.0:
+                    gen_tmp.config["init_strength"] = float(st)
+                else:
+                    gen_tmp.config.pop("init_strength", None)
+                save_neonet_component(gen_tmp, paths["controlnet"], extra_metadata={"stage": "controlnet"})
+                training["sampling_choice_seconds"] = round(time.time() - t_sel, 1)
+                log(f"Sampling: conditioning scale {sc:g}, init strength {st:g} (chosen on validation phantoms)")
         files = {}
         for kind, stage in (("neoseg", "seg"), ("neogen", "controlnet"), ("pattennet", "cls")):
             files[kind] = out_dir / f"{DEMO_IDS[kind]}.safetensors"
@@ -147,6 +212,16 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
     cls_gt = evaluate_classifier(patten, held, log=log)
     cls_seg = evaluate_classifier(patten, held, neoseg=neoseg, log=log)
     syn = synthesis_dice(neogen, neoseg, held, seed, num_inference_steps)
+    syn["sampling_choice_validation"] = scale_table
+    if float(neogen.config.get("init_strength", 1.0)) != 1.0:  # the plain sampler too, for honesty
+        plain = synthesis_dice(neogen, neoseg, held[:20], seed, num_inference_steps, reference=False,
+                               init_strength=1.0)
+        syn["synthetic_from_pure_noise"] = {**plain["synthetic"], "n": plain["n"],
+                                            "conditioning_scale": plain["conditioning_scale"]}
+    train_probs = predict_samples(patten, real_samples(train))
+    cls_train = binary_metrics([c.pni for c in train], train_probs)
+    val_probs = predict_samples(patten, val_samples)
+    cls_val = binary_metrics([s.pni for s in val_samples], val_probs)
     log(f"Synthesis Dice (NeoSeg on NeoGen samples vs conditioning mask): tumour "
         f"{syn['synthetic']['tumour_dice_mean']:.3f}, liver {syn['synthetic']['liver_dice_mean']:.3f}")
     keep = ("auc", "accuracy", "sensitivity", "specificity", "n", "n_positive")
@@ -156,10 +231,15 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
         "model_spacing_mm": list(MODEL_SPACING), "patch_shape_kji": list(PATCH_SHAPE),
         "train_seeds": [int(train_seeds[0]), int(train_seeds[-1])], "held_out_seeds": [int(held_out_seeds[0]),
                                                                                       int(held_out_seeds[-1])],
+        "val_seeds": [int(val_seeds[0]), int(val_seeds[-1])],
         "train_cases": len(train), "train_pni_positive": int(sum(c.pni for c in train)),
+        "val_cases": len(val), "val_pni_positive": int(sum(c.pni for c in val)),
         "held_out_cases": len(held), "held_out_pni_positive": int(sum(c.pni for c in held)),
         "classifier_held_out": {"crop_from_ground_truth": {k: cls_gt[k] for k in keep},
                                 "crop_from_neoseg": {k: cls_seg[k] for k in keep}},
+        "classifier_train_real": {k: cls_train[k] for k in keep},
+        "classifier_validation": {k: cls_val[k] for k in keep},
+        "budget_s": budget,
         "synthesis_dice": syn, "training": training, "total_seconds": round(time.time() - t0, 1),
         "command": "python -m pantheon.train.neonet_demo Resources/weights",
     }

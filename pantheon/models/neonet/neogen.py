@@ -15,7 +15,8 @@ generator. No code or architecture table is public, so this follows the MONAI/MA
   downsamples by the autoencoder's factor, so its residuals land on the latent grid. The UNet is
   frozen in this stage;
 - sampling: ``DDIMScheduler`` (eta 0 by default) with the same beta schedule, ControlNet residuals
-  added to the UNet at every step, then the autoencoder decodes.
+  added to the UNet at every step, then the autoencoder decodes. By default from pure noise; with
+  ``init_strength`` < 1 from a noised mask-painted guide image (SDEdit-style, an assumption).
 
 Every size and hyper-parameter default is an **assumption** (spec §3.3, §7) unless stated.
 """
@@ -101,6 +102,13 @@ class NeoGen(nn.Module):
         tumour_loss_weight: extra weight on latent voxels under the tumour in the ControlNet stage
             (MAISI uses 100 on its tumour label). Default 1 = no weighting. Assumption.
         conditioning_scale: ControlNet residual scale at sampling time. Default 1.0.
+        init_strength: where DDIM starts, as a fraction of the noise schedule. 1.0 (default) = pure
+            Gaussian noise, the standard sampler. Below 1, sampling starts from the latent of a coarse
+            *guide image* painted from the masks (:meth:`guide_image`), noised to that level
+            (SDEdit-style): the layout then comes from the masks by construction and the diffusion
+            model (with the ControlNet) redraws texture, edges and everything outside the masks.
+            Assumption, for small CPU-trained demo generators whose ControlNet alone follows the
+            tumour mask only loosely; the demo build picks it on validation phantoms.
         scale_factor: latent scale (z_scaled = z * scale_factor); set it from data with
             :meth:`calibrate_scale_factor` (1/std of latents, common MONAI practice). Stored as a buffer.
     """
@@ -120,7 +128,7 @@ class NeoGen(nn.Module):
                  num_train_timesteps: int = 1000, schedule: str = "scaled_linear_beta",
                  beta_start: float = 0.0015, beta_end: float = 0.0195,
                  kl_weight: float = 1e-7, perceptual_weight: float = 0.0, tumour_loss_weight: float = 1.0,
-                 conditioning_scale: float = 1.0, scale_factor: float = 1.0):
+                 conditioning_scale: float = 1.0, scale_factor: float = 1.0, init_strength: float = 1.0):
         super().__init__()
         from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet
         from monai.networks.schedulers import DDPMScheduler
@@ -153,6 +161,10 @@ class NeoGen(nn.Module):
             schedule=str(schedule), beta_start=float(beta_start), beta_end=float(beta_end),
             kl_weight=float(kl_weight), perceptual_weight=float(perceptual_weight),
             tumour_loss_weight=float(tumour_loss_weight), conditioning_scale=float(conditioning_scale))
+        if not 0.0 < float(init_strength) <= 1.0:
+            raise ValueError(f"init_strength must be in (0, 1], got {init_strength}")
+        if float(init_strength) != 1.0:  # absent from the config = 1.0, so older checkpoints load unchanged
+            self.config["init_strength"] = float(init_strength)
         _require_einops()  # MONAI's DiffusionModelUNet/ControlNet mid block always has attention
         self.ae_factor = 2 ** (n_ae - 1)
         self.unet_factor = 2 ** (n_u - 1)
@@ -262,10 +274,22 @@ class NeoGen(nn.Module):
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         return stage
 
-    def init_controlnet_from_unet(self) -> None:
+    def init_controlnet_from_unet(self, live_embedding: bool = False, embedding_std: float = 0.02) -> None:
         """Copy the UNet's shared encoder weights into the ControlNet (its zero convs and mask
-        embedding keep their own initialisation), the usual start of the ControlNet stage."""
+        embedding keep their own initialisation), the usual start of the ControlNet stage.
+
+        ``live_embedding``: draw the mask embedding's last conv from N(0, ``embedding_std``) instead of
+        MONAI's zeros. With both that conv and the output convs at zero, the mask receives no gradient
+        until the output convs have moved, a two-stage start that a few hundred CPU steps did not get
+        past (the demo's ControlNet loss stayed flat); with a live embedding the output convs see
+        the mask from the first step. The output convs stay zero, so the frozen UNet's behaviour at
+        the start of training is unchanged. Assumption (ControlNet paper zero-initialises both).
+        """
         self.controlnet.load_state_dict(self.unet.state_dict(), strict=False)
+        if live_embedding:
+            for prm in self.controlnet.controlnet_cond_embedding.conv_out.parameters():
+                if prm.ndim > 1:
+                    nn.init.normal_(prm, 0.0, float(embedding_std))
 
     def _perceptual(self):
         loss = self.__dict__.get("_perceptual_loss")
@@ -348,15 +372,33 @@ class NeoGen(nn.Module):
         sched.set_timesteps(n)
         return sched
 
+    #: Guide-image intensities on the normalised [0, 1] HBP scale: outside the liver, liver, tumour
+    #: (medians measured on the demo phantoms: fat/muscle mix ~0.3, liver ~0.85, tumour ~0.45).
+    GUIDE_INTENSITIES = (0.3, 0.85, 0.45)
+
+    def guide_image(self, masks: torch.Tensor) -> torch.Tensor:
+        """A coarse image (B, in_channels, D, H, W) painted from one-hot (tumour, liver) masks with
+        :data:`GUIDE_INTENSITIES`; the start of sampling when ``init_strength`` < 1."""
+        bg, liver, tumour = self.GUIDE_INTENSITIES
+        m = masks.float()
+        img = torch.full_like(m[:, :1], bg)
+        if m.shape[1] > 1:
+            img = torch.where(m[:, 1:2] > 0.5, torch.full_like(img, liver), img)
+        img = torch.where(m[:, :1] > 0.5, torch.full_like(img, tumour), img)
+        return img.expand(-1, self.config["in_channels"], *img.shape[2:])
+
     @torch.no_grad()
     def generate(self, masks: torch.Tensor, labels=PNI_POSITIVE, num_inference_steps: int = 50,
                  generator: Optional[torch.Generator] = None, progress=None, cancel=None,
-                 conditioning_scale: Optional[float] = None, eta: float = 0.0) -> torch.Tensor:
+                 conditioning_scale: Optional[float] = None, eta: float = 0.0,
+                 init_strength: Optional[float] = None) -> torch.Tensor:
         """Synthetic images (B, in_channels, D, H, W) for one-hot masks (B, mask_channels, D, H, W).
 
         DDIM from Gaussian latent noise (drawn with ``generator``: same generator state, same output);
         at each step the ControlNet's residuals (scaled by ``conditioning_scale``) are added to the UNet;
-        the final latent is decoded. ``labels``: an int for all samples or one per sample
+        the final latent is decoded. ``init_strength`` (default: the config's, 1.0 = pure noise)
+        starts from the noised latent of :meth:`guide_image` instead, skipping the DDIM steps above
+        that noise level. ``labels``: an int for all samples or one per sample
         (0 = PNI-, 1 = PNI+). ``progress(fraction, message)`` is called after every step; ``cancel``
         (Event or callable) is checked before every step and raises :class:`pantheon.errors.Cancelled`.
         """
@@ -375,11 +417,26 @@ class NeoGen(nn.Module):
         gdev = generator.device if generator is not None else device
         z = torch.randn((B, self.config["latent_channels"], *latent), generator=generator, device=gdev,
                         dtype=dtype).to(device)
-        n = len(sched.timesteps)
+        strength = float(self.config.get("init_strength", 1.0) if init_strength is None else init_strength)
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"init_strength must be in (0, 1], got {strength}")
+        timesteps = sched.timesteps
+        if strength < 1.0:
+            t_start = int(round(strength * (self.config["num_train_timesteps"] - 1)))
+            timesteps = timesteps[timesteps <= t_start]
+            if len(timesteps) == 0:
+                timesteps = sched.timesteps[-1:]
+            was = self.training
+            self.eval()
+            z0 = self.encode(self.guide_image(masks))
+            self.train(was)
+            z = sched.add_noise(original_samples=z0, noise=z,
+                                timesteps=torch.full((B,), int(timesteps[0]), device=device, dtype=torch.long))
+        n = len(timesteps)
         was_training = self.training
         self.eval()
         try:
-            for i, t in enumerate(sched.timesteps):
+            for i, t in enumerate(timesteps):
                 rep.check()
                 tt = torch.full((B,), int(t), device=device, dtype=torch.long)
                 down, mid = self.controlnet(x=z, timesteps=tt, controlnet_cond=masks, conditioning_scale=scale,
