@@ -309,8 +309,13 @@ def synthesize(label_volume: Volume, models: NeoNetModels, pni: int = 1, n: int 
     res.scalars.update({"pni_class": float(pni), "patches": float(n), "steps": float(steps), "seed": float(seed)})
     res.notes.update(_model_notes(models))
     res.notes["research_only"] = CAVEATS["research_only"]
-    res.notes["synthesis"] = (f"NeoGen DDIM, {steps} steps, PNI class {pni}, seed {seed}; intensities on the "
-                              "model's [0, 1] scale; zero outside the TLCR box.")
+    strength = float(gen.config.get("init_strength", 1.0))
+    start = ("from pure noise" if strength >= 1.0 else
+             f"from a noised mask-painted guide at {strength:.0%} of the noise schedule (so only the DDIM "
+             f"steps below that level run, about {max(1, round(steps * strength))})")
+    res.notes["synthesis"] = (f"NeoGen DDIM schedule of {steps} steps {start}, ControlNet scale "
+                              f"{float(gen.config.get('conditioning_scale', 1.0)):g}, PNI class {pni}, seed {seed}; "
+                              "intensities on the model's [0, 1] scale; zero outside the TLCR box.")
     res.notes["crop_box"] = json.dumps(roi_json)
     rep(1.0, "Done")
     return res
