@@ -105,6 +105,17 @@ class PatchExpand(nn.Module):
         return self.norm(x.reshape(B, H * r, W * r, self.out_dim))
 
 
+
+def _decoder_levels(dims: Sequence[int], decoder_depths: Sequence[int], vss: dict):
+    """The U-Net decoder's levels, deepest first: 2x patch expansion, skip concatenation back to
+    the level's width, VSS blocks (shared by HENA's decoder and the anomaly branch, same keys)."""
+    expands, concat_back, decoder = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+    for j, level in enumerate(range(len(dims) - 2, -1, -1)):
+        expands.append(PatchExpand(dims[level + 1], dims[level], 2))
+        concat_back.append(nn.Linear(2 * dims[level], dims[level]))
+        decoder.append(nn.Sequential(*[VSSBlock(dims[level], **vss) for _ in range(decoder_depths[j])]))
+    return expands, concat_back, decoder
+
 class _DecoderBranch(nn.Module):
     """A decoder with the shared decoder's topology (for the AD head): bottleneck + skips -> (B, H, W, C0).
 
@@ -112,14 +123,7 @@ class _DecoderBranch(nn.Module):
 
     def __init__(self, dims: Sequence[int], decoder_depths: Sequence[int], patch_size: int, vss: dict):
         super().__init__()
-        n = len(dims)
-        self.expands = nn.ModuleList()
-        self.concat_back = nn.ModuleList()
-        self.decoder = nn.ModuleList()
-        for j, level in enumerate(range(n - 2, -1, -1)):
-            self.expands.append(PatchExpand(dims[level + 1], dims[level], 2))
-            self.concat_back.append(nn.Linear(2 * dims[level], dims[level]))
-            self.decoder.append(nn.Sequential(*[VSSBlock(dims[level], **vss) for _ in range(decoder_depths[j])]))
+        self.expands, self.concat_back, self.decoder = _decoder_levels(dims, decoder_depths, vss)
         self.final_expand = PatchExpand(dims[0], dims[0], patch_size)
         self.register_buffer("ready", torch.zeros(()))
 
@@ -212,13 +216,7 @@ class HENA(nn.Module):
                 self.merges.append(PatchMerging(dims[i]))
         self.bottleneck_norm = nn.LayerNorm(dims[-1])
         self.gcst = GCST(dims[-1], **vss) if use_gcst else None
-        self.expands = nn.ModuleList()
-        self.concat_back = nn.ModuleList()
-        self.decoder = nn.ModuleList()
-        for j, level in enumerate(range(n - 2, -1, -1)):
-            self.expands.append(PatchExpand(dims[level + 1], dims[level], 2))
-            self.concat_back.append(nn.Linear(2 * dims[level], dims[level]))
-            self.decoder.append(nn.Sequential(*[VSSBlock(dims[level], **vss) for _ in range(decoder_depths[j])]))
+        self.expands, self.concat_back, self.decoder = _decoder_levels(dims, decoder_depths, vss)
         self.final_expand = PatchExpand(embed_dim, embed_dim, patch_size)
         self.caries_head = nn.Linear(embed_dim, 1)
 
