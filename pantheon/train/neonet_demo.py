@@ -8,7 +8,8 @@ What it does (DEMO weights: they know phantoms, not patients; never for clinical
    :data:`VAL_SEEDS` and :data:`HELD_OUT_SEEDS` phantoms (balanced) directly on the model grid
    (preprocess.MODEL_SPACING). The three sets are disjoint; nothing of the held-out set is seen by
    any training stage or model choice. The validation phantoms only choose the classifier's
-   checkpoint (best validation AUC, early stopping) and the ControlNet conditioning scale.
+   checkpoint (best validation AUC over their crops from the ground-truth mask and from the
+   trained NeoSeg's mask, pooled; early stopping) and the ControlNet conditioning scale.
 2. Trains on the training phantoms only: NeoSeg (seg), NeoGen (vae -> ldm -> controlnet) and
    PattenNet (cls) with the minority class (PNI+) topped up 1:1 by NeoGen samples conditioned on
    the training PNI+ masks. Tiny models (:func:`pantheon.train.neonet.default_configs` "demo").
@@ -27,6 +28,9 @@ What it does (DEMO weights: they know phantoms, not patients; never for clinical
    given as the reference; with a guided start, the pure-noise sampler is reported as well).
 4. Writes ``neonet-demo-{neoseg,neogen,pattennet}.safetensors``, their model cards and
    ``neonet-demo-metrics.json``.
+
+``--reuse seg=PATH`` / ``--reuse controlnet=PATH`` (``reuse=``) take that stage (controlnet: the
+whole NeoGen chain) from an earlier run's weights instead of retraining it; the metrics record it.
 
 No cross-validation is run here (the 5-fold CV with per-fold generators is ``cross_validate``;
 the demo trains one generator on the training phantoms, which is the classifier's training set).
@@ -140,12 +144,19 @@ def choose_sampling(neogen, neoseg, cases, choices=SAMPLING_CHOICES, seed: int =
 def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seeds=TRAIN_SEEDS,
                               held_out_seeds=HELD_OUT_SEEDS, val_seeds=VAL_SEEDS, seed: int = 0,
                               num_inference_steps: int = 20, run_dir=None, progress=None, cancel=None,
-                              log=print) -> dict:
-    """Train and write the NeoNet demo weights, cards and metrics (see the module docstring)."""
+                              log=print, reuse=None, training_note=None) -> dict:
+    """Train and write the NeoNet demo weights, cards and metrics (see the module docstring).
+
+    ``reuse``: optional {stage: weights path} of stages taken from an earlier run of this command
+    instead of retrained ("seg", or "controlnet", which stands for the whole NeoGen chain vae -> ldm
+    -> controlnet including the sampling choice stored in its config). They must come from a run on
+    the same training phantoms. Recorded in the metrics (``training[stage]["reused_from"]``) with
+    ``training_note``.
+    """
     from ..models.neonet import load_neonet_component
     from ..registry import CARDS_DIR, ModelCard, save_card, sha256_file
     from .neonet import (STAGES, assemble_classifier_set, binary_metrics, evaluate_classifier, load_cases,
-                         predict_samples, real_samples)
+                         predict_samples, real_samples, segment_case)
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -171,13 +182,29 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
     scale_table = {}
     try:
         paths = {}
+        from .neonet import final_weights_path
+        reuse = dict(reuse or {})
+        if set(reuse) - {"seg", "controlnet"}:
+            raise ValueError(f"reuse takes 'seg' and/or 'controlnet', got {sorted(reuse)}")
         for stage in STAGES:
+            if stage in reuse or (stage in ("vae", "ldm") and "controlnet" in reuse):
+                if stage in reuse:
+                    paths[stage] = final_weights_path(run_dir, stage)
+                    paths[stage].parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(reuse[stage], paths[stage])
+                    training[stage] = {"reused_from": str(reuse[stage])}
+                    log(f"[{stage}] reused from {reuse[stage]}")
+                continue
             kw, final_kw = {"batch_size": STAGE_BATCH[stage]}, {}
             if stage == "cls":  # synthesise once (training phantoms only), so the timing probe measures steps
                 t_syn = time.time()
                 samples = assemble_classifier_set(train, paths["controlnet"], seed, num_inference_steps, log, cancel)
                 kw["samples"] = samples
-                final_kw = {"val_samples": val_samples, "eval_every": 25, "patience": 12}
+                # the checkpoint is chosen on validation crops from the ground-truth mask *and* from
+                # NeoSeg's mask (the end-to-end path), pooled: one AUC over both
+                seg_val = load_neonet_component(paths["seg"], "neoseg")
+                val_samples_seg = real_samples([segment_case(seg_val, c) for c in val])
+                final_kw = {"val_samples": val_samples + val_samples_seg, "eval_every": 25, "patience": 12}
                 training["classifier_set"] = {"real": int(sum(not s.synthetic for s in samples)),
                                               "synthetic": int(sum(s.synthetic for s in samples)),
                                               "synthesis_seconds": round(time.time() - t_syn, 1)}
@@ -222,6 +249,8 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
     cls_train = binary_metrics([c.pni for c in train], train_probs)
     val_probs = predict_samples(patten, val_samples)
     cls_val = binary_metrics([s.pni for s in val_samples], val_probs)
+    val_seg_samples = real_samples([segment_case(neoseg, c) for c in val])
+    cls_val_seg = binary_metrics([s.pni for s in val_seg_samples], predict_samples(patten, val_seg_samples))
     log(f"Synthesis Dice (NeoSeg on NeoGen samples vs conditioning mask): tumour "
         f"{syn['synthetic']['tumour_dice_mean']:.3f}, liver {syn['synthetic']['liver_dice_mean']:.3f}")
     keep = ("auc", "accuracy", "sensitivity", "specificity", "n", "n_positive")
@@ -239,10 +268,14 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
                                 "crop_from_neoseg": {k: cls_seg[k] for k in keep}},
         "classifier_train_real": {k: cls_train[k] for k in keep},
         "classifier_validation": {k: cls_val[k] for k in keep},
+        "classifier_validation_neoseg_crop": {k: cls_val_seg[k] for k in keep},
         "budget_s": budget,
         "synthesis_dice": syn, "training": training, "total_seconds": round(time.time() - t0, 1),
-        "command": "python -m pantheon.train.neonet_demo Resources/weights",
+        "command": "python -m pantheon.train.neonet_demo Resources/weights" + "".join(
+            f" --reuse {k}=<earlier run's weights>" for k in sorted(reuse or {})),
     }
+    if training_note:
+        metrics["training_note"] = training_note
     (out_dir / "neonet-demo-metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     common = {"version": "1.0.0", "model": "neonet", "demo": True, "license": "Apache-2.0",
               "references": ["https://arxiv.org/abs/2603.29449", "https://arxiv.org/abs/2603.23845"]}
@@ -281,5 +314,11 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
 
 
 if __name__ == "__main__":  # pragma: no cover
-    import sys
-    build_neonet_demo_weights(sys.argv[1] if len(sys.argv) > 1 else "Resources/weights")
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out_dir", nargs="?", default="Resources/weights")
+    ap.add_argument("--reuse", action="append", default=[], metavar="STAGE=WEIGHTS",
+                    help="take a stage (seg, or controlnet = the whole NeoGen chain) from an earlier run's weights")
+    ap.add_argument("--note", default=None, help="training_note stored in the metrics")
+    a = ap.parse_args()
+    build_neonet_demo_weights(a.out_dir, reuse=dict(r.split("=", 1) for r in a.reuse), training_note=a.note)
