@@ -114,7 +114,15 @@ def test_train_calls_train_stage(monkeypatch, capsys, tmp_path):
     assert main(["pni", "train", "--stage", "cls", "--phantoms", "3", "--seed", "10", "-o", str(tmp_path),
                  "--steps", "7", "--restart", "--quiet"]) == 0
     assert seen["stage"] == "cls" and seen["data"] == [10, 11, 12] and seen["steps"] == 7 and not seen["resume"]
+    assert seen["neoseg"] is None
     assert json.loads(capsys.readouterr().out)["weights"].endswith("w.safetensors")
+    assert main(["pni", "train", "--stage", "cls", "--phantoms", "3", "-o", str(tmp_path), "--neoseg", "seg.safetensors",
+                 "--quiet"]) == 0
+    assert seen["neoseg"] == "seg.safetensors"  # the classifier also learns NeoSeg's crops
+    capsys.readouterr()
+    assert main(["pni", "train", "--stage", "vae", "--phantoms", "3", "-o", str(tmp_path), "--neoseg", "seg.safetensors",
+                 "--quiet"]) == 0
+    assert seen["neoseg"] is None  # only the classifier stage reads it
 
 
 def test_eval_prints_json(files, capsys):

@@ -117,6 +117,24 @@ def test_supplied_mask_centres_box_on_tumour(models, phantom):
     assert _exact_geometry(binary.heatmaps["pni_attention"].volume, mri)
 
 
+def test_classifier_reads_neoseg_probability_or_supplied_mask(models, phantom):
+    """End to end, PattenNet's tumour channel is NeoSeg's tumour probability cropped with the TLCR box
+    (what it was trained on); with a supplied mask it is that binary mask."""
+    mri, lab, _ = phantom
+    seen = []
+    hook = models.pattennet.register_forward_pre_hook(lambda mod, args: seen.append(args[1].detach().clone()))
+    try:
+        predict(mri, models)
+        predict(mri, models, tumour_mask=lab)
+    finally:
+        hook.remove()
+    soft, given = seen
+    assert soft.shape == given.shape == (1, 1) + PATCH
+    assert soft.min() >= 0 and soft.max() <= 1
+    assert ((soft > 0.01) & (soft < 0.99)).any()  # probabilities, not a thresholded mask
+    assert set(torch.unique(given).tolist()) == {0.0, 1.0}
+
+
 def test_tumour_at_volume_edge_is_padded(models, phantom):
     mri, lab, _ = phantom
     kji = np.argwhere(lab.array == 2).mean(0).round().astype(int)

@@ -111,6 +111,16 @@ def test_resume_continues(trained, cases, stage):
     assert ck["step"] == 3 and ck["history"][:2] == before and len(ck["history"]) == 3
 
 
+def test_cls_with_neoseg_adds_segmented_training_crops(trained, cases, tmp_path):
+    from pantheon.train.neonet import train_stage
+    out, paths = trained
+    logs = []
+    train_stage("cls", cases[:4], tmp_path, steps=1, log=logs.append, configs=TINY, synthesize=False,
+                batch_size=1, neogen=paths["controlnet"], neoseg=paths["seg"])
+    assert "Added 4 NeoSeg-cropped training samples" in logs
+    assert "Classifier training set: 8 real + 0 synthetic samples" in logs
+
+
 def test_resume_matches_uninterrupted(trained, cases, tmp_path):
     from pantheon.train.neonet import train_stage
     out, _ = trained
@@ -157,6 +167,32 @@ def test_cross_validation_patient_level_stratified_synthetic_only_in_training(tr
     assert all(any(set(c[1]) == set(fo["train_ids"]) for fo in res["folds"]) for c in calls)
 
 
+def test_segmented_case_gives_probability_crops(cases):
+    """segment_case: NeoSeg's argmax labels and tumour probability; the classifier sample then holds
+    that probability cropped with the box centred on NeoSeg's tumour (not the ground truth's)."""
+    from pantheon.models.neonet import NeoSeg, apply_crop
+    from pantheon.models.neonet.preprocess import tlcr_patch
+    from pantheon.train.neonet import real_samples, segment_case
+    torch.manual_seed(0)
+    seg = NeoSeg(**TINY["neoseg"]).eval()
+    case = cases[0]
+    sc = segment_case(seg, case)
+    prob = seg.predict(torch.as_tensor(case.image.array), roi_size=(16, 48, 48), overlap=0.25)[0]
+    argmax = prob.argmax(0).numpy()
+    if not (argmax == 2).any():  # an untrained net may find no tumour: the most tumour-like voxel stands in
+        argmax[np.unravel_index(int(prob[2].argmax()), argmax.shape)] = 2
+    assert np.array_equal(sc.labels.array, argmax)
+    assert np.allclose(sc.tumour_probability, prob[2].numpy(), atol=1e-6)
+    assert (sc.labels.array == 2).any() and sc.labels.same_geometry(case.labels)
+    _, _, box = tlcr_patch(sc.image, sc.labels)
+    want = apply_crop(sc.image.with_array(prob[2].numpy()), box, "linear", fill=0.0).array
+    got = real_samples([sc])[0]
+    assert got.tumour.dtype == np.float32 and got.tumour.shape == PATCH_SHAPE
+    assert np.allclose(got.tumour, want, atol=1e-6)
+    truth = real_samples([case])[0].tumour
+    assert set(np.unique(truth).tolist()) == {0.0, 1.0} and not np.allclose(truth, got.tumour)
+
+
 def test_cv_splits_groups_and_ratio():
     from pantheon.train.neonet import Case, cv_splits
     v = Volume(np.zeros((2, 2, 2), np.float32))
@@ -177,8 +213,22 @@ def test_binary_metrics_hand_computed():
     # pairs (12): 0.9 beats 4; 0.6 beats 3; 0.3 beats 2 and ties 1 -> (4 + 3 + 2 + 0.5) / 12
     assert m["auc"] == pytest.approx(9.5 / 12)
     assert np.isnan(binary_metrics([1, 1], [0.2, 0.8])["auc"])
+    assert all(np.isnan(binary_metrics([1, 1], [0.2, 0.8])["auc_ci95"]))
     ms = mean_sd([0.6, 0.8])
     assert ms["mean"] == pytest.approx(0.7) and ms["sd"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+
+
+def test_auc_confidence_interval_hanley_mcneil():
+    from pantheon.train.neonet import auc_confidence_interval, binary_metrics
+    # by hand for AUC 0.8, 30 + 30 cases: Q1 = 0.8 / 1.2, Q2 = 1.28 / 1.8,
+    # var = (0.16 + 29 (Q1 - 0.64) + 29 (Q2 - 0.64)) / 900 = 0.0033284, SE 0.057692
+    lo, hi = auc_confidence_interval(0.8, 30, 30)
+    assert lo == pytest.approx(0.8 - 1.96 * 0.057692, abs=1e-5) and hi == pytest.approx(0.8 + 1.96 * 0.057692, abs=1e-5)
+    # a perfect AUC has zero Hanley-McNeil variance; the interval is clipped to [0, 1]
+    assert auc_confidence_interval(1.0, 5, 5) == [1.0, 1.0]
+    assert auc_confidence_interval(0.5, 2, 2)[0] >= 0.0
+    m = binary_metrics([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3])
+    assert m["auc_ci95"] == auc_confidence_interval(1.0, 2, 2)
 
 
 @pytest.mark.parametrize("kind", ["neoseg", "neogen", "pattennet"])
@@ -284,3 +334,23 @@ def test_demo_classifier_separates_fresh_phantoms():
         torch.set_num_threads(threads)
     assert res["n"] == 8 and res["n_positive"] == 4
     assert res["auc"] >= 0.75, res["cases"]
+
+
+def test_demo_end_to_end_beats_chance_on_fresh_phantoms():
+    """End to end (NeoSeg's tumour, TLCR crop on it, PattenNet on NeoSeg's probability) the bundled
+    demo models rank PNI+ above PNI- on 24 phantoms outside every demo seed range."""
+    from pantheon.registry import CARDS_DIR
+    from pantheon.train.neonet import evaluate_classifier, load_cases
+    weights = {k: ROOT / "Resources" / "weights" / f"neonet-demo-{k}.safetensors" for k in ("neoseg", "pattennet")}
+    if not all(w.is_file() for w in weights.values()) or not (CARDS_DIR / "neonet-demo-neoseg.json").is_file():
+        pytest.skip("demo weights not built")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cases = load_cases(list(range(51_000, 51_024)), pni_rule=lambda s: s % 2 == 0)  # 12 PNI+, 12 PNI-
+        res = evaluate_classifier(weights["pattennet"], cases, neoseg=weights["neoseg"])
+    finally:
+        torch.set_num_threads(threads)
+    assert res["crop_from"] == "neoseg" and res["n"] == 24 and res["n_positive"] == 12
+    assert res["auc"] >= 0.75, res["cases"]  # bundled weights: 0.83 here, 0.83 on the 100 held-out
+    assert res["auc_ci95"][0] > 0.5  # above chance, not by luck

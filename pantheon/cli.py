@@ -432,7 +432,8 @@ def cmd_pni_train(args, progress):
     from .train.neonet import train_stage
     data = _pni_data(args)
     weights = train_stage(args.stage, data, args.output, steps=args.steps, resume=not args.restart,
-                          progress=progress, log=_pni_log(args), neogen=args.neogen, seed=args.seed)
+                          progress=progress, log=_pni_log(args), neogen=args.neogen, seed=args.seed,
+                          neoseg=args.neoseg if args.stage == "cls" else None)
     return {"stage": args.stage, "weights": str(weights)}
 
 
@@ -507,6 +508,8 @@ def _add_pni_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200)")
     p.add_argument("--neogen", metavar="PATH", help="NeoGen to start ldm/controlnet/cls from (default: the previous "
                                                     "stage's weights in the run folder)")
+    p.add_argument("--neoseg", metavar="PATH", help="with --stage cls: also train on the cases as this NeoSeg "
+                                                    "segments them (the crops the end-to-end pipeline gives)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
     p.set_defaults(func=cmd_pni_train)
 

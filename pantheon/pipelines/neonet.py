@@ -187,6 +187,7 @@ def predict(volume: Volume, models: NeoNetModels, tumour_mask: Optional[Volume] 
         with torch.inference_mode():
             probs = seg.predict(x.to(_device(seg)), roi_size=models.roi, sw_batch_size=models.sw_batch_size)
         lab_model = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
+        tumour_prob = probs[0, TUMOUR].float().cpu().numpy()
         del probs
         rep.check()
         model_labels = norm.with_array(lab_model)
@@ -196,6 +197,9 @@ def predict(volume: Volume, models: NeoNetModels, tumour_mask: Optional[Volume] 
         labels_in = back(model_labels, "nearest")
         box = tlcr_box(model_labels, size=size_ijk, spacing=models.spacing, label=TUMOUR)
         crop_labels = apply_crop(model_labels, box, "nearest")
+        # PattenNet reads NeoSeg's tumour *probability* (it was trained on it): a thin perineural
+        # extension NeoSeg is unsure of still shows, where the argmax would drop it
+        crop_tumour = apply_crop(norm.with_array(tumour_prob), box, "linear", fill=0.0).array
     else:
         lab = np.zeros(volume.shape, np.uint8)
         if user_liver is not None:
@@ -206,6 +210,7 @@ def predict(volume: Volume, models: NeoNetModels, tumour_mask: Optional[Volume] 
         # RAS) are the model grid's axes, and the centroid is exact.
         box = tlcr_box(labels_in, size=size_ijk, spacing=models.spacing, label=TUMOUR)
         crop_labels = apply_crop(labels_in, box, "nearest")
+        crop_tumour = (crop_labels.array == TUMOUR).astype(np.float32)
     rep(0.6, "Classifying the tumour crop (PattenNet)")
     crop = apply_crop(norm, box, "linear", fill=0.0)
     net = models.pattennet
@@ -214,7 +219,9 @@ def predict(volume: Volume, models: NeoNetModels, tumour_mask: Optional[Volume] 
     m = int(net.config.get("mask_channels", 0))
     masks = None
     if m:
-        masks = masks_from_labels(torch.from_numpy(crop_labels.array.astype(np.int64)))[:, :m].to(dev)
+        masks = masks_from_labels(torch.from_numpy(crop_labels.array.astype(np.int64)))[:, :m]
+        masks[:, 0] = torch.from_numpy(np.ascontiguousarray(crop_tumour, dtype=np.float32))
+        masks = masks.to(dev)
     with torch.inference_mode():
         was = net.training
         net.eval()

@@ -27,7 +27,9 @@ final ``out_dir/<stage>/<component>.safetensors`` via ``save_neonet_component``)
   AdamW with weight decay 1e-2; with ``val_samples`` the best-validation-AUC weights are kept and
   training may stop early. The minority class is topped up to 1:1 with ``NeoGen.generate`` samples
   conditioned on the masks of the *training* minority cases (:func:`assemble_classifier_set`).
-  Synthetic samples are only ever added to the set a classifier is trained on.
+  Synthetic samples are only ever added to the set a classifier is trained on. With ``neoseg``
+  every training case is added again as the end-to-end pipeline sees it (:func:`segment_case`:
+  crop on NeoSeg's tumour, tumour channel = NeoSeg's tumour probability).
 
 Resuming: checkpoints hold only tensors and plain values (``torch.load(weights_only=True)``).
 Every step draws its batch from ``np.random.default_rng([seed, step])`` and seeds torch with
@@ -103,6 +105,9 @@ class Case:
     labels: Volume
     pni: int
     patient_id: Optional[str] = None
+    #: NeoSeg's tumour probability on the model grid (set by :func:`segment_case`); the classifier then
+    #: reads it, cropped with the same TLCR box, instead of the binary tumour mask.
+    tumour_probability: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
     _patch: Optional[tuple] = field(default=None, repr=False, compare=False)
     _extension: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
@@ -113,9 +118,19 @@ class Case:
     def patch(self):
         """(image patch (K, J, I) float32, label patch (K, J, I) uint8) of the TLCR crop (cached)."""
         if self._patch is None:
-            img, lab, _ = tlcr_patch(self.image, self.labels)
-            self._patch = (img.array.astype(np.float32), lab.array.astype(np.uint8))
-        return self._patch
+            img, lab, box = tlcr_patch(self.image, self.labels)
+            self._patch = (img.array.astype(np.float32), lab.array.astype(np.uint8), box)
+        return self._patch[:2]
+
+    def tumour_patch(self) -> np.ndarray:
+        """The classifier's tumour channel on the TLCR crop, float32 (K, J, I): NeoSeg's tumour
+        probability when the case was segmented by :func:`segment_case`, else the binary mask."""
+        lab = self.patch()[1]
+        if self.tumour_probability is None:
+            return (lab == 2).astype(np.float32)
+        from ..models.neonet import apply_crop
+        prob = self.image.with_array(self.tumour_probability.astype(np.float32))
+        return apply_crop(prob, self._patch[2], "linear", fill=0.0).array.astype(np.float32)
 
 
 def prepare_case(image: Volume, labels: Volume, pni, case_id: str = "case",
@@ -335,7 +350,7 @@ class Sample:
     """One classifier training/test sample: TLCR image patch, tumour mask patch, label, provenance."""
 
     image: np.ndarray  # (K, J, I) float32
-    tumour: np.ndarray  # (K, J, I) float32 in {0, 1}
+    tumour: np.ndarray  # (K, J, I) float32: binary mask, or NeoSeg's tumour probability in [0, 1]
     pni: int
     source_id: str  # case id, or the case whose mask conditioned a synthetic sample
     synthetic: bool = False
@@ -344,8 +359,8 @@ class Sample:
 def real_samples(cases: Sequence[Case]) -> List[Sample]:
     out = []
     for c in cases:
-        img, lab = c.patch()
-        out.append(Sample(img, (lab == 2).astype(np.float32), c.pni, c.case_id, False))
+        img, _ = c.patch()
+        out.append(Sample(img, c.tumour_patch(), c.pni, c.case_id, False))
     return out
 
 
@@ -499,7 +514,8 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
                 lr: Optional[float] = None, seed: int = 0, checkpoint_every: int = 50, synthesize: bool = True,
                 num_inference_steps: int = 20, samples: Optional[List[Sample]] = None, cancel=None,
                 time_limit_s: Optional[float] = None, val_samples: Optional[List[Sample]] = None,
-                eval_every: int = 50, patience: Optional[int] = None, weight_decay: Optional[float] = None) -> Path:
+                eval_every: int = 50, patience: Optional[int] = None, weight_decay: Optional[float] = None,
+                neoseg=None) -> Path:
     """Train one stage; returns the final weights (``out_dir/<stage>/<component>.safetensors``).
 
     ``stage``: "seg" (NeoSeg), "vae", "ldm", "controlnet" (NeoGen, in that order) or "cls"
@@ -518,6 +534,9 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
     kept and written at the end (spec §7: checkpoint chosen by validation AUC); with ``patience``
     the stage stops after that many evaluations without improvement (early stopping).
     ``weight_decay``: AdamW weight decay (default :data:`DEFAULT_WEIGHT_DECAY` of the stage).
+    ``neoseg`` ("cls" only, module or weights path): every training case is added a second time as
+    that NeoSeg segments it (:func:`segment_case`: crop on its tumour, its tumour probability), so
+    the classifier also learns the crops the end-to-end pipeline gives it.
     """
     from ..models.neonet import save_neonet_component
     if stage not in STAGES:
@@ -567,6 +586,11 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
         if synthesize and not use:
             log(f"No NeoGen at {src}: training the classifier without synthetic balancing")
         samples = assemble_classifier_set(cases, src if use else None, seed, num_inference_steps, log, cancel)
+        if neoseg is not None:
+            from ..models.neonet import load_neonet_component
+            seg = neoseg if isinstance(neoseg, torch.nn.Module) else load_neonet_component(neoseg, "neoseg")
+            samples = samples + real_samples([segment_case(seg, c) for c in cases])
+            log(f"Added {len(cases)} NeoSeg-cropped training samples")
     if stage == "cls":
         n_syn = sum(s.synthetic for s in samples)
         log(f"Classifier training set: {len(samples) - n_syn} real + {n_syn} synthetic samples")
@@ -656,10 +680,24 @@ def binary_metrics(y_true, scores, threshold: float = 0.5) -> Dict[str, float]:
         auc = float((np.sum(diff > 0) + 0.5 * np.sum(diff == 0)) / diff.size)
     else:
         auc = nan
-    return {"auc": auc, "accuracy": float(np.mean(pred == y)) if y.size else nan,
+    return {"auc": auc, "auc_ci95": auc_confidence_interval(auc, int(pos.sum()), int(neg.sum())),
+            "accuracy": float(np.mean(pred == y)) if y.size else nan,
             "sensitivity": tp / int(pos.sum()) if pos.any() else nan,
             "specificity": tn / int(neg.sum()) if neg.any() else nan,
             "n": int(y.size), "n_positive": int(pos.sum())}
+
+
+def auc_confidence_interval(auc: float, n_positive: int, n_negative: int, z: float = 1.96) -> List[float]:
+    """[low, high] approximate 95 % confidence interval of an ROC AUC (Hanley & McNeil 1982 standard
+    error, normal approximation, clipped to [0, 1]): how far a held-out AUC on a few dozen cases can
+    be trusted to lie above chance. NaNs when the AUC is undefined."""
+    if not (auc == auc) or n_positive < 1 or n_negative < 1:
+        return [float("nan"), float("nan")]
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_positive - 1) * (q1 - auc * auc) + (n_negative - 1) * (q2 - auc * auc)) / (
+        n_positive * n_negative)
+    se = math.sqrt(max(var, 0.0))
+    return [max(0.0, auc - z * se), min(1.0, auc + z * se)]
 
 
 def mean_sd(values) -> Dict[str, float]:
@@ -683,13 +721,16 @@ def predict_samples(pattennet, samples: Sequence[Sample], batch_size: int = 8) -
 
 
 def segment_case(neoseg, case: Case) -> Case:
-    """The case with its label map replaced by NeoSeg's prediction (argmax; 1 liver, 2 tumour)."""
-    prob = neoseg.predict(torch.as_tensor(case.image.array), roi_size=NEOSEG_ROI, overlap=0.25)
+    """The case as the end-to-end pipeline sees it: the label map replaced by NeoSeg's prediction
+    (argmax; 1 liver, 2 tumour) and ``tumour_probability`` set to NeoSeg's tumour probability."""
+    with torch.inference_mode():
+        prob = neoseg.predict(torch.as_tensor(case.image.array), roi_size=NEOSEG_ROI, overlap=0.25)
     lab = prob[0].argmax(0).numpy().astype(np.uint8)
+    tumour_prob = prob[0, 2].numpy().astype(np.float32)
     if not np.any(lab == 2):  # no tumour found: fall back to the most tumour-like voxel
-        p = prob[0, 2].numpy()
-        lab[np.unravel_index(int(np.argmax(p)), p.shape)] = 2
-    return Case(case.case_id, case.image, case.labels.with_array(lab), case.pni, case.patient_id)
+        lab[np.unravel_index(int(np.argmax(tumour_prob)), tumour_prob.shape)] = 2
+    return Case(case.case_id, case.image, case.labels.with_array(lab), case.pni, case.patient_id,
+                tumour_probability=tumour_prob)
 
 
 def evaluate_classifier(pattennet, data, neoseg=None, threshold: float = 0.5, log=None) -> Dict:

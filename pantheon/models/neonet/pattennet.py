@@ -16,6 +16,9 @@ perineural invasion. Everything else here is an **assumption** (spec §3.4, §7,
 - head: global average pooling -> dropout -> Linear -> one PNI logit (use BCE-with-logits).
   ``pooling="avgmax"`` concatenates global max pooling to it: a perineural tumour tentacle fills a
   few latent voxels only, and averaging over the whole crop dilutes that evidence (assumption);
+- the tumour channel is the binary tumour mask when the user supplies one and NeoSeg's tumour
+  *probability* end to end (the demo classifier is trained on both; a thin extension NeoSeg is
+  unsure of still registers where its argmax would drop it);
 - masks (``mask_channels`` > 0) reach the latent grid by average pooling (partial-volume fractions),
   max pooling (a thin structure stays at 1), both ("avgmax" doubles the channels) or a small learned
   stem (``mask_pooling="conv"``: Conv3d 3x3x3 at patch resolution, SiLU, then a Conv3d with kernel
