@@ -222,17 +222,17 @@ def test_ad_logit_offset_calibrates_the_image_probability():
 # ----------------------------------------------------------------------------------- demo
 @pytest.mark.parametrize("card_id", ["mathena-demo-detector", "mathena-demo-hena"])
 def test_demo_cards_match_bundled_files(card_id):
-    from pantheon.registry import CARDS_DIR, ModelCard, sha256_file
+    from pantheon.registry import BUNDLED_WEIGHTS_DIR, CARDS_DIR, ModelCard, sha256_file
     path = CARDS_DIR / f"{card_id}.json"
     if not path.is_file():
         pytest.skip("demo weights not built yet (python -m pantheon.train.mathena_demo)")
     card = ModelCard.from_dict(json.loads(path.read_text()), source=path)
     assert card.demo is True and card.model == "mathena" and "demo" in card.description.lower()
-    weights = REPO / "Resources" / "weights" / card.file
+    weights = BUNDLED_WEIGHTS_DIR / card.file
     assert weights.is_file() and sha256_file(weights, use_cache=False) == card.sha256
     assert weights.stat().st_size == card.size_bytes < 10_000_000
     assert card.input["modality"] == "DX" and card.input["crop_size"] == CROP_SIZE
-    metrics = json.loads((REPO / "Resources" / "weights" / "mathena-demo-metrics.json").read_text())
+    metrics = json.loads((BUNDLED_WEIGHTS_DIR / "mathena-demo-metrics.json").read_text())
     assert metrics["images"] >= 20 and metrics["demo"] is True
     assert metrics["held_out_seeds"][0] > metrics["train_seeds"][1]
     assert metrics["command"].startswith("python -m pantheon.train.mathena_demo")

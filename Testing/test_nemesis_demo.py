@@ -9,7 +9,7 @@ from pantheon.cli import main
 from pantheon.io import read_volume
 from pantheon.models.nemesis.probe import BTCV_ORGANS
 from pantheon.pipelines import nemesis as nem
-from pantheon.registry import REPO_WEIGHTS_DIR, get_card, resolve_weights, sha256_file
+from pantheon.registry import BUNDLED_WEIGHTS_DIR, get_card, resolve_weights, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_demo_cards_point_at_verified_bundled_files(tmp_path, monkeypatch):
         card = get_card(card_id)
         assert card.demo is True and "demo" in card.description.lower()
         path = resolve_weights(card)
-        assert path.parent == REPO_WEIGHTS_DIR.resolve() or path.parent == REPO_WEIGHTS_DIR
+        assert path.parent == BUNDLED_WEIGHTS_DIR
         assert sha256_file(path) == card.sha256
         assert path.stat().st_size < 5_000_000  # committed weights stay small
 

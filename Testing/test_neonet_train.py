@@ -233,16 +233,16 @@ def test_auc_confidence_interval_hanley_mcneil():
 
 @pytest.mark.parametrize("kind", ["neoseg", "neogen", "pattennet"])
 def test_demo_cards_valid_and_match(kind):
-    from pantheon.registry import CARDS_DIR, load_card, sha256_file
+    from pantheon.registry import BUNDLED_WEIGHTS_DIR, CARDS_DIR, load_card, sha256_file
     card_path = CARDS_DIR / f"neonet-demo-{kind}.json"
     if not card_path.is_file():
         pytest.skip("demo card not built")
     card = load_card(card_path)
     assert card.demo is True and card.model == "neonet" and card.input["modality"] == "MR"
-    f = ROOT / "Resources" / "weights" / card.file
+    f = BUNDLED_WEIGHTS_DIR / card.file
     assert f.is_file() and f.stat().st_size == card.size_bytes and f.stat().st_size < 10 * 2 ** 20
     assert sha256_file(f, use_cache=False) == card.sha256
-    metrics = json.loads((ROOT / "Resources" / "weights" / "neonet-demo-metrics.json").read_text())
+    metrics = json.loads((BUNDLED_WEIGHTS_DIR / "neonet-demo-metrics.json").read_text())
     assert metrics["demo"] is True and "auc" in metrics["classifier_held_out"]["crop_from_ground_truth"]
 
 
@@ -319,10 +319,10 @@ def test_cls_keeps_best_validation_checkpoint(trained, cases, tmp_path):
 def test_demo_classifier_separates_fresh_phantoms():
     """The bundled demo PattenNet ranks PNI+ above PNI- on phantoms it has never seen (seeds outside
     the demo's training, validation and held-out ranges; ground-truth TLCR crops)."""
-    from pantheon.registry import CARDS_DIR
+    from pantheon.registry import BUNDLED_WEIGHTS_DIR, CARDS_DIR
     from pantheon.train.neonet import evaluate_classifier, load_cases
     card = CARDS_DIR / "neonet-demo-pattennet.json"
-    weights = ROOT / "Resources" / "weights" / "neonet-demo-pattennet.safetensors"
+    weights = BUNDLED_WEIGHTS_DIR / "neonet-demo-pattennet.safetensors"
     if not card.is_file() or not weights.is_file():
         pytest.skip("demo weights not built")
     threads = torch.get_num_threads()
@@ -339,9 +339,9 @@ def test_demo_classifier_separates_fresh_phantoms():
 def test_demo_end_to_end_beats_chance_on_fresh_phantoms():
     """End to end (NeoSeg's tumour, TLCR crop on it, PattenNet on NeoSeg's probability) the bundled
     demo models rank PNI+ above PNI- on 24 phantoms outside every demo seed range."""
-    from pantheon.registry import CARDS_DIR
+    from pantheon.registry import BUNDLED_WEIGHTS_DIR, CARDS_DIR
     from pantheon.train.neonet import evaluate_classifier, load_cases
-    weights = {k: ROOT / "Resources" / "weights" / f"neonet-demo-{k}.safetensors" for k in ("neoseg", "pattennet")}
+    weights = {k: BUNDLED_WEIGHTS_DIR / f"neonet-demo-{k}.safetensors" for k in ("neoseg", "pattennet")}
     if not all(w.is_file() for w in weights.values()) or not (CARDS_DIR / "neonet-demo-neoseg.json").is_file():
         pytest.skip("demo weights not built")
     threads = torch.get_num_threads()

@@ -149,3 +149,30 @@ def test_duplicate_id_in_one_dir(tmp_path):
         save_card(ModelCard.from_dict(card_dict()), tmp_path / name)
     with pytest.raises(RegistryError, match="defined twice"):
         list_cards([tmp_path])
+
+
+def test_bundled_weights_are_package_data_matching_their_cards():
+    """Each demo card's file ships in pantheon/registry/weights (next to cards/, so a wheel or an
+    installed extension carries it) with the card's size and checksum, and nothing else does."""
+    import pantheon
+    from pantheon.registry import BUNDLED_WEIGHTS_DIR, CARDS_DIR, sha256_file
+    assert BUNDLED_WEIGHTS_DIR.parent == CARDS_DIR.parent
+    assert BUNDLED_WEIGHTS_DIR.is_relative_to(os.path.dirname(pantheon.__file__))
+    demo = [c for c in list_cards() if c.demo]
+    assert len(demo) >= 7
+    for card in demo:
+        f = BUNDLED_WEIGHTS_DIR / card.file
+        assert f.is_file(), f"{card.id}: {card.file} missing from {BUNDLED_WEIGHTS_DIR}"
+        assert f.stat().st_size == card.size_bytes or card.size_bytes is None
+        assert sha256_file(f) == card.sha256, card.id
+    others = {p.name for p in BUNDLED_WEIGHTS_DIR.iterdir()} - {c.file for c in demo}
+    assert others == {f"{m}-demo-metrics.json" for m in ("nemesis", "mathena", "neonet")}
+
+
+def test_bundled_dir_order_env_before_package(tmp_path, monkeypatch):
+    from pantheon.registry import BUNDLED_ENV, BUNDLED_WEIGHTS_DIR, bundled_weight_dirs
+    a, b, c = (tmp_path / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    monkeypatch.setenv(BUNDLED_ENV, os.pathsep.join([str(b), str(tmp_path / "missing"), str(c)]))
+    assert bundled_weight_dirs([a]) == [a, b, c, BUNDLED_WEIGHTS_DIR]

@@ -599,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = act.add_parser("build-demo-weights", help="retrain the bundled demo encoder and probe from scratch")
-    p.add_argument("-o", "--output", default=str(Path(__file__).resolve().parents[1] / "Resources" / "weights"))
+    p.add_argument("-o", "--output", help="output folder (default: the package's bundled weights, "
+                                          "pantheon/registry/weights)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--cases", type=int, default=40, help="phantoms for the probe (a quarter held out)")
     p.add_argument("--seed", type=int, default=0)

@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, List, Optional, Union
 
-import pantheon
-
 from ..errors import CheckpointError, RegistryError
 from ..progress import CancelFlag, ProgressCallback
 from .card import ModelCard, get_card
@@ -25,7 +23,9 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "PANTHEON_CACHE_DIR"
 BUNDLED_ENV = "PANTHEON_BUNDLED_DIR"
-REPO_WEIGHTS_DIR = Path(pantheon.__file__).resolve().parents[1] / "Resources" / "weights"
+# The demo weights are package data next to the cards, so that a wheel, an installed Slicer
+# extension and a source checkout all carry them at the same place relative to this file.
+BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 PathLike = Union[str, Path]
 
@@ -44,12 +44,13 @@ def cached_path(card: ModelCard, cache_dir: Optional[PathLike] = None) -> Path:
 
 def bundled_weight_dirs(extra: Optional[Iterable[PathLike]] = None) -> List[Path]:
     """Directories searched for bundled (demo) weights: ``extra``, ``$PANTHEON_BUNDLED_DIR``
-    (``os.pathsep`` separated) and the repository's ``Resources/weights``; missing ones skipped."""
+    (``os.pathsep`` separated) and the package's own ``pantheon/registry/weights``; missing ones
+    skipped."""
     if isinstance(extra, (str, Path)):
         extra = [extra]
     dirs = [Path(d).expanduser() for d in extra or ()]
     dirs += [Path(d).expanduser() for d in os.environ.get(BUNDLED_ENV, "").split(os.pathsep) if d.strip()]
-    dirs.append(REPO_WEIGHTS_DIR)
+    dirs.append(BUNDLED_WEIGHTS_DIR)
     return [d for d in dirs if d.is_dir()]
 
 
@@ -122,7 +123,7 @@ def _not_found(card: ModelCard, dest: Path, notes: List[str]) -> RegistryError:
         how = (f"download them from {card.url} by passing {flags} ({kwargs}), "
                f"or put {card.file} at {dest}, or pass the file's path explicitly")
     else:
-        how = (f"put {card.file} at {dest} or in {REPO_WEIGHTS_DIR}, "
+        how = (f"put {card.file} at {dest} or in {BUNDLED_WEIGHTS_DIR}, "
                f"or pass the file's path explicitly")
     msg = f"Weights for model card '{card.id}' ({card.file}) are not available locally: {how}."
     if notes:

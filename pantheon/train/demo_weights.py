@@ -1,6 +1,6 @@
 """Rebuild Pantheon's bundled NEMESIS demo weights from nothing but the phantom generator.
 
-    pantheon nemesis build-demo-weights          # writes Resources/weights + the two model cards
+    pantheon nemesis build-demo-weights          # writes pantheon/registry/weights + the two model cards
 
 1. Pretrain a small NEMESIS (64^3 superpatches, width 96) on phantoms with the paper's recipe.
 2. Fit the organ probe on other phantoms (frozen encoder), a quarter of the cases held out.
@@ -23,17 +23,17 @@ PRETRAIN_PHANTOM_SEEDS = range(10_000, 10_024)  # disjoint from probe seeds and 
 PROBE_PHANTOM_SEED0 = 20_000
 
 
-def build_demo_weights(out_dir, steps: int = 1000, cases: int = 40, seed: int = 0, probe_stride: int = 32,
+def build_demo_weights(out_dir=None, steps: int = 1000, cases: int = 40, seed: int = 0, probe_stride: int = 32,
                        pretrain_phantoms: int = len(PRETRAIN_PHANTOM_SEEDS), phantom_shape=None, cards_dir=None, progress=None,
                        cancel=None, log=print) -> dict:
     from ..models.nemesis import load_nemesis
     from ..models.nemesis.probe import BTCV_ORGANS
-    from ..registry import CARDS_DIR, ModelCard, save_card, sha256_file
+    from ..registry import BUNDLED_WEIGHTS_DIR, CARDS_DIR, ModelCard, save_card, sha256_file
     from ..synth import make_abdomen_phantom
     from .nemesis import PretrainConfig, pretrain, train_probe
 
     rep = Reporter(progress, cancel)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if out_dir else BUNDLED_WEIGHTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     cards_dir = Path(cards_dir) if cards_dir else CARDS_DIR
     log("Generating pretraining phantoms")

@@ -60,7 +60,7 @@ def build_mathena_demo_weights(out_dir=None, cards_dir=None, steps_detector: int
     from ..models.mathena import load_mathena
     from ..models.mathena.preprocess import CROP_MARGIN, CROP_SIZE, DETECTOR_INPUT_HW
     from ..models.mathena.detector import ALL_FDI
-    from ..registry import CARDS_DIR, ModelCard, save_card, sha256_file
+    from ..registry import BUNDLED_WEIGHTS_DIR, CARDS_DIR, ModelCard, save_card, sha256_file
     from .mathena import evaluate, load_data, synthetic_opgs, train_stage
 
     import torch
@@ -74,8 +74,7 @@ def build_mathena_demo_weights(out_dir=None, cards_dir=None, steps_detector: int
     if threads:  # one thread: on a shared 2-core machine more threads oversubscribe and run slower
         torch.set_num_threads(int(threads))
     t0 = time.perf_counter()
-    root = Path(__file__).resolve().parents[2]
-    out_dir = Path(out_dir) if out_dir else root / "Resources" / "weights"
+    out_dir = Path(out_dir) if out_dir else BUNDLED_WEIGHTS_DIR
     cards_dir = Path(cards_dir) if cards_dir else CARDS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     size = tuple(size or DETECTOR_INPUT_HW)
@@ -162,6 +161,6 @@ if __name__ == "__main__":
         print(__doc__)
         sys.exit(0 if len(sys.argv) <= 3 else 2)
     minutes = float(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_MINUTES
-    reuse = sys.argv[2] if len(sys.argv) > 2 else None  # e.g. Resources/weights/mathena-demo-detector.safetensors
+    reuse = sys.argv[2] if len(sys.argv) > 2 else None  # e.g. pantheon/registry/weights/mathena-demo-detector.safetensors
     build_mathena_demo_weights(minutes=minutes, reuse_detector=reuse,
                                command=" ".join(["python -m pantheon.train.mathena_demo"] + sys.argv[1:]))

@@ -1,6 +1,8 @@
 """Rebuild Pantheon's NeoNet demo weights from nothing but the MRI phantom generator.
 
-    OMP_NUM_THREADS=1 python -m pantheon.train.neonet_demo Resources/weights [--reuse STAGE=WEIGHTS] [--note TEXT]
+    OMP_NUM_THREADS=1 python -m pantheon.train.neonet_demo [OUT_DIR] [--reuse STAGE=WEIGHTS] [--note TEXT]
+
+OUT_DIR defaults to the package's bundled weights folder, ``pantheon/registry/weights``.
 
 What it does (DEMO weights: they know phantoms, not patients; never for clinical use):
 
@@ -294,7 +296,7 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
         "classifier_validation_neoseg_crop": {k: cls_val_seg[k] for k in keep},
         "budget_s": budget,
         "synthesis_dice": syn, "training": training, "total_seconds": round(time.time() - t0, 1),
-        "command": "python -m pantheon.train.neonet_demo Resources/weights" + "".join(
+        "command": "python -m pantheon.train.neonet_demo pantheon/registry/weights" + "".join(
             f" --reuse {k}=<earlier run's weights>" for k in sorted(reuse or {})),
     }
     if training_note:
@@ -339,7 +341,8 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
 if __name__ == "__main__":  # pragma: no cover
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out_dir", nargs="?", default="Resources/weights")
+    from ..registry import BUNDLED_WEIGHTS_DIR
+    ap.add_argument("out_dir", nargs="?", default=str(BUNDLED_WEIGHTS_DIR))
     ap.add_argument("--reuse", action="append", default=[], metavar="STAGE=WEIGHTS",
                     help="take a stage (seg, or controlnet = the whole NeoGen chain) from an earlier run's weights")
     ap.add_argument("--note", default=None, help="training_note stored in the metrics")
