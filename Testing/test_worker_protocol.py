@@ -45,6 +45,7 @@ def test_client_source_is_python39_syntax():
     src = Path(__file__).resolve().parents[1] / "pantheon" / "worker" / "client.py"
     ast.parse(src.read_text(), feature_version=(3, 9))
     ast.parse((src.parent / "protocol.py").read_text(), feature_version=(3, 9))
+    ast.parse((src.parent / "requirements.py").read_text(), feature_version=(3, 9))  # the probe runs anywhere
 
 
 def test_default_python_finds_pythonslicer(tmp_path, monkeypatch):
@@ -261,5 +262,6 @@ def test_broken_python_is_reported(tmp_path):
         c.stats()
     assert e.value.kind == "crashed" and "no-python" in e.value.message
     env = c.check_environment()
-    assert "python" in env["missing"]
+    assert env["missing"] == ["python"] and env["ready"] is False
+    assert "no-python" in env["error"] and "Traceback" not in env["error"]  # one sentence for the panel
     c.shutdown()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,34 @@ DEFAULT_ORIENTATION = "RAS"
 
 # ---------------------------------------------------------------------------- devices
 def pick_device(device: str = "auto") -> torch.device:
-    if device in (None, "auto"):
+    """``auto`` (the first GPU when CUDA is usable, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``; anything unusable raises PantheonError with one sentence saying why."""
+    name = "auto" if device is None else str(device).strip().lower()
+    if name in ("", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PantheonError("CUDA was requested but no CUDA device is available to PyTorch; use --device cpu.")
-    return dev
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise PantheonError("Apple's GPU (mps) was requested but PyTorch cannot use it here; use cpu.")
+        return torch.device("mps")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise PantheonError(f"Unknown device {device!r}: use auto, cpu, cuda or cuda:N (N = GPU number, from 0).")
+    if not torch.cuda.is_available():
+        from ..worker.requirements import torch_report
+        why = (torch_report().get("cuda_error") or "No CUDA device is available to PyTorch.").rstrip(".")
+        what = "CUDA" if name == "cuda" else f"GPU {name}"
+        raise PantheonError(f"{what} was requested but {why[0].lower()}{why[1:]}; use cpu instead.")
+    if match.group(1) is None:
+        return torch.device("cuda")
+    index, count = int(match.group(1)), torch.cuda.device_count()
+    if index >= count:
+        have = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise PantheonError(f"GPU {name} does not exist: PyTorch sees {count} CUDA device"
+                            f"{'' if count == 1 else 's'} here ({have}).")
+    return torch.device("cuda", index)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -23,6 +23,7 @@ import collections
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ import uuid
 from .. import __version__
 from .protocol import PROTOCOL_VERSION, encode
 
-__all__ = ["WorkerClient", "Job", "WorkerError", "default_python"]
+__all__ = ["WorkerClient", "Job", "WorkerError", "default_python", "worker_base_environment", "is_slicer_python"]
 
 _TERMINAL = ("done", "failed", "cancelled")
 
@@ -94,6 +95,184 @@ def default_python():
         if found:
             return found
     return exe
+
+
+def is_slicer_python(python):
+    """True when ``python`` is Slicer's own launcher (PythonSlicer), which sets up Slicer's
+    environment itself; any other interpreter needs :func:`worker_base_environment` (True)."""
+    name = str(python or "").replace("\\", "/").rsplit("/", 1)[-1].lower()  # also a Windows path elsewhere
+    return name.startswith("pythonslicer")
+
+
+def worker_base_environment(use_startup_env):
+    """The environment a worker starts from. ``use_startup_env``: the environment Slicer itself
+    was started with (``slicer.util.startupEnvironment()``), without what Slicer's launcher adds
+    (PYTHONHOME, PYTHONPATH, LD_LIBRARY_PATH/DYLD_*, QT_PLUGIN_PATH, SLICER_HOME...), which would
+    make another Python (e.g. a conda env) fail to start or load Slicer's packages. Outside Slicer,
+    or when False, a copy of ``os.environ``."""
+    # Inside Slicer the application has loaded slicer.util already; looked up, never imported
+    # (the core package does not import Slicer modules, Testing/test_import_rules.py).
+    util = getattr(sys.modules.get("slicer"), "util", None) if use_startup_env else None
+    if util is not None:
+        try:
+            env = util.startupEnvironment()
+            if env:
+                return {str(k): str(v) for k, v in env.items()}
+        except Exception:  # slicer without an application (e.g. tests): the current environment it is
+            pass
+    return dict(os.environ)
+
+
+class _ProcessTree:
+    """The worker process and every process it starts, ended as one.
+
+    The worker may be started through a launcher (PythonSlicer starts the real interpreter as its
+    child): killing only the process we started would orphan the interpreter, with its RAM, GPU
+    memory and our pipes. POSIX: the worker gets its own session (so its own process group) and is
+    ended with ``killpg``. Windows: it is put in a job object with KILL_ON_JOB_CLOSE, which kills
+    the whole tree on TerminateJobObject and also when this process dies and the handle closes;
+    if the job cannot be made, ``taskkill /T`` ends the tree.
+
+    Only :meth:`_watch` reaps the started process, after killing its group, so the group id can
+    never belong to a reused pid when it is signalled.
+    """
+
+    def __init__(self, cmd, **kwargs):
+        self._job = None
+        if os.name == "nt":
+            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+            self.proc = subprocess.Popen(cmd, **kwargs)
+            self._job = _windows_kill_on_close_job(self.proc)
+        else:
+            self.proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+        self.pid = self.proc.pid
+        self.returncode = None
+        self.exited = threading.Event()  # set once the started process and its group are gone
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="pantheon-worker-watch")
+        self._watcher.start()
+
+    def _watch(self):
+        # Wait for the started process (the launcher, or the worker itself) to exit, then end what
+        # is left of its tree: a killed launcher must not leave the real interpreter running.
+        if os.name != "nt" and hasattr(os, "waitid"):
+            try:
+                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped yet
+            except (ChildProcessError, OSError):
+                pass
+            self._kill_tree()
+        else:
+            self.proc.wait()
+            self._kill_tree()
+        self.returncode = self.proc.wait()
+        self.exited.set()
+        self.close()
+
+    def _kill_tree(self):
+        if os.name == "nt":
+            if self._job is not None and _windows_terminate_job(self._job):
+                return
+            if self.proc.poll() is None:
+                try:
+                    subprocess.run(["taskkill", "/T", "/F", "/PID", str(self.pid)], capture_output=True, timeout=30,
+                                   creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+                except (OSError, subprocess.SubprocessError):
+                    pass
+                self._kill_started()
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # start_new_session: the group id is the pid
+        except ProcessLookupError:
+            pass  # the whole group is gone already
+        except OSError:
+            self._kill_started()
+
+    def _kill_started(self):
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+    def kill(self):
+        """End the whole tree now (no-op once it is gone)."""
+        if not self.exited.is_set():
+            self._kill_tree()
+
+    def close(self):
+        job, self._job = self._job, None
+        if job is not None:
+            _windows_close(job)  # KILL_ON_JOB_CLOSE: also ends anything still in the job
+
+
+def _windows_kernel32():
+    import ctypes
+    from ctypes import wintypes
+    k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    k32.CreateJobObjectW.argtypes = (ctypes.c_void_p, wintypes.LPCWSTR)
+    k32.CreateJobObjectW.restype = wintypes.HANDLE
+    k32.SetInformationJobObject.argtypes = (wintypes.HANDLE, ctypes.c_int, ctypes.c_void_p, wintypes.DWORD)
+    k32.SetInformationJobObject.restype = wintypes.BOOL
+    k32.AssignProcessToJobObject.argtypes = (wintypes.HANDLE, wintypes.HANDLE)
+    k32.AssignProcessToJobObject.restype = wintypes.BOOL
+    k32.TerminateJobObject.argtypes = (wintypes.HANDLE, wintypes.UINT)
+    k32.TerminateJobObject.restype = wintypes.BOOL
+    k32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    k32.CloseHandle.restype = wintypes.BOOL
+    return k32
+
+
+def _windows_kill_on_close_job(proc):
+    """A job object holding ``proc`` (and, from then on, its children) that kills them all when
+    terminated or when its last handle closes; None when Windows refuses (then taskkill /T).
+    The launcher's child is started after this assignment: PythonSlicer loads its settings first."""
+    try:
+        import ctypes
+        from ctypes import wintypes
+
+        class BasicLimits(ctypes.Structure):
+            _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64),
+                        ("LimitFlags", wintypes.DWORD), ("MinimumWorkingSetSize", ctypes.c_size_t),
+                        ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
+                        ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD),
+                        ("SchedulingClass", wintypes.DWORD)]
+
+        class IoCounters(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_uint64) for n in ("ReadOperationCount", "WriteOperationCount",
+                                                       "OtherOperationCount", "ReadTransferCount",
+                                                       "WriteTransferCount", "OtherTransferCount")]
+
+        class ExtendedLimits(ctypes.Structure):
+            _fields_ = [("BasicLimitInformation", BasicLimits), ("IoInfo", IoCounters),
+                        ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
+                        ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]
+
+        k32 = _windows_kernel32()
+        job = k32.CreateJobObjectW(None, None)
+        if not job:
+            return None
+        info = ExtendedLimits()
+        info.BasicLimitInformation.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+        ok = k32.SetInformationJobObject(job, 9, ctypes.byref(info), ctypes.sizeof(info))  # 9: ExtendedLimitInformation
+        ok = ok and k32.AssignProcessToJobObject(job, int(proc._handle))
+        if not ok:
+            k32.CloseHandle(job)
+            return None
+        return job
+    except Exception:
+        return None
+
+
+def _windows_terminate_job(job):
+    try:
+        return bool(_windows_kernel32().TerminateJobObject(job, 1))
+    except Exception:
+        return False
+
+
+def _windows_close(job):
+    try:
+        _windows_kernel32().CloseHandle(job)
+    except Exception:
+        pass
 
 
 def _package_root():
@@ -195,12 +374,15 @@ class _Worker:
         self.unacked = collections.deque()  # request ids in send order, waiting for their ack
         self.stderr_tail = collections.deque(maxlen=40)
         self.running = None  # id of the job the worker runs now
-        cmd = [python, "-m", "pantheon.worker", "--cache-mb", str(client.cache_budget_mb)]
+        # --parent-pid: the worker also exits when this process dies, even if something else
+        # keeps its stdin open (stdin EOF is the usual way it learns that).
+        cmd = [python, "-m", "pantheon.worker", "--cache-mb", str(client.cache_budget_mb),
+               "--parent-pid", str(os.getpid())]
         if client.preload:
             cmd.append("--preload")
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, cwd=tmp_dir, creationflags=flags, bufsize=0)
+        self.tree = _ProcessTree(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=env, cwd=tmp_dir, bufsize=0)
+        self.proc = self.tree.proc
         self._write_lock = threading.Lock()
         self._out_thread = threading.Thread(target=self._read_stdout, daemon=True, name="pantheon-worker-out")
         self._err_thread = threading.Thread(target=self._read_stderr, daemon=True, name="pantheon-worker-err")
@@ -323,7 +505,7 @@ class _Worker:
             job._finish(state, result, error)
 
     def _crash_message(self):
-        code = self.proc.poll()
+        code = self.tree.returncode
         tail = [l for l in self.stderr_tail if l.strip()][-5:]
         how = f"exit code {code}" if code is not None else "no answer"
         if code is not None and code < 0:
@@ -338,10 +520,9 @@ class _Worker:
             if not self.alive:
                 return
             self.alive = False
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        if not self.tree.exited.wait(2):  # stdout closed but the tree lingers: end it
+            self.tree.kill()
+            self.tree.exited.wait(2)
         self._err_thread.join(timeout=1)
         with self.client._lock:
             expected = self.client._closing
@@ -358,10 +539,8 @@ class _Worker:
         _remove(self.tmp_dir)
 
     def kill(self):
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
+        """End the worker and everything it started (launcher, interpreter, their children)."""
+        self.tree.kill()
 
 
 class WorkerClient:
@@ -370,9 +549,13 @@ class WorkerClient:
     protocol = PROTOCOL_VERSION
 
     def __init__(self, python=None, env=None, startup_timeout=120.0, cache_budget_mb=2048, log_callback=None,
-                 preload=True):
+                 preload=True, base_env=None):
         self.python = python or default_python()
         self.env = dict(env or {})
+        # What the worker's environment starts from (then ``env``, PYTHONPATH, TMPDIR are added):
+        # None = this process's os.environ; in Slicer with another Python pass
+        # worker_base_environment(True), Slicer's startup environment.
+        self.base_env = None if base_env is None else dict(base_env)
         self.startup_timeout = float(startup_timeout)
         self.cache_budget_mb = cache_budget_mb
         self.log_callback = log_callback
@@ -418,7 +601,7 @@ class WorkerClient:
 
     # ------------------------------------------------------------------ worker lifetime
     def _env(self, tmp_dir):
-        env = dict(os.environ)
+        env = dict(os.environ if self.base_env is None else self.base_env)
         env.update(self.env)
         root = _package_root()
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -483,35 +666,73 @@ class WorkerClient:
 
     @property
     def pid(self):
+        """The process this client started (PythonSlicer's launcher, or the worker itself)."""
         w = self._worker
         return w.pid if w is not None and w.alive else None
 
-    def check_environment(self, timeout=180.0):
-        """What the worker Python has, without starting the worker or importing torch here."""
-        script = (
-            "import importlib.util, json, platform, sys\n"
-            "mods = ['numpy', 'torch', 'monai', 'SimpleITK', 'nibabel', 'safetensors']\n"
-            "missing = [m for m in mods if importlib.util.find_spec(m) is None]\n"
-            "out = {'python': sys.executable, 'version': platform.python_version(), 'missing': missing,\n"
-            "       'torch': None, 'cuda': None}\n"
-            "if 'torch' not in missing:\n"
-            "    try:\n"
-            "        import torch\n"
-            "        out['torch'] = torch.__version__; out['cuda'] = bool(torch.cuda.is_available())\n"
-            "    except Exception as e:\n"
-            "        out['error'] = 'torch does not import: %s' % e\n"
-            "print(json.dumps(out))\n")
+    @property
+    def worker_pid(self):
+        """The interpreter that runs the jobs (a child of the launcher under PythonSlicer)."""
+        w = self._worker
+        return (self._hello or {}).get("pid") if w is not None and w.alive else None
+
+    def check_environment(self, timeout=180.0, import_modules=True):
+        """What the worker's Python has, checked in a throw-away process of that Python (this
+        process never imports torch). Every requirement of pyproject.toml is looked for and, with
+        ``import_modules``, imported (a package that is installed but broken, e.g. built for another
+        numpy, shows as broken). Returns::
+
+            {"python", "version", "prefix", "ready": bool, "error": one sentence or None,
+             "missing": [names to install], "outdated": [names older than required],
+             "broken": {name: sentence}, "packages": {name: {"module", "spec", "version", "status"}},
+             "torch", "torch_cuda", "cuda": bool or None, "cuda_error": sentence or None,
+             "cuda_devices": [{"index", "device": "cuda:N", "name", "memory_bytes", "capability", "usable"}],
+             "requirements_source"}
+
+        Names are distribution names as pyproject.toml spells them (what pip installs). When the
+        Python does not run at all, "missing" is ["python"] and "error" says why."""
+        from . import requirements as reqs
         try:
-            proc = subprocess.run([self.python, "-c", script], capture_output=True, timeout=timeout,
-                                  env=self._env(tempfile.gettempdir()))
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return {"python": self.python, "version": None, "missing": ["python"], "torch": None, "cuda": None,
-                    "error": str(exc)}
+            listed = reqs.worker_requirements()
+            source = reqs.declared_dependencies()[1]
+        except Exception as exc:  # an unreadable pyproject.toml must not break the panel
+            return self._environment_failure(f"The list of requirements could not be read: {exc}")
+        payload = json.dumps([dict(r._asdict()) for r in listed])
+        opts = json.dumps({"import_modules": bool(import_modules)})
+        script_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements.py")
+        # Run requirements.py by path, not as pantheon.worker.requirements: the worker's Python may
+        # be too old or odd for the package, and the probe only needs the standard library.
+        # One line, no double quotes, the requirement list on stdin: nothing for a launcher's or
+        # Windows' command-line quoting to mangle.
+        bootstrap = ("import sys; p = sys.argv[1]; sys.argv = [p] + sys.argv[2:]; "
+                     "exec(compile(open(p, 'rb').read(), p, 'exec'), {'__name__': '__main__', '__file__': p})")
+        cmd = [self.python, "-c", bootstrap, script_path, "--probe", "-"]
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
         try:
-            return json.loads(proc.stdout.decode("utf-8").strip().splitlines()[-1])
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout, env=self._env(tempfile.gettempdir()),
+                                  creationflags=flags, input=(payload + "\n" + opts + "\n").encode("utf-8"))
+        except subprocess.TimeoutExpired:
+            return self._environment_failure(f"The worker Python {self.python} did not finish the environment check "
+                                             f"within {timeout:g} s.")
+        except OSError as exc:
+            return self._environment_failure(f"The worker Python {self.python} cannot be started: "
+                                             f"{exc.strerror or exc}.")
+        lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+        try:
+            result = json.loads(lines[-1])
         except (ValueError, IndexError):
-            return {"python": self.python, "version": None, "missing": ["python"], "torch": None, "cuda": None,
-                    "error": proc.stderr.decode("utf-8", "replace")[-500:]}
+            err = [l.strip() for l in proc.stderr.decode("utf-8", "replace").splitlines() if l.strip()]
+            why = err[-1] if err else f"exit code {proc.returncode}"
+            return self._environment_failure(f"The worker Python {self.python} does not run: {why}")
+        result.setdefault("error", None)
+        result["requirements_source"] = source
+        return result
+
+    def _environment_failure(self, sentence):
+        return {"python": self.python, "version": None, "prefix": None, "ready": False, "error": sentence,
+                "missing": ["python"], "outdated": [], "broken": {}, "packages": {}, "torch": None,
+                "torch_cuda": None, "cuda": None, "cuda_error": None, "cuda_devices": [],
+                "requirements_source": None}
 
     def ping(self, timeout=None):
         """Start the worker if needed; returns its handshake info plus torch/CUDA details."""
@@ -649,10 +870,9 @@ class WorkerClient:
                 self._request(w, {"op": "shutdown"}, timeout)
             except WorkerError:
                 pass
-            try:
-                w.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            if not w.tree.exited.wait(timeout):
                 w.kill()
+            w.tree.exited.wait(timeout)
             w._out_thread.join(timeout=timeout)
         if self._session:
             _remove(self._session)

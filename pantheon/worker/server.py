@@ -137,6 +137,7 @@ class Server:
         self.preload = preload
         self.started = time.time()
         self.jobs_done = 0
+        self.shutdown_requested = False
         self._runner = threading.Thread(target=self._run_jobs, name="pantheon-job", daemon=True)
         self._runner.start()
 
@@ -223,18 +224,17 @@ class Server:
         self.ack(rid)
 
         def answer():
+            from .requirements import torch_report
             data = {"protocol": PROTOCOL_VERSION, "pantheon": __version__, "python": sys.executable,
-                    "python_version": platform.python_version(), "pid": os.getpid(),
-                    "torch": None, "cuda": False, "device_names": []}
-            try:
-                import torch
-                data["torch"] = torch.__version__
-                data["cuda"] = bool(torch.cuda.is_available())
-                if data["cuda"]:
-                    data["device_names"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-                data["device_names"].append("cpu")
-            except Exception as exc:
-                data["error"] = f"torch is not usable in this Python: {exc}"
+                    "python_version": platform.python_version(), "pid": os.getpid()}
+            # torch, torch_cuda, cuda, cuda_devices [{index, device, name, memory_bytes, capability,
+            # usable}], cuda_error; no test kernel here: that would hold a CUDA context on every GPU.
+            rep = torch_report(check_kernels=False)
+            data.update(rep)
+            data["cuda"] = bool(rep.get("cuda"))
+            data["device_names"] = [d["name"] for d in rep["cuda_devices"]] + ["cpu"]
+            if rep.get("torch_error"):
+                data["error"] = "torch is not usable in this Python: " + rep["torch_error"]
             self.send({"type": "reply", "id": rid, "data": data})
         threading.Thread(target=answer, daemon=True).start()
 
@@ -266,6 +266,7 @@ class Server:
         self.send({"type": "reply", "id": rid, "data": {"job": job_id, "state": state}})
 
     def op_shutdown(self, rid, req):
+        self.shutdown_requested = True
         self.ack(rid)
         with self._state_lock:
             for ctx in self._queued.values():
@@ -329,11 +330,114 @@ class Server:
             self.send(final)
 
 
+# ------------------------------------------------------------------------------ parent watchdog
+def _pid_gone(pid):
+    """True once process ``pid`` has exited (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return True  # the pid now belongs to another user's process: ours is gone
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_for_exit(pid, poll_s=0.5):
+    """Block until process ``pid`` exits."""
+    if os.name == "nt":
+        import ctypes
+        from ctypes import wintypes
+        k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        k32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+        k32.OpenProcess.restype = wintypes.HANDLE
+        k32.WaitForSingleObject.argtypes = (wintypes.HANDLE, wintypes.DWORD)
+        k32.WaitForSingleObject.restype = wintypes.DWORD
+        handle = k32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        if not handle:
+            if ctypes.get_last_error() == 87:  # ERROR_INVALID_PARAMETER: no such process, it is gone
+                return
+            threading.Event().wait()  # cannot watch it (access denied): rely on stdin EOF
+        k32.WaitForSingleObject(handle, 0xFFFFFFFF)
+        return
+    if hasattr(os, "pidfd_open"):  # Linux >= 5.3: readable once the process exits, immune to pid reuse
+        import select
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        except OSError:
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])
+            return
+    while not _pid_gone(pid):
+        time.sleep(poll_s)
+
+
+def own_process_group(parent_pid):
+    """This worker's process group when the client started it in a session of its own (POSIX
+    ``start_new_session``: the group is the worker, its launcher and their children, nothing
+    else), else None. Only then may the worker end the whole group when it is orphaned."""
+    if os.name == "nt" or not parent_pid:
+        return None  # Windows: the client's job object ends the tree when the client dies
+    try:
+        pgid = os.getpgid(0)
+        if pgid == os.getsid(0) and pgid != os.getpgid(parent_pid):
+            return pgid
+    except OSError:
+        pass
+    return None
+
+
+def end_orphaned(group, code=0):
+    """Exit now, taking the rest of our own process group (launcher, children) along."""
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+    if group:
+        import signal
+        try:
+            os.killpg(group, signal.SIGKILL)  # includes this process
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def watch_parent(pid, on_gone=None):
+    """Exit this worker when the process that started it (the client, e.g. Slicer) dies.
+
+    The worker normally learns that from EOF on stdin, but a killed client's pipe can stay open
+    when another process inherited it; a worker holding GPU memory must not outlive Slicer.
+    """
+    def watch():
+        _wait_for_exit(pid)
+        try:
+            sys.stderr.write(f"pantheon worker: the client process {pid} is gone; exiting\n")
+        finally:
+            (on_gone or os._exit)(0)
+    thread = threading.Thread(target=watch, name="pantheon-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pantheon.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--cache-mb", type=float, default=2048, help="memory budget for models and features")
     parser.add_argument("--preload", action="store_true", help="import torch and the pipelines after the handshake")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process (the client) exits")
     args = parser.parse_args(argv)
+    group = own_process_group(args.parent_pid)
+    if args.parent_pid:
+        watch_parent(args.parent_pid, on_gone=lambda code: end_orphaned(group, code))
 
     # The protocol gets a private copy of stdout; fd 1 (and sys.stdout) now go to stderr.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
@@ -350,4 +454,6 @@ def main(argv=None):
         sys.stderr.flush()
         out.flush()
     finally:
+        if not server.shutdown_requested:
+            end_orphaned(group, code)  # stdin closed without shutdown: the client is gone
         os._exit(code)  # do not wait for a job thread stuck in native code
