@@ -15,6 +15,7 @@ Scripting (Slicer's Python console), blocking::
 
 import logging
 import os
+import sys
 import time
 from typing import Annotated, Optional
 
@@ -30,6 +31,21 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+
+def _addPantheonPackageToPath():
+    """Slicer puts only this module's folder on sys.path. The built extension installs the pantheon
+    package beside the module; in a source checkout (module folders added to the additional module
+    paths) it is one folder up."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isfile(os.path.join(folder, "pantheon", "__init__.py")):
+            if folder not in sys.path:
+                sys.path.insert(1, folder)  # after the module's own folder
+            return
+
+
+_addPantheonPackageToPath()
 
 from NemesisSlicerLib import core as lib
 from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin, selftest_skip_reason
@@ -67,6 +83,15 @@ PyTorch and MONAI, which the module offers to install on first use (never silent
 models. The model and method are the work of the authors of the paper cited in the help text;
 Pantheon re-implements them for research use. Built on 3D Slicer, PyTorch and MONAI.</p>
 """)
+        # the synthetic cases in Sample Data (category "Pantheon"); idempotent, so each module may ask
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+
+def registerSampleData():
+    """Add Pantheon's synthetic sample cases (CT, panoramic X-ray, liver MRI) to Slicer's Sample Data."""
+    from pantheon.slicerbridge.sampledata import register_sample_data
+    register_sample_data()
 
 
 #
@@ -82,7 +107,7 @@ class NemesisSlicerParameterNode:
     weightsChoice: Annotated[str, Choice(list(lib.WEIGHTS_CHOICES)), Default(lib.WEIGHTS_DEMO)]
     weightsPath: str
     probePath: str
-    device: Annotated[str, Choice(list(lib.DEVICES)), Default("auto")]
+    device: Annotated[str, Default("auto")]  # auto, cpu or a GPU (cuda, cuda:N): checked by lib.build_params
     workerPython: str  # empty: Slicer's own Python
     organAorta: Annotated[bool, Default(True)]
     organGallbladder: Annotated[bool, Default(True)]
@@ -123,7 +148,7 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.initPanelState()
-        self.trainPairs = []  # [(volume node ID, segmentation node ID)]
+        self.trainPairs = []  # [(volume node, segmentation node)] added with "Add case"
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -143,7 +168,7 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             "similarity": self.ui.similarityApplyButton,
             "train_probe": self.ui.trainProbeButton,
         }
-        self.connectPanel(qt.QTimer(), slicer.mrmlScene)
+        self.connectPanel(qt.QTimer(), slicer.mrmlScene, qt.QTimer.singleShot)
         self.connectSettings(
             lib.DEVICES,
             weights={lib.WEIGHTS_DEMO: self.ui.weightsDemoRadioButton,
@@ -154,8 +179,9 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
         self.ui.addTrainPairButton.connect("clicked(bool)", self.onAddTrainPair)
         self.ui.clearTrainPairsButton.connect("clicked(bool)", self.onClearTrainPairs)
-        self.ui.similarityPointSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSimilarityPointChanged)
-        self.ui.similarityAutoUpdateCheckBox.connect("toggled(bool)", self.onSimilarityPointChanged)
+        # the point selector and the auto-update check box are bound: followed in parameterNodeChanged
+        self.logic.similarityRequested = self.onSimilarityRequested
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
 
         self.showError("")
         self.initializeParameterNode()
@@ -163,13 +189,38 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     def onSceneStartClose(self, caller=None, event=None) -> None:
         self.logic.stopObservingSimilarityPoint()
+        self._observedPoint = None
+        self.onClearTrainPairs()  # the cases belong to the scene being closed
+        self.ui.reconstructMetricsLabel.text = "-"
         PanelWidgetMixin.onSceneStartClose(self, caller, event)
+
+    def onNodeRemoved(self, caller=None, event=None) -> None:
+        """A case whose volume or segmentation left the scene is dropped (its ID may come back as
+        another node's)."""
+        kept = [(v, s) for v, s in self.trainPairs if v.GetScene() is not None and s.GetScene() is not None]
+        if len(kept) != len(self.trainPairs):
+            self.trainPairs = kept
+            self.showTrainPairs()
+            self.updateButtons()
 
     # ------------------------------------------------------------------ parameter node
     def setParameterNode(self, inputParameterNode) -> None:
         # the buttons follow every change of the node (e.g. an input volume picked after opening)
+        self._observedPoint = None
         if self.bindParameterNode(inputParameterNode):
             self.syncSettingsWidgets()
+            self.onParameterNodeModified()
+
+    def parameterNodeChanged(self) -> None:
+        """Follow the similarity point, its auto-update and the input (the point's observers are
+        redone when any of them changes); the reconstruction metrics belong to their input."""
+        p = self._parameterNode
+        state = (p.similarityPoint, p.inputVolume, bool(p.similarityAutoUpdate))
+        if state != getattr(self, "_observedPoint", None):
+            if getattr(self, "_observedPoint", None) is not None and state[1] is not self._observedPoint[1]:
+                self.ui.reconstructMetricsLabel.text = "-"
+            self._observedPoint = state
+            self.onSimilarityPointChanged()
 
     # ------------------------------------------------------------------ actions (PanelWidgetMixin hooks)
     def _canRun(self, action) -> bool:
@@ -177,14 +228,30 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if p is None:
             return False
         if action == "train_probe":
-            return bool(self.trainPairs) or bool(p.trainVolume and p.trainSegmentation)
+            return len(self.trainPairs) >= lib.MIN_PROBE_CASES  # one case is held out
         if action == "similarity":
             return bool(p.inputVolume and p.similarityPoint and p.similarityPoint.GetNumberOfControlPoints())
         return bool(p.inputVolume)
 
+    def confirmAction(self, action) -> bool:
+        """The official checkpoint, when chosen and not cached yet: what, from where, to where; asked
+        before anything waits. Declining runs nothing."""
+        self._downloadApproved = False
+        p = self._parameterNode
+        if p.weightsChoice != lib.WEIGHTS_OFFICIAL or self.logic.officialWeightsCached():
+            return True
+        if not slicer.util.confirmOkCancelDisplay(self.logic.officialDownloadText(),
+                                                  windowTitle=_("Download NEMESIS weights")):
+            raise ValueError(_("The official checkpoint is not downloaded; choose the demo weights or a file."))
+        self._downloadApproved = True
+        return True
+
     def startAction(self, action):
-        """The official checkpoint's download first when it is not cached yet, else ``action``."""
-        return self.downloadTaskIfNeeded(action) or self.submitAction(action)
+        """The official checkpoint's download first when the user agreed to it, else ``action``."""
+        if getattr(self, "_downloadApproved", False):
+            self._downloadApproved = False
+            return self.logic.startOfficialWeightsDownload(followUp=action)
+        return self.submitAction(action)
 
     def submitAction(self, action):
         p = self._parameterNode
@@ -203,15 +270,11 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
                                      mask_ratio=(p.maskRatioPlane, p.maskRatioAxis), noise_std=p.noiseStd, **common)
         if action == "similarity":
             point = self.logic.pointLPSFromMarkups(p.similarityPoint)
-            task = self.logic.submit("similarity", p.inputVolume, point_lps=point, **common)
-            self.onSimilarityPointChanged()
-            return task
+            self.logic.cancelPendingSimilarity()  # this job is for the point as it is now
+            return self.logic.submit("similarity", p.inputVolume, point_lps=point, **common)
         if action == "train_probe":
-            pairs = [(slicer.mrmlScene.GetNodeByID(v), slicer.mrmlScene.GetNodeByID(s)) for v, s in self.trainPairs]
-            if not pairs:
-                pairs = [(p.trainVolume, p.trainSegmentation)]
-            return self.logic.trainProbe(pairs, weights=weights, device=p.device or "auto", epochs=p.probeEpochs,
-                                         holdout_fraction=p.probeHoldout, blocking=False)
+            return self.logic.trainProbe(list(self.trainPairs), weights=weights, device=p.device or "auto",
+                                         epochs=p.probeEpochs, holdout_fraction=p.probeHoldout, blocking=False)
         raise ValueError(f"unknown action {action}")
 
     def weightsArgument(self) -> dict:
@@ -219,19 +282,8 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         p = self._parameterNode
         return self.logic.weightsArgument(p.weightsChoice, p.weightsPath)
 
-    def downloadTaskIfNeeded(self, action):
-        """Official checkpoint not cached yet: ask (what, from where, to where), then download it with
-        progress and Cancel; the action starts when the download has finished."""
-        p = self._parameterNode
-        if p.weightsChoice != lib.WEIGHTS_OFFICIAL or self.logic.officialWeightsCached():
-            return None
-        if not slicer.util.confirmOkCancelDisplay(self.logic.officialDownloadText(),
-                                                  windowTitle=_("Download NEMESIS weights")):
-            raise ValueError(_("The official checkpoint is not downloaded; choose the demo weights or a file."))
-        return self.logic.startOfficialWeightsDownload(followUp=action)
-
     def onTaskFinished(self, task) -> None:
-        if task.state == "done" and getattr(task, "follow_up", None):  # the weights download
+        if getattr(task, "kind", None) == "download" and task.state == "done" and task.follow_up:
             self.task = None
             self.setState("idle")
             self.appendLog(f"Weights ready: {task.result}")
@@ -265,35 +317,71 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         return self.task is not None or self.logic.similarityPending()
 
     # ------------------------------------------------------------------ similarity / probe pairs
-    def onSimilarityPointChanged(self, *args) -> None:
+    def onSimilarityPointChanged(self) -> None:
+        """Observe the chosen point (auto update on) or stop observing it."""
         p = self._parameterNode
         if p is None:
             return
-        if p.similarityAutoUpdate and p.similarityPoint and p.inputVolume:
+        point = p.similarityPoint
+        self.observeMarkups(point)
+        if p.similarityAutoUpdate and point and p.inputVolume:
             try:
-                self.logic.observeSimilarityPoint(p.similarityPoint, p.inputVolume, params=dict(
+                self.logic.observeSimilarityPoint(point, p.inputVolume, params=dict(
                     weights=self.logic.weightsArgument(p.weightsChoice, p.weightsPath), device=p.device or "auto"))
             except ValueError as exc:
                 self.showError(str(exc))
                 return
-            self.timer.start()
         else:
             self.logic.stopObservingSimilarityPoint()
+
+    def observeMarkups(self, node) -> None:
+        """Buttons follow the point: "Compute similarity" needs a placed control point."""
+        old = getattr(self, "_markupsNode", None)
+        if old is node:
+            return
+        if old is not None:
+            for event in (old.PointAddedEvent, old.PointRemovedEvent, old.PointPositionDefinedEvent,
+                          old.PointPositionUndefinedEvent):
+                self.removeObserver(old, event, self.onMarkupsPointsChanged)
+        self._markupsNode = node
+        if node is not None:
+            for event in (node.PointAddedEvent, node.PointRemovedEvent, node.PointPositionDefinedEvent,
+                          node.PointPositionUndefinedEvent):
+                self.addObserver(node, event, self.onMarkupsPointsChanged)
+
+    def onMarkupsPointsChanged(self, caller=None, event=None) -> None:
         self.updateButtons()
+
+    def onSimilarityRequested(self) -> None:
+        """The logic has a debounced similarity request: the timer pumps it, also when idle."""
+        self.updateButtons()
+        if self.timer is not None:
+            self.timer.start()
 
     def onAddTrainPair(self) -> None:
         p = self._parameterNode
         if not (p.trainVolume and p.trainSegmentation):
             self.showError(_("Choose a volume and its segmentation first."))
             return
-        self.trainPairs.append((p.trainVolume.GetID(), p.trainSegmentation.GetID()))
-        self.ui.trainPairsListWidget.addItem(f"{p.trainVolume.GetName()}  +  {p.trainSegmentation.GetName()}")
+        pair = (p.trainVolume, p.trainSegmentation)
+        if any(v is pair[0] and s is pair[1] for v, s in self.trainPairs):
+            self.showError(_("This case is already in the list."))
+            return
+        self.showError("")
+        self.trainPairs.append(pair)
+        self.showTrainPairs()
         self.updateButtons()
 
     def onClearTrainPairs(self) -> None:
         self.trainPairs = []
-        self.ui.trainPairsListWidget.clear()
+        self.showTrainPairs()
         self.updateButtons()
+
+    def showTrainPairs(self) -> None:
+        box = self.ui.trainPairsListWidget
+        box.clear()
+        for volume, segmentation in self.trainPairs:
+            box.addItem(f"{volume.GetName()}  +  {segmentation.GetName()}")
 
 
 #
@@ -319,6 +407,8 @@ class NemesisSlicerLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
         self._similarity = None  # (markups node, volume node, params, observer tags)
         self._similarityDebouncer = lib.Debouncer(0.3)
         self._similarityTask = None
+        self.similarityRequested = None  # called after each debounced request (the widget starts its timer)
+        self.lastIgnoredSegments = []  # segments left out of the last probe training
 
     def getParameterNode(self):
         return NemesisSlicerParameterNode(super().getParameterNode())
@@ -422,18 +512,26 @@ class NemesisSlicerLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
         codes give the BTCV organ); returns the result dict (probe path, metrics)."""
         from pantheon import slicerbridge as bridge
         pairs = [(v, s) for v, s in pairs if v is not None and s is not None]
-        if not pairs:
-            raise ValueError("Add at least one volume with its segmentation.")
+        if len(pairs) < lib.MIN_PROBE_CASES:
+            raise ValueError(f"Add at least {lib.MIN_PROBE_CASES} volumes with their segmentations "
+                             "(one case is held out to measure the probe).")
         outputFolder = outputFolder or os.path.join(os.path.expanduser("~"), ".cache", "pantheon", "probes",
                                                     time.strftime("nemesis-probe-%Y%m%d-%H%M%S"))
         os.makedirs(outputFolder, exist_ok=True)
         staging = lib.private_temp_dir("nemesis-train-")
         inputs = {}
         try:
+            self.lastIgnoredSegments = []
             for n, (volumeNode, segmentationNode) in enumerate(pairs):
                 inputs[f"image_{n}"] = str(bridge.export_volume(volumeNode, os.path.join(staging, f"image_{n}.nrrd")))
+                # the probe's 8 organs; other structures (a full BTCV segmentation has 13) are left out
+                ignored = []
                 inputs[f"label_{n}"] = str(bridge.export_segmentation(segmentationNode, volumeNode,
-                                                                      os.path.join(staging, f"label_{n}.nrrd")))
+                                                                      os.path.join(staging, f"label_{n}.nrrd"),
+                                                                      ignored=ignored))
+                if ignored:
+                    self.lastIgnoredSegments.extend(ignored)
+                    self.log(f"{segmentationNode.GetName()}: not probe organs, left out: {', '.join(ignored)}")
             params = dict(weights or lib.weights_params(lib.WEIGHTS_DEMO))
             params.update(device=device, epochs=int(epochs), holdout_fraction=float(holdout_fraction),
                           output=str(outputFolder))
@@ -451,9 +549,13 @@ class NemesisSlicerLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
         """Re-run similarity whenever the point moves (debounced; features come from the worker's cache).
         Call ``pumpSimilarity()`` periodically (the widget's timer does) to start due jobs."""
         self.stopObservingSimilarityPoint()
-        tags = [markupsNode.AddObserver(event, self._onSimilarityPointEvent)
-                for event in (markupsNode.PointModifiedEvent, markupsNode.PointEndInteractionEvent,
-                              markupsNode.PointPositionDefinedEvent)]
+        # MRML's own event ids reach a Python observer as the string 'NoEvent', so the event that
+        # fired is told by the callback it reached: dragging restarts the debounce, while the end of
+        # an interaction or a newly placed point asks for an immediate update
+        tags = [markupsNode.AddObserver(markupsNode.PointModifiedEvent,
+                                        lambda caller, event: self._onSimilarityPointEvent(caller, False))]
+        for event in (markupsNode.PointEndInteractionEvent, markupsNode.PointPositionDefinedEvent):
+            tags.append(markupsNode.AddObserver(event, lambda caller, event: self._onSimilarityPointEvent(caller, True)))
         self._similarity = (markupsNode, inputVolumeNode, dict(params or {}), tags)
         self._similarityDebouncer.delay_s = delay_s
 
@@ -465,14 +567,19 @@ class NemesisSlicerLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
             self._similarity = None
         self._similarityDebouncer.cancel()
 
-    def _onSimilarityPointEvent(self, caller, event) -> None:
+    def cancelPendingSimilarity(self) -> None:
+        self._similarityDebouncer.cancel()
+
+    def _onSimilarityPointEvent(self, caller, immediate: bool) -> None:
         if self._similarity is None or caller.GetNumberOfControlPoints() == 0:
             return
-        # While the point is dragged, PointModifiedEvent keeps restarting the debounce timer, so the job
-        # starts once the point rests; the end of an interaction (or a newly placed point) starts it at once.
-        immediate = event in ("PointEndInteractionEvent", "PointPositionDefinedEvent",
-                              caller.PointEndInteractionEvent, caller.PointPositionDefinedEvent)
-        self._similarityDebouncer.request(self.pointLPSFromMarkups(caller), immediate=immediate)
+        try:
+            point = self.pointLPSFromMarkups(caller)
+        except ValueError:
+            return  # the point is not placed yet
+        self._similarityDebouncer.request(point, immediate=immediate)
+        if self.similarityRequested is not None:
+            self.similarityRequested()
 
     def similarityPending(self) -> bool:
         return self._similarityDebouncer.pending

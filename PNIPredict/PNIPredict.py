@@ -17,6 +17,7 @@ Scripting (Slicer's Python console), blocking::
 
 import logging
 import os
+import sys
 from typing import Annotated, Optional
 
 import qt
@@ -31,6 +32,21 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+
+def _addPantheonPackageToPath():
+    """Slicer puts only this module's folder on sys.path. The built extension installs the pantheon
+    package beside the module; in a source checkout (module folders added to the additional module
+    paths) it is one folder up."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isfile(os.path.join(folder, "pantheon", "__init__.py")):
+            if folder not in sys.path:
+                sys.path.insert(1, folder)  # after the module's own folder
+            return
+
+
+_addPantheonPackageToPath()
 
 from PNIPredictLib import core as lib
 from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin, selftest_skip_reason
@@ -77,6 +93,15 @@ trained (<code>pantheon pni train</code>) can be chosen under Weights and device
 models. The model and method are the work of the authors of the paper cited in the help text;
 Pantheon re-implements them for research use. Built on 3D Slicer, PyTorch and MONAI.</p>
 """)
+        # the synthetic cases in Sample Data (category "Pantheon"); idempotent, so each module may ask
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+
+def registerSampleData():
+    """Add Pantheon's synthetic sample cases (CT, panoramic X-ray, liver MRI) to Slicer's Sample Data."""
+    from pantheon.slicerbridge.sampledata import register_sample_data
+    register_sample_data()
 
 
 #
@@ -97,7 +122,7 @@ class PNIPredictParameterNode:
     neosegPath: str
     pattennetPath: str
     neogenPath: str
-    device: Annotated[str, Choice(list(lib.DEVICES)), Default("auto")]
+    device: Annotated[str, Default("auto")]  # auto, cpu or a GPU (cuda, cuda:N): checked by lib.build_params
     workerPython: str  # empty: Slicer's own Python
     showHeatmap: Annotated[bool, Default(True)]
     synthesisSegmentation: vtkMRMLSegmentationNode
@@ -122,6 +147,7 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.initPanelState()
+        self.predictionTexts = {}  # input node ID -> (probability, caveats, crop box) of its last prediction
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -135,7 +161,7 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
         self.logic.logCallback = self.appendLog
 
         self.actionButtons = {"predict": self.ui.applyButton, "synthesize": self.ui.synthesizeButton}
-        self.connectPanel(qt.QTimer(), slicer.mrmlScene)
+        self.connectPanel(qt.QTimer(), slicer.mrmlScene, qt.QTimer.singleShot)
         self.connectSettings(lib.DEVICES,
                              weights={lib.WEIGHTS_DEMO: self.ui.weightsDemoRadioButton,
                                       lib.WEIGHTS_FILE: self.ui.weightsFileRadioButton},
@@ -143,40 +169,43 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
                                     "pattennetPath": self.ui.pattennetPathLineEdit,
                                     "neogenPath": self.ui.neogenPathLineEdit})
 
+        # the segment selector is synced in code; the bound widgets (input, check box, synthesis
+        # selectors) are followed through the parameter node (parameterNodeChanged)
         self.ui.tumourSegmentSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onTumourSegmentChanged)
         self.ui.tumourSegmentSelector.connect("currentSegmentChanged(QString)", self.onTumourSegmentChanged)
-        self.ui.useTumourSegmentationCheckBox.connect("toggled(bool)", self.onTumourSegmentChanged)
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
-        self.ui.synthesisSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
-        self.ui.synthesisReferenceSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
 
         self.showError("")
         self.initializeParameterNode()
         self.updateButtons()
 
     # ------------------------------------------------------------------ parameter node
-    def initializeParameterNode(self) -> None:
-        PanelWidgetMixin.initializeParameterNode(self)
-        p = self._parameterNode
-        if not p.synthesisReference and p.inputVolume:
-            p.synthesisReference = p.inputVolume
-
     def setParameterNode(self, inputParameterNode) -> None:
         # setCurrentNode below may change the segment ID through the selector's signal
         segmentId = inputParameterNode.tumourSegmentId if inputParameterNode is not None else ""
+        self._followedInputID = None
         if not self.bindParameterNode(inputParameterNode):
             return
         self.syncSettingsWidgets()
         self.ui.tumourSegmentSelector.setCurrentNode(self._parameterNode.tumourSegmentation)
         if segmentId:
             self.ui.tumourSegmentSelector.setCurrentSegmentID(segmentId)
-        self.updateButtons()
+        self.onParameterNodeModified()
 
-    def onInputChanged(self, node=None) -> None:
+    def parameterNodeChanged(self) -> None:
+        """The synthesis reference follows the chosen MRI unless the user picked another reference;
+        the tumour segment selector is usable only with "use my tumour segmentation"."""
         p = self._parameterNode
-        if p is not None and node is not None and not p.synthesisReference:
-            p.synthesisReference = node
-        self.updateButtons()
+        node = p.inputVolume
+        nodeID = node.GetID() if node is not None else None
+        followed = getattr(self, "_followedInputID", None)
+        if nodeID != followed:
+            reference = p.synthesisReference
+            if node is not None and (reference is None or reference.GetID() == followed):
+                p.synthesisReference = node
+            self._followedInputID = nodeID
+            if self.task is None or self.task.action != "predict":
+                self.showPrediction(node)
+        self.ui.tumourSegmentSelector.enabled = bool(p.useTumourSegmentation)
 
     def onTumourSegmentChanged(self, *args) -> None:
         p = self._parameterNode
@@ -184,8 +213,6 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
             return
         p.tumourSegmentation = self.ui.tumourSegmentSelector.currentNode()
         p.tumourSegmentId = self.ui.tumourSegmentSelector.currentSegmentID() or ""
-        self.ui.tumourSegmentSelector.enabled = bool(self.ui.useTumourSegmentationCheckBox.checked)
-        self.updateButtons()
 
     # ------------------------------------------------------------------ actions (PanelWidgetMixin hooks)
     def _canRun(self, action) -> bool:
@@ -194,7 +221,7 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
             return False
         if action == "synthesize":
             return bool(p.synthesisSegmentation and p.synthesisReference)
-        if self.ui.useTumourSegmentationCheckBox.checked and not (p.tumourSegmentation and p.tumourSegmentId):
+        if p.useTumourSegmentation and not (p.tumourSegmentation and p.tumourSegmentId):
             return False
         return bool(p.inputVolume)
 
@@ -207,7 +234,7 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
         p = self._parameterNode
         common = dict(weights=self.weightsArgument(), device=p.device or "auto")
         if action == "predict":
-            useMine = bool(self.ui.useTumourSegmentationCheckBox.checked)
+            useMine = bool(p.useTumourSegmentation)
             segmentation = p.tumourSegmentation if useMine else None
             segmentId = (p.tumourSegmentId or None) if useMine else None
             task = self.logic.submit(p.inputVolume, segmentation, segmentId, show=p.showHeatmap, **common)
@@ -222,16 +249,42 @@ class PNIPredictWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
         if task.action != "predict":
             return
         imported = task.imported
-        self.ui.probabilityLabel.text = lib.prediction_text(imported)
-        self.ui.caveatsLabel.text = lib.caveats_text(imported)
-        self.ui.cropBoxLabel.text = lib.crop_box_text(lib.crop_box_of(imported))
+        texts = (lib.prediction_text(imported), lib.caveats_text(imported),
+                 lib.crop_box_text(lib.crop_box_of(imported)))
+        self.predictionTexts[task.context.GetID()] = texts
+        p = self._parameterNode
+        if p is not None and p.inputVolume is task.context:
+            self.showPrediction(task.context)
         tumour = imported.nodes.get("tumour")
-        if tumour is not None and self._parameterNode is not None and not self._parameterNode.synthesisSegmentation:
-            self._parameterNode.synthesisSegmentation = tumour
+        p = self._parameterNode
+        if tumour is not None and p is not None:
+            # the synthesis segmentation follows the newest prediction unless the user chose their own
+            current = p.synthesisSegmentation
+            if current is None or current.GetAttribute("Pantheon.Output") is not None:
+                p.synthesisSegmentation = tumour
+
+    def noteLine(self, key, value):
+        if key == "crop_box":  # JSON for the scene; words for the log
+            return lib.crop_box_text(lib.crop_box_of({"notes": {key: value}}))
+        return PanelWidgetMixin.noteLine(self, key, value)
 
     def onTaskEnded(self, task) -> None:
         if task.action == "predict" and task.state != "done":
             self.ui.probabilityLabel.text = _("PNI probability: not computed")
+
+    def showPrediction(self, inputNode) -> None:
+        """The probability, caveats and crop box of ``inputNode``'s last prediction (or none yet)."""
+        texts = self.predictionTexts.get(inputNode.GetID()) if inputNode is not None else None
+        if texts is None:
+            texts = (_("PNI probability: not computed yet"),
+                     _("Research software: not validated for clinical use."), "")
+        self.ui.probabilityLabel.text = lib.probability_html(texts[0])
+        self.ui.caveatsLabel.text, self.ui.cropBoxLabel.text = texts[1], texts[2]
+
+    def onSceneStartClose(self, caller=None, event=None) -> None:
+        PanelWidgetMixin.onSceneStartClose(self, caller, event)
+        self.predictionTexts = {}  # node IDs are reused by the next scene
+        self.showPrediction(None)
 
 
 #
@@ -346,9 +399,10 @@ class PNIPredictLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
                 tumour.SetAttribute(PROBABILITY_ATTRIBUTE, f"{float(imported.scalars['pni_probability']):.6g}")
             self.lastResult = imported
 
-        return self._submitJob("predict", inputVolumeNode, full, writeInputs, importShow=show, after=after)
+        return self._submitJob("predict", inputVolumeNode, full, writeInputs, importShow=show, after=after,
+                               protect=[tumourSegmentationNode])
 
-    def _submitJob(self, action, node, params, writeInputs, importShow=True, after=None):
+    def _submitJob(self, action, node, params, writeInputs, importShow=True, after=None, protect=()):
         """Stage the inputs in a private folder (``writeInputs(folder) -> {name: path}``, removed when
         the task ends), submit ``action``; when it is done, import the result under ``node`` (a re-run
         reuses that input's output nodes) with its crop box as a markups ROI, then call ``after``."""
@@ -361,7 +415,7 @@ class PNIPredictLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
             raise
 
         def onResult(result):
-            imported = bridge.import_result(result, node, action, show=importShow)
+            imported = bridge.import_result(result, node, action, show=importShow, protect=protect)
             box = lib.crop_box_of(result)
             if box is not None:
                 imported.nodes["crop_box"] = bridge.import_roi(box, node, action)
@@ -398,7 +452,8 @@ class PNIPredictLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
                 slicer.util.setSliceViewerLayers(background=patch, foreground=referenceVolumeNode,
                                                  foregroundOpacity=0.0)
 
-        return self._submitJob("synthesize", referenceVolumeNode, full, writeInputs, importShow=False, after=after)
+        return self._submitJob("synthesize", referenceVolumeNode, full, writeInputs, importShow=False, after=after,
+                               protect=[segmentationNode])
 
     def synthesize(self, segmentationNode, referenceVolumeNode, tumourSegmentId=None, liverSegmentId=None,
                    progress=None, cancel=None, timeout=None, show=True, params=None, **kw):

@@ -7,15 +7,20 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The project's shared fixtures live beside the checkout (../shared/fixtures); PANTHEON_SHARED overrides.
+# The NEMESIS reference fixtures are part of the repository (see fixtures/nemesis/README.md), so a
+# fresh clone tests itself.
+NEMESIS_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nemesis"
+# Optional data beside the checkout (../shared); PANTHEON_SHARED overrides. Tests that need it skip
+# with a reason when it is absent.
 SHARED = Path(os.environ.get("PANTHEON_SHARED", REPO_ROOT.parent / "shared"))
-FIXTURES = SHARED / "fixtures"
-NEMESIS_FIXTURES = FIXTURES / "nemesis"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # lets tests `from conftest import ...`
 
-if not NEMESIS_FIXTURES.is_dir():  # fail loudly rather than skip: these fixtures are the contract
-    raise RuntimeError(f"NEMESIS fixtures not found at {NEMESIS_FIXTURES}; set PANTHEON_SHARED")
+# The built-and-installed Slicer extension, for any test that asks (see extension_build.py).
+from extension_build import extension_install, installed_modules_dir  # noqa: E402,F401
+
+# The real-Qt panel harness's fixtures (harness, harness_checks), see qt_harness/fixtures.py.
+pytest_plugins = ["qt_harness.fixtures"]
 
 
 @pytest.fixture(autouse=True, scope="session")

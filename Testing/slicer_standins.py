@@ -8,8 +8,8 @@ MRML, segmentations, ``slicer.util`` - stays real) and returns an undo function.
 ``load_module_file`` / ``slicer_module`` load a module's ``<Name>.py`` with them; ``archetype_load_volume``
 replaces ``slicer.util.loadVolume`` (which needs the application) with the reader Slicer uses.
 Also here: the worker-availability skip marker (``needs_worker``), fixture bodies (``worker_logic``,
-``worker_client``), .ui-file readers, and a panel widget below Qt (``fake_panel``, ``FakeWidget``,
-``FakeParameterNode``, ``ScriptedJob``).
+``worker_client``), .ui-file readers and a scripted worker job (``ScriptedJob``). The panels
+themselves (widgets, signals, the parameter node wrapper) are tested in a real Qt: Testing/qt_harness.
 """
 
 from __future__ import annotations
@@ -240,78 +240,7 @@ def has_section(widgets, title: str) -> bool:
                for w in widgets.values())
 
 
-# ------------------------------------------------------------------------------------ a widget below Qt
-class FakeWidget:
-    """Just enough of a Qt widget for the panel code: properties as attributes, signals recorded."""
-
-    def __init__(self, name, text=""):
-        self.name, self.text, self.enabled, self.checked, self.visible, self.value = name, text, True, False, True, 0
-        self.currentPath, self.currentText, self.items, self.slots = "", "", [], {}
-        self._node, self._segment = None, ""
-
-    def connect(self, signal, slot):
-        self.slots.setdefault(signal, []).append(slot)
-
-    def emit(self, signal, *args):
-        for slot in self.slots.get(signal, []):
-            slot(*args)
-
-    def clear(self):
-        self.items, self.text = [], ""
-
-    def addItem(self, text):
-        self.items.append(text)
-
-    def setCurrentText(self, text):
-        self.currentText = text
-
-    def setCurrentNode(self, node):
-        self._node = node
-
-    def currentNode(self):
-        return self._node
-
-    def setCurrentSegmentID(self, segment):
-        self._segment = segment
-
-    def currentSegmentID(self):
-        return self._segment
-
-    def appendPlainText(self, text):
-        self.text += str(text) + "\n"
-
-    def toPlainText(self):
-        return self.text
-
-    def setPlainText(self, text):
-        self.text = text
-
-    def setMRMLScene(self, scene):
-        pass
-
-
-class FakeParameterNode:
-    """The parameter node wrapper's interface the widgets use: every field of the module's parameter
-    node class (None unless given), connectGui and observers."""
-
-    def __init__(self, module_file: Path, class_name: str, **fields):
-        for name in parameter_node_fields(module_file, class_name):
-            setattr(self, name, None)
-        self.__dict__.update(fields)
-
-    def connectGui(self, ui):
-        return "tag"
-
-    def disconnectGui(self, tag):
-        pass
-
-    def AddObserver(self, event, callback, priority=0.0):
-        return 1
-
-    def RemoveObserver(self, tag):
-        pass
-
-
+# ------------------------------------------------------------------------------------ scripted jobs
 class ScriptedJob:
     """A worker job that reports ``events`` (default: one progress event) one per poll, then ends as told."""
 
@@ -332,35 +261,6 @@ class ScriptedJob:
 
     def cancel(self):
         self.cancelled = True
-
-
-def fake_panel(monkeypatch, mod, module_dir: Path, ui_file: Path):
-    """Prepare ``mod``'s widget for ``setup()`` without Qt: ``slicer.util.loadUI`` /
-    ``childWidgetVariables`` give a namespace of :class:`FakeWidget` (one per .ui widget, with its
-    text), error popups are recorded. Returns ``(ui, popups)``."""
-    import contextlib
-    import slicer
-    widgets, _root = ui_widgets(ui_file)
-    ui = types.SimpleNamespace(**{n: FakeWidget(n, w.findtext("property[@name='text']/string") or "")
-                                  for n, w in widgets.items()})
-    monkeypatch.setattr(slicer.util, "loadUI", lambda path: FakeWidget(module_dir.name), raising=False)
-    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui, raising=False)
-    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext(), raising=False)
-    popups = []
-    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: popups.append(text), raising=False)
-    monkeypatch.setattr(mod.ScriptedLoadableModuleWidget, "setup", lambda self: None, raising=False)
-    monkeypatch.setattr(mod.ScriptedLoadableModuleWidget, "resourcePath",
-                        lambda self, f: str(module_dir / "Resources" / f), raising=False)
-    return ui, popups
-
-
-def set_up_widget(widget_class):
-    """A module widget, set up (after :func:`fake_panel`)."""
-    widget = widget_class()
-    widget.layout = types.SimpleNamespace(addWidget=lambda w: None)
-    widget.parent = types.SimpleNamespace(isEntered=True)
-    widget.setup()
-    return widget
 
 
 def worker_client(**kwargs):

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slicer_standins import (FakeParameterNode, ScriptedJob, archetype_load_volume, bound_parameters,
-                             custom_widgets_declared, fake_panel, has_section, ijk_to_ras, module_lib,
-                             needs_worker, parameter_node_fields, set_up_widget, slicer_module, ui_widgets,
+from slicer_standins import (archetype_load_volume, bound_parameters,
+                             custom_widgets_declared, has_section, ijk_to_ras, module_lib,
+                             needs_worker, parameter_node_fields, slicer_module, ui_widgets,
                              used_ui_names, worker_logic)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +84,14 @@ def test_probability_and_caveat_texts():
     assert lib.crop_box_text(lib.crop_box_of(result)) == "Crop box 128 x 128 x 96 mm at RAS (1.0, 2.0, 3.0)"
     assert lib.crop_box_of({"notes": {}}) is None and lib.crop_box_text(None) == ""
     assert "not for clinical use" in lib.prediction_text({"scalars": {"pni_probability": 0.1}, "notes": {}})
+
+
+def test_probability_html_keeps_the_caveat_under_the_number():
+    html = lib.probability_html(lib.probability_text(0.734))
+    assert html.startswith("PNI probability 0.73<br><span")
+    assert "(demo weights, synthetic training data: not for clinical use)</span>" in html
+    assert lib.probability_html("PNI probability: not computed yet") == "PNI probability: not computed yet"
+    assert lib.probability_html("a <b> (c & d)").startswith("a &lt;b&gt;<br>")
 
 
 def test_mask_label_values():
@@ -352,94 +360,3 @@ def test_self_test_runs_against_the_real_scene(pni, scene, monkeypatch):
     test.messages = []
     test.runTest()
     assert "Test passed" in test.messages and "Synthesizing a patch (2 DDIM steps)" in test.messages
-
-
-# ============================================================================ the widget's state machine
-
-
-def _parameter_node(**fields):
-    defaults = dict(weightsChoice="demo", device="cpu", showHeatmap=True, useTumourSegmentation=False,
-                    tumourSegmentId="", synthesisSteps=2, synthesisSeed=0, synthesisPNIPositive=True,
-                    neosegPath="", pattennetPath="", neogenPath="", workerPython="")
-    return FakeParameterNode(MODULE_FILE, "PNIPredictParameterNode", **dict(defaults, **fields))
-
-
-def test_widget_apply_cancel_state_machine(pni, scene, monkeypatch):
-    import types
-
-    ui, popups = fake_panel(monkeypatch, pni, MODULE_DIR, UI_FILE)
-    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mri")
-    params = _parameter_node(inputVolume=volume)
-    monkeypatch.setattr(pni.PNIPredictLogic, "getParameterNode", lambda self: params)
-    monkeypatch.setattr(pni.PNIPredictLogic, "ensureRequirements", lambda self, *a, **k: True)
-    jobs, submitted = [], []
-
-    def submit(self, inputVolumeNode, tumourSegmentationNode=None, tumourSegmentId=None, params=None, show=True, **kw):
-        submitted.append((inputVolumeNode, tumourSegmentationNode, tumourSegmentId, kw))
-        return lib.WorkerTask("predict", jobs.pop(0), None, lambda result: result)
-
-    monkeypatch.setattr(pni.PNIPredictLogic, "submit", submit)
-    widget = set_up_widget(pni.PNIPredictWidget)
-    try:
-        assert ui.deviceComboBox.items == list(lib.DEVICES) and ui.deviceComboBox.currentText == "cpu"
-        assert ui.applyButton.enabled and not ui.synthesizeButton.enabled  # no segmentation to synthesize from
-        assert not ui.errorLabel.visible
-
-        # Apply -> Cancel -> Cancelling... -> cancelled
-        jobs.append(ScriptedJob("done", result={}))
-        ui.applyButton.emit("clicked(bool)", False)
-        assert submitted[-1][0] is volume and submitted[-1][1] is None and submitted[-1][3]["device"] == "cpu"
-        assert widget.state == "running" and ui.applyButton.text == "Cancel" and ui.applyButton.enabled
-        assert not ui.synthesizeButton.enabled and ui.progressBar.visible
-        ui.applyButton.emit("clicked(bool)", False)
-        assert widget.state == "cancelling" and ui.applyButton.text == "Cancelling..." and not ui.applyButton.enabled
-        for _ in range(5):
-            widget.onPoll()
-        assert widget.task is None and widget.state == "idle" and ui.statusLabel.text == "Cancelled"
-        assert ui.applyButton.text == "Predict PNI" and ui.applyButton.enabled and not ui.progressBar.visible
-
-        # a finished prediction: the probability, large, with its caveats
-        imported = types.SimpleNamespace(nodes={}, scalars={"pni_probability": 0.4213, "tumour_volume_ml": 8.0},
-                                         notes={"warning": "Demo weights trained on synthetic phantoms.",
-                                                "pni_prediction": "negative", "tumour_source": "NeoSeg",
-                                                "crop_box": '{"centre_ras": [0, 0, 0], "size_mm": [128, 128, 96]}'})
-        jobs.append(ScriptedJob("done", result=imported))
-        ui.applyButton.emit("clicked(bool)", False)
-        widget.onPoll()
-        assert ui.progressBar.value == 50 and ui.statusLabel.text == "half way"
-        widget.onPoll()
-        assert ui.probabilityLabel.text == \
-            "PNI probability 0.42 (demo weights, synthetic training data: not for clinical use)"
-        assert "untuned 0.5 threshold" in ui.caveatsLabel.text and "Demo weights" in ui.caveatsLabel.text
-        assert ui.cropBoxLabel.text.startswith("Crop box 128 x 128 x 96 mm")
-
-        # a failed job: the error is shown in the panel (and as a popup)
-        jobs.append(ScriptedJob("failed", error={"kind": "input", "message": "The input image looks like a CT."}))
-        ui.applyButton.emit("clicked(bool)", False)
-        for _ in range(3):
-            widget.onPoll()
-        assert ui.errorLabel.visible and ui.errorLabel.text == "The input image looks like a CT."
-        assert popups == ["The input image looks like a CT."] and ui.statusLabel.text == "Failed"
-        assert ui.probabilityLabel.text == "PNI probability: not computed"
-
-        # the user's tumour segment: required once the check box is on
-        ui.useTumourSegmentationCheckBox.checked = True
-        params.useTumourSegmentation = True
-        widget.updateButtons()
-        assert not ui.applyButton.enabled
-        seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-        ui.tumourSegmentSelector.setCurrentNode(seg)
-        ui.tumourSegmentSelector.setCurrentSegmentID("tumour")
-        ui.tumourSegmentSelector.emit("currentSegmentChanged(QString)", "tumour")
-        assert params.tumourSegmentation is seg and params.tumourSegmentId == "tumour" and ui.applyButton.enabled
-        jobs.append(ScriptedJob("cancelled"))
-        ui.applyButton.emit("clicked(bool)", False)
-        assert submitted[-1][1] is seg and submitted[-1][2] == "tumour"
-        # an error before the job starts (e.g. a missing weights file) lands in the panel
-        params.weightsChoice, params.pattennetPath = "file", str(REPO / "no-such-file.safetensors")
-        widget.task = None
-        widget.setState("idle")
-        ui.applyButton.emit("clicked(bool)", False)
-        assert "does not exist" in ui.errorLabel.text and widget.task is None
-    finally:
-        widget.cleanup()

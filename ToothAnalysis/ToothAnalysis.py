@@ -28,6 +28,7 @@ Scripting (Slicer's Python console), blocking::
 import logging
 import os
 import shutil
+import sys
 from typing import Annotated, Optional, Union
 
 import qt
@@ -42,6 +43,21 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
+
+
+def _addPantheonPackageToPath():
+    """Slicer puts only this module's folder on sys.path. The built extension installs the pantheon
+    package beside the module; in a source checkout (module folders added to the additional module
+    paths) it is one folder up."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isfile(os.path.join(folder, "pantheon", "__init__.py")):
+            if folder not in sys.path:
+                sys.path.insert(1, folder)  # after the module's own folder
+            return
+
+
+_addPantheonPackageToPath()
 
 from ToothAnalysisLib import core as lib
 from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin, selftest_skip_reason
@@ -85,6 +101,15 @@ on real X-rays are meaningless. Trained checkpoints can be chosen under Weights 
 models. The model and method are the work of the authors of the paper cited in the help text;
 Pantheon re-implements them for research use. Built on 3D Slicer, PyTorch and MONAI.</p>
 """)
+        # the synthetic cases in Sample Data (category "Pantheon"); idempotent, so each module may ask
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+
+def registerSampleData():
+    """Add Pantheon's synthetic sample cases (CT, panoramic X-ray, liver MRI) to Slicer's Sample Data."""
+    from pantheon.slicerbridge.sampledata import register_sample_data
+    register_sample_data()
 
 
 #
@@ -96,12 +121,13 @@ Pantheon re-implements them for research use. Built on 3D Slicer, PyTorch and MO
 class ToothAnalysisParameterNode:
     """Panel state, saved with the scene. Widgets bind through their SlicerParameterName property."""
 
-    inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]
+    # Optional: Slicer's wrapper must be able to store the default None (a Union without None cannot)
+    inputVolume: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]]
     weightsChoice: Annotated[str, Choice(list(lib.WEIGHTS_CHOICES)), Default(lib.WEIGHTS_DEMO)]
     detectorPath: str
     henaPath: str
     scoreThreshold: Annotated[float, WithinRange(0.0, 1.0), Default(lib.DEFAULT_SCORE_THRESHOLD)]
-    device: Annotated[str, Choice(list(lib.DEVICES)), Default("auto")]
+    device: Annotated[str, Default("auto")]  # auto, cpu or a GPU (cuda, cuda:N): checked by lib.build_params
     workerPython: str  # empty: Slicer's own Python
 
 
@@ -136,13 +162,12 @@ class ToothAnalysisWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.logic.logCallback = self.appendLog
 
         self.actionButtons = {lib.ACTION: self.ui.applyButton}
-        self.connectPanel(qt.QTimer(), slicer.mrmlScene)
+        self.connectPanel(qt.QTimer(), slicer.mrmlScene, qt.QTimer.singleShot)
         self.connectSettings(lib.DEVICES,
                              weights={lib.WEIGHTS_DEMO: self.ui.weightsDemoRadioButton,
                                       lib.WEIGHTS_FILE: self.ui.weightsFileRadioButton},
                              paths={"detectorPath": self.ui.detectorPathLineEdit, "henaPath": self.ui.henaPathLineEdit})
 
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.findingsTableWidget.connect("cellClicked(int,int)", self.onFindingClicked)
         self.ui.findingsTableWidget.connect("currentCellChanged(int,int,int,int)", self.onFindingCurrentChanged)
 
@@ -163,22 +188,36 @@ class ToothAnalysisWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
 
     # ------------------------------------------------------------------ parameter node
     def setParameterNode(self, inputParameterNode) -> None:
+        self._shownInputID = "?"  # force showing the bound node's input
         if self.bindParameterNode(inputParameterNode):
             self.syncSettingsWidgets()
-            self.onInputChanged()
+            self.onParameterNodeModified()
 
-    def onInputChanged(self, node=None) -> None:
-        """Show the findings of the chosen image's last analysis (if any)."""
-        p = self._parameterNode
-        inputNode = node if node is not None else (p.inputVolume if p is not None else None)
+    def parameterNodeChanged(self) -> None:
+        """Show the findings of the chosen image's last analysis (if any) when the input changes."""
+        inputNode = self._parameterNode.inputVolume
+        inputID = inputNode.GetID() if inputNode is not None else None
+        if inputID != getattr(self, "_shownInputID", None):
+            self._shownInputID = inputID
+            self.showInput(inputNode)
+
+    def showInput(self, inputNode) -> None:
         table = self.logic.findingsTable(inputNode) if inputNode is not None else None
         self.showFindings(table, self.logic.chartPath(inputNode) if inputNode is not None else None)
-        self.updateButtons()
 
     # ------------------------------------------------------------------ actions (PanelWidgetMixin hooks)
     def _canRun(self, action) -> bool:
         p = self._parameterNode
-        return bool(p is not None and p.inputVolume)
+        return bool(p is not None and p.inputVolume and self.inputProblem(p.inputVolume) is None)
+
+    def isInputType(self, node) -> bool:
+        return bool(node is not None and node.IsA("vtkMRMLVolumeNode")
+                    and (node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLVectorVolumeNode"))
+                    and not node.IsA("vtkMRMLLabelMapVolumeNode"))
+
+    def inputProblem(self, node):
+        return lib.xray_problem(node.GetName(), node.GetImageData().GetDimensions()
+                                if node.GetImageData() is not None else None)
 
     def startAction(self, action):
         p = self._parameterNode

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Sequence
 
-from pantheon.slicerbridge.panel import (REQUIREMENT_SPECS, TORCH_CPU_INDEX, TORCH_CUDA_INDEX, Debouncer,  # noqa: F401
+from pantheon.slicerbridge.panel import (check_device, REQUIREMENT_SPECS, TORCH_CPU_INDEX, TORCH_CUDA_INDEX, Debouncer,  # noqa: F401
                                    InstallPlan, InstallStep, TaskError, ThreadTask, environment_text,
                                    install_plan, lps_to_ras, private_temp_dir, ras_to_lps, remove_tree,
                                    run_worker_python)
 from pantheon.slicerbridge.panel import WorkerTask as NemesisTask  # noqa: F401
 
 __all__ = [
+    "MIN_PROBE_CASES",
     "ACTIONS", "ORGANS", "ORGAN_NAMES", "DEVICES", "PRECISIONS",
     "WEIGHTS_DEMO", "WEIGHTS_OFFICIAL", "WEIGHTS_FILE", "WEIGHTS_CHOICES",
     "DEMO_CARD", "DEMO_PROBE_CARD", "OFFICIAL_CARD", "OFFICIAL_SIZE_TEXT",
@@ -39,6 +40,8 @@ ACTIONS: Dict[str, str] = {
     "train_probe": "nemesis.train_probe",
 }
 
+MIN_PROBE_CASES = 2  # one case is held out to measure the probe
+
 # BTCV organs of the NEMESIS organ probe (same order and names as
 # pantheon.models.nemesis.probe.BTCV_ORGANS, which needs torch and is not imported here),
 # with the name of the check box that selects each one in the panel.
@@ -54,7 +57,7 @@ ORGANS = [
 ]
 ORGAN_NAMES = [name for name, _ in ORGANS]
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # offered before the worker is checked; then each GPU (cuda:N)
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 WEIGHTS_DEMO = "demo"
@@ -112,8 +115,7 @@ def build_params(action: str, *, weights: Optional[Dict[str, object]] = None, de
     """Worker parameters for one action (only the keys that pipeline takes)."""
     if action not in ACTIONS:
         raise ValueError(f"Unknown action {action!r}; use one of {', '.join(ACTIONS)}.")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    device = check_device(device)
     params: Dict[str, object] = dict(weights or {"weights": DEMO_CARD})
     params["device"] = device
     if action != "train_probe":

@@ -13,14 +13,14 @@ import math
 import os
 from typing import Dict, Mapping, Optional, Sequence
 
-from pantheon.slicerbridge.panel import (TaskError, ThreadTask, WorkerTask, environment_text,  # noqa: F401
+from pantheon.slicerbridge.panel import (check_device, TaskError, ThreadTask, WorkerTask, environment_text,  # noqa: F401
                                          install_plan, lps_to_ras, poll_task, private_temp_dir, ras_to_lps,
                                          remove_tree, run_worker_python)
 
 __all__ = [
     "ACTIONS", "DEVICES", "COMPONENTS", "WEIGHTS_DEMO", "WEIGHTS_FILE", "WEIGHTS_CHOICES", "DEMO_CARDS",
     "DEFAULT_STEPS", "MAX_STEPS", "TUMOUR_VALUE", "LIVER_VALUE", "AUTO_SYNTHESIS_LABELS",
-    "weights_params", "build_params", "probability_text", "prediction_text", "caveats_text", "crop_box_of",
+    "weights_params", "build_params", "probability_text", "probability_html", "prediction_text", "caveats_text", "crop_box_of",
     "crop_box_text", "tumour_label_values", "synthesis_label_values", "PHANTOM_SCRIPT", "make_phantom_files",
     "TaskError", "WorkerTask", "ThreadTask", "environment_text", "install_plan", "poll_task",
     "private_temp_dir", "remove_tree", "run_worker_python", "ras_to_lps", "lps_to_ras",
@@ -29,7 +29,7 @@ __all__ = [
 # ------------------------------------------------------------------------------------ choices
 #: UI action -> worker pipeline.
 ACTIONS: Dict[str, str] = {"predict": "pni.predict", "synthesize": "pni.synthesize"}
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # offered before the worker is checked; then each GPU (cuda:N)
 #: NeoNet components and the pipelines that use them.
 COMPONENTS = ("neoseg", "pattennet", "neogen")
 WEIGHTS_DEMO = "demo"
@@ -94,8 +94,7 @@ def build_params(action: str, *, weights: Optional[Dict[str, str]] = None, devic
     """Worker parameters for one action (only the keys that pipeline takes)."""
     if action not in ACTIONS:
         raise ValueError(f"Unknown action {action!r}; use one of {', '.join(ACTIONS)}.")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    device = check_device(device)
     wanted = ("neoseg", "pattennet") if action == "predict" else ("neogen",)
     w = dict(weights) if weights is not None else weights_params(WEIGHTS_DEMO)
     params: Dict[str, object] = {k: w.get(k) or DEMO_CARDS[k] for k in wanted}
@@ -135,6 +134,15 @@ def probability_text(probability, demo: bool = True) -> str:
         return "PNI probability: not available"
     why = "demo weights, synthetic training data" if demo else "research model"
     return f"PNI probability {p:.2f} ({why}: not for clinical use)"
+
+
+def probability_html(text: str) -> str:
+    """The big label: the probability large, its caveat (the bracket) on a smaller line below it."""
+    from html import escape
+    head, bracket, tail = str(text).partition(" (")
+    if not bracket:
+        return escape(str(text))
+    return f"{escape(head)}<br><span style='font-size: 11pt; font-weight: normal;'>({escape(tail)}</span>"
 
 
 def prediction_text(result) -> str:

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from pantheon.slicerbridge.panel import (InstallPlan, TaskError, ThreadTask,  # noqa: F401
+from pantheon.slicerbridge.panel import (check_device, InstallPlan, TaskError, ThreadTask,  # noqa: F401
                                    WorkerTask, environment_text, install_plan, lps_to_ras, private_temp_dir,
                                    ras_to_lps, remove_tree, run_worker_python)
 
@@ -22,7 +22,7 @@ __all__ = [
     "DEMO_DETECTOR_CARD", "DEMO_HENA_CARD", "DEFAULT_SCORE_THRESHOLD", "OUTPUT_TEETH", "OUTPUT_CARIES",
     "OUTPUT_ANOMALY", "TABLE_FINDINGS", "FINDINGS_COLUMNS", "weights_params", "build_params",
     "tooth_segment_name", "format_cell", "row_centre_lps", "row_centre_ras", "finding_text",
-    "chart_path_from_result", "summary_text", "OPG_SCRIPT", "make_opg_file",
+    "chart_path_from_result", "summary_text", "OPG_SCRIPT", "make_opg_file", "xray_problem",
     "ras_to_lps", "lps_to_ras", "private_temp_dir", "remove_tree", "run_worker_python", "TaskError",
     "WorkerTask", "ThreadTask", "environment_text", "install_plan", "InstallPlan",
 ]
@@ -32,7 +32,7 @@ ACTION = "analyze"  # the panel's one action; also the bridge's action name (nod
 PIPELINE = "mathena.analyze"
 ACTIONS: Dict[str, str] = {ACTION: PIPELINE}
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # offered before the worker is checked; then each GPU (cuda:N)
 
 WEIGHTS_DEMO = "demo"
 WEIGHTS_FILE = "file"
@@ -63,6 +63,16 @@ FINDINGS_COLUMNS = [
 ]
 
 
+def xray_problem(name: str, dimensions: Optional[Sequence[int]]) -> Optional[str]:
+    """Why an image of these (i, j, k) dimensions is not a panoramic X-ray, in one sentence (None if it may be)."""
+    if dimensions is None or len(dimensions) != 3:
+        return f"{name} has no image data."
+    if min(dimensions) != 1:
+        i, j, k = dimensions
+        return f"{name} is a 3D volume ({i} x {j} x {k}); choose a 2D panoramic X-ray."
+    return None
+
+
 # ------------------------------------------------------------------------------------ params
 def _checkpoint(path: Optional[str], what: str) -> str:
     if not path or not str(path).strip():
@@ -88,8 +98,7 @@ def weights_params(choice: str, detector_path: Optional[str] = None, hena_path: 
 def build_params(weights: Optional[Dict[str, str]] = None, score_thresh: float = DEFAULT_SCORE_THRESHOLD,
                  device: str = "auto", **extra) -> Dict[str, object]:
     """Worker parameters for ``mathena.analyze``."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    device = check_device(device)
     score = float(score_thresh)
     if not 0.0 <= score <= 1.0:
         raise ValueError(f"The detection score threshold must be between 0 and 1, got {score:g}.")
@@ -115,6 +124,8 @@ def format_cell(key: str, value) -> str:
         return ""
     if key == "tooth":
         return str(int(float(value)))
+    if key in ("caries", "anomaly"):  # the calls come back from a table node as 0/1 or text
+        return "yes" if _called({key: value}, key) else "no"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int) or (key.endswith("_pixels") and isinstance(value, float) and value.is_integer()):

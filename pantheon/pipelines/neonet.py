@@ -38,8 +38,8 @@ CAVEATS = {
     "research_only": "Research software: PNI prediction is not validated for clinical use.",
     "threshold": "pni_probability >= 0.5 is read as PNI positive; 0.5 is the untuned sigmoid midpoint, "
                  "not a calibrated operating point (the paper reports AUC only).",
-    "heatmap": "pni_attention is PattenNet's spatial attention inside the TLCR box (0 outside): where the "
-               "classifier looked, not a map of invasion.",
+    "heatmap": "The attention map (pni_attention) is PattenNet's spatial attention inside the crop box (0 "
+               "outside): where the classifier looked, not a map of invasion.",
 }
 
 

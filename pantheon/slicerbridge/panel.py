@@ -18,14 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 __all__ = [
     "ras_to_lps", "lps_to_ras", "REQUIREMENT_SPECS", "TORCH_CPU_INDEX", "TORCH_CUDA_INDEX",
     "InstallStep", "InstallPlan", "install_plan", "Debouncer", "private_temp_dir", "remove_tree",
     "WorkerTask", "ThreadTask", "TaskError", "environment_text", "WorkerLogicMixin", "run_worker_python",
-    "poll_task", "PanelWidgetMixin", "selftest_skip_reason",
+    "poll_task", "PanelWidgetMixin", "selftest_skip_reason", "check_device",
 ]
 
 # ------------------------------------------------------------------------------------ points
@@ -38,86 +37,19 @@ def ras_to_lps(point) -> List[float]:
 lps_to_ras = ras_to_lps  # the same flip both ways
 
 # ------------------------------------------------------------------------------------ install
-REQUIREMENT_SPECS = {
-    "torch": "torch>=2.1",
-    "monai": "monai>=1.3",
-    "numpy": "numpy>=1.24",
-    "SimpleITK": "SimpleITK>=2.3",
-    "simpleitk": "SimpleITK>=2.3",
-    "nibabel": "nibabel>=5.0",
-    "safetensors": "safetensors>=0.4",
-    "scikit-learn": "scikit-learn>=1.3",
-    "sklearn": "scikit-learn>=1.3",
-    "pillow": "pillow>=10.0",
-    "PIL": "pillow>=10.0",
-    "tqdm": "tqdm>=4.60",
-    "scipy": "scipy",
-    "pynrrd": "pynrrd>=1.0",
-    "nrrd": "pynrrd>=1.0",
-}
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"  # Windows: PyPI torch is CPU-only
+# Install plans live in pantheon.slicerbridge.install (requirements from pyproject.toml, torch index
+# for the NVIDIA driver); re-exported here because the modules' Lib/core.py import them from panel.
+from .install import (REQUIREMENT_SPECS, TORCH_CPU_INDEX, TORCH_CUDA_INDEX, InstallPlan,  # noqa: E402,F401
+                      InstallStep, detect_nvidia_driver, install_plan, torch_index_for_driver)
 
+# ------------------------------------------------------------------------------------ devices
+def check_device(device) -> str:
+    """A device the worker understands ("auto", "cpu", "cuda", "cuda:N"), else one clear sentence."""
+    text = str(device or "").strip().lower()
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N (a GPU number), got {device!r}")
 
-@dataclass
-class InstallStep:
-    requirements: List[str]
-    via: str = "pip"  # "pip" (slicer.util.pip_install / python -m pip) or "pytorchutils"
-    pip_args: List[str] = field(default_factory=list)  # e.g. ["--index-url", TORCH_CPU_INDEX]
-
-    def pip_command(self, python: str) -> List[str]:
-        return [python, "-m", "pip", "install", *self.requirements, *self.pip_args]
-
-
-@dataclass
-class InstallPlan:
-    steps: List[InstallStep]
-    target: str  # where it goes, in words
-    python: Optional[str]  # None: Slicer's own Python
-    model: str = "Pantheon"  # who needs the packages, in the question to the user
-
-    @property
-    def requirements(self) -> List[str]:
-        return [r for s in self.steps for r in s.requirements]
-
-    def describe(self) -> str:
-        lines = [f"{self.model} runs in a separate worker process. Its Python ({self.target}) lacks "
-                 "packages it needs. These will be installed there:", ""]
-        for s in self.steps:
-            how = "with the PyTorch extension (it picks the build for your GPU driver)" if s.via == "pytorchutils" \
-                else ("with pip " + " ".join(s.pip_args)).strip()
-            lines.append(f"  - {', '.join(s.requirements)} ({how})")
-        lines += ["", "This downloads several hundred MB to a few GB and can take minutes. "
-                  "Nothing is installed into Slicer itself unless the worker uses Slicer's own Python.",
-                  "Install now?"]
-        return "\n".join(lines)
-
-
-def install_plan(missing: Sequence[str], python: Optional[str] = None, cuda: bool = False,
-                 have_pytorch_extension: bool = False, platform: str = sys.platform,
-                 model: str = "Pantheon") -> InstallPlan:
-    """What to install for ``missing`` package names, and how.
-
-    torch is installed on its own: through the PyTorch extension when the worker is Slicer's own
-    Python and the extension is present; otherwise with pip, pinned to the CPU wheel index unless a
-    CUDA build is wanted (PyPI's Linux torch is the CUDA build; on Windows PyPI has only CPU wheels).
-    """
-    missing = list(dict.fromkeys(missing))
-    steps: List[InstallStep] = []
-    if "torch" in missing:
-        if python is None and have_pytorch_extension:
-            steps.append(InstallStep([REQUIREMENT_SPECS["torch"]], via="pytorchutils"))
-        elif not cuda:
-            args = [] if platform == "darwin" else ["--index-url", TORCH_CPU_INDEX]
-            steps.append(InstallStep([REQUIREMENT_SPECS["torch"]], pip_args=args))
-        else:
-            args = ["--index-url", TORCH_CUDA_INDEX] if platform.startswith("win") else []
-            steps.append(InstallStep([REQUIREMENT_SPECS["torch"]], pip_args=args))
-    rest = [REQUIREMENT_SPECS.get(m, m) for m in missing if m != "torch"]
-    if rest:
-        steps.append(InstallStep(list(dict.fromkeys(rest))))
-    target = "Slicer's own Python" if python is None else f"the Python at {python}"
-    return InstallPlan(steps, target, python, model)
 
 # ------------------------------------------------------------------------------------ debouncing
 class Debouncer:
@@ -265,26 +197,41 @@ class TaskError(RuntimeError):
         self.kind, self.message = kind, message
 
 def environment_text(env: dict) -> str:
-    missing = env.get("missing") or []
+    """The environment check in one or two sentences: interpreter, torch, the GPUs the worker can use."""
+    missing = list(env.get("missing") or []) + list(env.get("outdated") or [])
     torch = env.get("torch") or "not installed"
-    cuda = {True: "CUDA available", False: "no CUDA", None: "CUDA unknown"}.get(env.get("cuda"))
-    text = f"Worker Python {env.get('version', '?')} at {env.get('python', '?')}; torch {torch}; {cuda}."
+    devices = [d for d in env.get("cuda_devices") or [] if d.get("usable", True)]
+    if devices:
+        gpus = "; ".join(f"{d.get('device', 'cuda')}: {d.get('name', 'GPU')}" for d in devices)
+        cuda = f"GPU: {gpus}"
+    else:
+        cuda = {True: "CUDA available", False: "no usable GPU (jobs run on the CPU)",
+                None: "CUDA unknown"}.get(env.get("cuda"), "CUDA unknown")
+    text = f"Worker Python {env.get('version') or '?'} at {env.get('python') or '?'}; torch {torch}; {cuda}."
     if missing:
         text += f" Missing: {', '.join(missing)}."
     return text
 
+
 class ThreadTask:
     """Runs ``fn(progress, cancel_event)`` on a background thread (no Slicer calls in ``fn``) with the
-    same polling interface as :class:`WorkerTask`; used for the weights download."""
+    same polling interface as :class:`WorkerTask`: the weights download, the check of the worker's
+    Python with the worker's start, and installing packages. ``progress(fraction, message)``
+    reports progress and ``progress.log(line)`` a log line. ``kind`` tells the panel what finished;
+    with ``abandon_on_cancel`` a cancelled task ends at once (its thread runs out unheeded: e.g.
+    an environment check that cannot be interrupted)."""
 
     FINISHED = WorkerTask.FINISHED
 
-    def __init__(self, action: str, fn: Callable, follow_up: Optional[str] = None):
+    def __init__(self, action: str, fn: Callable, follow_up: Optional[str] = None, kind: str = "download",
+                 abandon_on_cancel: bool = False):
         import threading
-        self.action, self.follow_up = action, follow_up
+        self.action, self.follow_up, self.kind = action, follow_up, kind
+        self.abandon_on_cancel = abandon_on_cancel
         self.state, self.progress, self.messages = "running", (0.0, "Starting"), []
         self.imported = self.result = self.error = None
         self.cancel_requested = False
+        self.context = None
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._pending: List[dict] = []
@@ -294,6 +241,12 @@ class ThreadTask:
             with self._lock:
                 self._pending.append({"type": "progress", "fraction": float(fraction), "message": str(message)})
 
+        def log(line):
+            with self._lock:
+                self._pending.append({"type": "log", "message": str(line)})
+
+        progress.log = log
+
         def target():
             try:
                 out = fn(progress, self._cancel)
@@ -301,7 +254,7 @@ class ThreadTask:
             except Exception as exc:
                 cancelled = self._cancel.is_set() or type(exc).__name__ == "Cancelled"
                 fin = ("cancelled" if cancelled else "failed", None,
-                       {"kind": "cancelled" if cancelled else getattr(exc, "kind", "download"), "message": str(exc)})
+                       {"kind": "cancelled" if cancelled else getattr(exc, "kind", kind), "message": str(exc)})
             with self._lock:
                 self._finished = fin
 
@@ -324,7 +277,12 @@ class ThreadTask:
             events, self._pending = self._pending, []
             fin = self._finished
         for ev in events:
-            self.progress = (ev["fraction"], ev["message"])
+            if ev["type"] == "log":
+                self.messages.append(ev["message"])
+            else:
+                self.progress = (ev["fraction"], ev["message"])
+        if fin is None and self.cancel_requested and self.abandon_on_cancel:
+            fin = ("cancelled", None, {"kind": "cancelled", "message": "Cancelled."})
         if fin is not None:
             self.state, self.result, self.error = fin
             self.imported = self.result
@@ -372,11 +330,21 @@ class WorkerLogicMixin:
     def client(self):
         if self._client is None:
             factory = self.clientFactory
+            kwargs = dict(python=self.workerPythonExecutable(), log_callback=self.log)
             if factory is None:
                 from pantheon.worker.client import WorkerClient
                 factory = WorkerClient
-            self._client = factory(python=self.workerPythonExecutable(), log_callback=self.log)
+                kwargs["base_env"] = self.workerBaseEnvironment()
+            self._client = factory(**kwargs)
         return self._client
+
+    def workerBaseEnvironment(self) -> dict:
+        """What the worker (and pip for it) starts from: Slicer's startup environment for another
+        interpreter (Slicer's launcher variables would break, e.g., a conda Python), the current one
+        for Slicer's own Python."""
+        from pantheon.worker.client import is_slicer_python, worker_base_environment
+        custom = bool(self.workerPython) and not is_slicer_python(self.workerPython)
+        return worker_base_environment(custom)
 
     def setWorkerPython(self, python: Optional[str]) -> None:
         """Use another interpreter for the worker (the current worker is stopped)."""
@@ -389,28 +357,75 @@ class WorkerLogicMixin:
                 self._client.shutdown()
             finally:
                 self._client = None
-                self._environment = None
+        self._environment = None
 
     # ------------------------------------------------------------------ requirements
     def workerEnvironment(self, refresh: bool = False) -> dict:
+        """The check of the worker's Python (blocking, up to a minute: the panel runs it on a
+        thread, see :meth:`prepareWorkerAsync`); cached until the Python changes or packages are
+        installed."""
         if self._environment is None or refresh:
             self._environment = self.client.check_environment()
         return self._environment
 
     def missingRequirements(self, refresh: bool = False) -> list:
-        """Packages the worker's Python lacks (e.g. ["torch", "monai"]); empty when ready."""
-        return list(self.workerEnvironment(refresh).get("missing") or [])
+        """Packages the worker's Python lacks or has too old (e.g. ["torch", "monai"]); empty when ready."""
+        env = self.workerEnvironment(refresh)
+        return list(dict.fromkeys(list(env.get("missing") or []) + list(env.get("outdated") or [])))
+
+    def environmentReady(self) -> bool:
+        """The worker's Python was checked and has everything, and the worker has been started: an
+        action can be submitted without waiting."""
+        env = self._environment
+        return bool(env is not None and env.get("ready", not env.get("missing")) and not env.get("outdated")
+                    and self._client is not None and getattr(self._client, "pid", None) is not None)
+
+    def nvidiaDriver(self) -> Optional[str]:
+        """The NVIDIA driver version (from nvidia-smi, never by importing torch), checked once."""
+        if getattr(self, "_nvidiaDriver", None) is None:
+            try:
+                self._nvidiaDriver = detect_nvidia_driver() or ""
+            except Exception:  # no nvidia-smi, or it hangs: no GPU to speak of
+                self._nvidiaDriver = ""
+        return self._nvidiaDriver or None
+
+    def prepareWorker(self, progress=None, cancel=None, refresh: bool = False) -> dict:
+        """Blocking: check the worker's Python (once) and, when it has what the models need, start
+        the worker (its handshake imports PyTorch). Returns the environment check."""
+        if progress is not None:
+            progress(0.05, "Checking the worker's Python...")
+        env = self.workerEnvironment(refresh)
+        self.nvidiaDriver()
+        if cancel is not None and cancel.is_set():
+            raise RuntimeError("Cancelled.")
+        if env.get("ready", not env.get("missing")) and not env.get("outdated"):
+            if progress is not None:
+                progress(0.5, "Starting the worker (loading PyTorch)...")
+            self.client.ping()
+        return env
+
+    def prepareWorkerAsync(self, followUp: Optional[str] = None, refresh: bool = False) -> "ThreadTask":
+        """:meth:`prepareWorker` on a thread; the panel polls it (progress, Cancel) and then runs
+        ``followUp``."""
+        return ThreadTask(followUp or "environment", lambda progress, cancel: self.prepareWorker(progress, cancel, refresh),
+                          followUp, kind="prepare", abandon_on_cancel=True)
 
     def installPlan(self, missing=None, cuda: Optional[bool] = None) -> InstallPlan:
+        """What installing ``missing`` means: torch from the index that fits this machine's GPU
+        driver (CPU when the user chose the CPU or there is no usable driver), the rest from PyPI."""
         missing = self.missingRequirements() if missing is None else missing
+        driver = self.nvidiaDriver()
         if cuda is None:
-            cuda = self._parameterNodeValue("device") == "cuda"
-        return install_plan(missing, python=self.workerPython, cuda=cuda,
-                            have_pytorch_extension=self._pytorchUtils() is not None, model=self.modelName)
+            device = str(self._parameterNodeValue("device") or "auto")
+            cuda = bool(driver) and device != "cpu"
+        return install_plan(missing, python=self.workerPython, cuda=cuda, have_pytorch_extension=False,
+                            model=self.modelName, driver_version=driver)
 
     def ensureRequirements(self, confirm=None, cuda: Optional[bool] = None) -> bool:
-        """True when the worker's Python has what the models need; otherwise say what will be
-        installed and where, ask, and install only if the user agrees. Never called at import time."""
+        """Blocking (scripts and the Python console): True when the worker's Python has what the
+        models need; otherwise say what will be installed and where, ask, and install only if the
+        user agrees. The panel does the same without blocking (:meth:`prepareWorkerAsync`,
+        :meth:`installAsync`). Never called at import time."""
         missing = self.missingRequirements()
         if not missing:
             return True
@@ -428,35 +443,38 @@ class WorkerLogicMixin:
         self.shutdown()  # the next job starts a fresh worker that sees the new packages
         return not self.missingRequirements(refresh=True)
 
-    def installRequirements(self, plan) -> None:
+    def installRequirements(self, plan, log=None, cancel=None) -> None:
+        """pip-install ``plan`` into the worker's Python (``python -m pip``: Slicer's PythonSlicer
+        or the chosen interpreter), one step at a time, each line of pip's output to ``log``."""
+        python = plan.python or self.workerPythonExecutable() or sys.executable
         for step in plan.steps:
             self.log(f"Installing {', '.join(step.requirements)} into {plan.target}...")
-            if step.via == "pytorchutils":
-                spec = step.requirements[0]
-                self._pytorchUtils().PyTorchUtilsLogic().installTorch(
-                    askConfirmation=False, torchVersionRequirement=spec[len("torch"):])
-            elif plan.python is None:
-                import slicer
-                slicer.util.pip_install(" ".join(step.requirements + step.pip_args))
-            else:
-                cmd = step.pip_command(plan.python)
-                code = (self.pipRunner or self._runPip)(cmd)
-                if code != 0:
-                    raise RuntimeError(f"pip failed (exit code {code}): {' '.join(cmd)}")
+            cmd = step.pip_command(python)
+            code = (self.pipRunner or (lambda c: self._runPip(c, log, cancel)))(cmd)
+            if cancel is not None and cancel.is_set():
+                raise RuntimeError("Installation cancelled; what pip had finished stays installed.")
+            if code != 0:
+                raise RuntimeError(f"pip failed (exit code {code}) installing {', '.join(step.requirements)}; "
+                                   "see the log.")
 
-    def _runPip(self, cmd) -> int:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def installAsync(self, plan, followUp: Optional[str] = None) -> "ThreadTask":
+        """:meth:`installRequirements` on a thread, its output in the panel's log, Cancel stops pip."""
+        def run(progress, cancel):
+            progress(0.02, "Installing " + ", ".join(plan.requirements) + "...")
+            self.installRequirements(plan, log=progress.log, cancel=cancel)
+            return plan.requirements
+        return ThreadTask(followUp or "install", run, followUp, kind="install")
+
+    def _runPip(self, cmd, log=None, cancel=None) -> int:
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=self.workerBaseEnvironment(), creationflags=flags)
         for line in proc.stdout:
-            self.log(line.rstrip())
+            (log or self.log)(line.rstrip())
+            if cancel is not None and cancel.is_set():
+                proc.kill()
+                break
         return proc.wait()
-
-    @staticmethod
-    def _pytorchUtils():
-        try:
-            import PyTorchUtils  # the PyTorch extension, when installed
-            return PyTorchUtils
-        except ImportError:
-            return None
 
     def _parameterNodeValue(self, name):
         try:
@@ -558,11 +576,13 @@ class PanelWidgetMixin:
         self.pathEdits: Dict[str, object] = {}  # parameter node field -> path line edit
         self.weightsFileEdits: Sequence[object] = ()  # enabled only with the file weights choice
 
-    def connectPanel(self, timer, scene) -> None:
+    def connectPanel(self, timer, scene, singleShot=None) -> None:
         """Wire what every panel has, after ``self.actionButtons`` is set: each action button ->
         :meth:`onActionButton` (its idle text is remembered), the environment / clear-log buttons and
         the worker-Python radio button when the .ui has them, ``timer`` (a ``qt.QTimer``) -> :meth:`onPoll`
-        every :attr:`POLL_MS`, and the scene's close events (the widget must be a VTKObservationMixin)."""
+        every :attr:`POLL_MS`, the scene's close events (the widget must be a VTKObservationMixin) and,
+        with ``singleShot`` (``qt.QTimer.singleShot``), added nodes: a volume loaded while the panel
+        has no input becomes its input when it is one the panel can use."""
         self.buttonTexts = {action: button.text for action, button in self.actionButtons.items()}
         for action, button in self.actionButtons.items():
             button.connect("clicked(bool)", lambda checked=False, a=action: self.onActionButton(a))
@@ -578,6 +598,20 @@ class PanelWidgetMixin:
         timer.connect("timeout()", self.onPoll)
         self.addObserver(scene, scene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(scene, scene.EndCloseEvent, self.onSceneEndClose)
+        if singleShot is not None:
+            # a reader adds the node before it has read the image: look once the event loop is back
+            self.addObserver(scene, scene.NodeAddedEvent,
+                             lambda caller, event: singleShot(0, self.pickInputIfNone))
+
+    def pickInputIfNone(self) -> None:
+        """Choose the scene's first usable volume as the input when none is chosen (e.g. the sample
+        data a presenter just loaded)."""
+        p = self._parameterNode
+        if p is None or p.inputVolume or self.task is not None:
+            return
+        node = self.firstUsableInput()
+        if node is not None:
+            p.inputVolume = node
 
     def connectSettings(self, devices, weights: Dict[str, object], paths: Dict[str, object],
                         fileEdits: Optional[Sequence[object]] = None) -> None:
@@ -618,22 +652,46 @@ class PanelWidgetMixin:
         if self.task is not None:
             self.task.cancel()
         self.setParameterNode(None)
+        self.updateButtons()  # nothing to run on until a scene is there again
 
     def onSceneEndClose(self, caller=None, event=None) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+        self.updateButtons()
 
     # ------------------------------------------------------------------ parameter node
     def initializeParameterNode(self) -> None:
-        """Bind the logic's parameter node; an empty ``inputVolume`` gets the scene's first scalar
-        volume (not a label map unless :attr:`acceptLabelMapInput`)."""
-        import slicer
+        """Bind the logic's parameter node; an empty ``inputVolume`` gets the scene's first volume
+        this panel can use (:meth:`inputProblem` is None for it)."""
         self.setParameterNode(self.logic.getParameterNode())
         p = self._parameterNode
         if not p.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first and (self.acceptLabelMapInput or not first.IsA("vtkMRMLLabelMapVolumeNode")):
-                p.inputVolume = first
+            node = self.firstUsableInput()
+            if node is not None:
+                p.inputVolume = node
+
+    def firstUsableInput(self):
+        """The scene's first volume this panel can use as its input (None if there is none)."""
+        import slicer
+        scene = slicer.mrmlScene
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode")):
+            node = scene.GetNthNodeByClass(i, "vtkMRMLVolumeNode")
+            if self.isInputType(node) and self.inputProblem(node) is None:
+                return node
+        return None
+
+    def isInputType(self, node) -> bool:
+        """``node`` is of a class the input selector offers (a scalar volume; a label map only with
+        :attr:`acceptLabelMapInput`)."""
+        return bool(node is not None and node.IsA("vtkMRMLScalarVolumeNode")
+                    and (self.acceptLabelMapInput or not node.IsA("vtkMRMLLabelMapVolumeNode")))
+
+    def inputProblem(self, node) -> Optional[str]:
+        """Why ``node`` cannot be this panel's input, in one sentence (None when it can). The
+        module overrides this (e.g. a 2D X-ray panel refuses a CT)."""
+        if node is not None and node.GetImageData() is None:
+            return f"{node.GetName()} has no image data."
+        return None
 
     def bindParameterNode(self, node, observe: bool = True) -> bool:
         """The common half of ``setParameterNode``: disconnect the old node from the GUI, connect
@@ -645,15 +703,35 @@ class PanelWidgetMixin:
                 self._parameterNodeGuiTag = None
             if observe:
                 import vtk
-                self.removeObserver(old, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+                self.removeObserver(old, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = node
         if node is None:
             return False
         self._parameterNodeGuiTag = node.connectGui(self.ui)
         if observe:
             import vtk
-            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         return True
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """The bound parameter node changed (through a widget, a script or a scene reload):
+        :meth:`parameterNodeChanged`, then the buttons.
+
+        A module reacts to its inputs here, not in a slot on a bound widget's signal: such a slot
+        is connected before ``connectGui``, so it runs while the node still holds the previous
+        value, and anything it writes to the node makes the wrapper write that previous value back
+        into the widget the user just changed."""
+        if getattr(self, "_inParameterChange", False):
+            return
+        self._inParameterChange = True
+        try:
+            self.parameterNodeChanged()
+        finally:
+            self._inParameterChange = False
+        self.updateButtons()
+
+    def parameterNodeChanged(self) -> None:  # the module overrides this
+        pass
 
     def syncSettingsWidgets(self) -> None:
         """Show the bound parameter node's weights choice, paths, worker Python and device in the
@@ -670,6 +748,8 @@ class PanelWidgetMixin:
             ui.workerPythonLineEdit.currentPath = python
             ui.workerSlicerPythonRadioButton.checked = not python
             ui.workerCustomPythonRadioButton.checked = bool(python)
+            if ui.deviceComboBox.findText(device) < 0:  # e.g. cuda:1 saved with the scene
+                ui.deviceComboBox.addItem(device)
             ui.deviceComboBox.setCurrentText(device)
         finally:
             self._updatingGui = False
@@ -745,30 +825,65 @@ class PanelWidgetMixin:
         if hasattr(self.ui, "checkEnvironmentButton"):
             self.ui.checkEnvironmentButton.enabled = not running
         self.ui.progressBar.visible = running
+        if not running:
+            self.showInputHint()
+
+    def showInputHint(self) -> None:
+        """While idle, the status line says why the chosen input cannot be used (a disabled button
+        alone does not tell the user anything); the hint goes when the input is fixed."""
+        p = self._parameterNode
+        node = getattr(p, "inputVolume", None) if p is not None else None
+        hint = self.inputProblem(node) if node is not None else None
+        shown = getattr(self, "_inputHint", None)
+        if hint:
+            self.ui.statusLabel.text = hint
+        elif shown and self.ui.statusLabel.text == shown:
+            self.ui.statusLabel.text = self.tr("Idle")
+        self._inputHint = hint
 
     def _canRun(self, action) -> bool:  # the module overrides this
         return True
 
+    def noteLine(self, key, value) -> Optional[str]:
+        """The log line for one note of a result (a module words structured notes; None: skip it)."""
+        return f"{key}: {value}"
+
     def onActionButton(self, action) -> None:
-        """Apply (start ``action``) or, while that action runs, Cancel."""
+        """Apply (start ``action``) or, while that action runs, Cancel.
+
+        Nothing long runs on the GUI thread: the first time, the worker's Python is checked and the
+        worker started on a thread (progress and Cancel in the panel); missing packages are offered
+        for installation (asked before anything waits), installed on a thread, and then the
+        action runs."""
         if self.task is not None:
             if self.task.action == action and self.state == "running":
                 self.task.cancel()
                 self.setState("cancelling")
             return
         self.showError("")
+        if not self.logic.environmentReady():
+            self.track(self.logic.prepareWorkerAsync(followUp=action))
+            return
+        self.runAction(action)
+
+    def runAction(self, action) -> None:
+        """Ask what the action needs answered (:meth:`confirmAction`, no wait cursor over a question),
+        then export the inputs and submit the job under the wait cursor."""
         import slicer
         try:
+            if not self.confirmAction(action):
+                return
             with slicer.util.tryWithErrorDisplay(self.tr(f"{self.panelTitle} could not start."), waitCursor=True):
-                if not self.logic.ensureRequirements():
-                    self.showError(self.tr("The worker's Python lacks PyTorch/MONAI; nothing was run."))
-                    return
                 task = self.startAction(action)
         except Exception as exc:
             self.showError(str(exc))
             return
         if task is not None:
             self.track(task)
+
+    def confirmAction(self, action) -> bool:
+        """Questions to ask before ``action`` starts (the module overrides this); False: run nothing."""
+        return True
 
     def track(self, task) -> None:
         self.task = task
@@ -797,13 +912,18 @@ class PanelWidgetMixin:
     def onTaskFinished(self, task) -> None:
         self.task = None
         self.setState("idle")
+        if getattr(task, "kind", None) in ("prepare", "install"):
+            self.onPreparationFinished(task)
+            return
         if task.state == "done":
             self.ui.statusLabel.text = self.tr("Done: {action}").format(action=task.action)
             notes = getattr(task.imported, "notes", None)
             if notes is None and isinstance(task.imported, dict):
                 notes = task.imported.get("notes")
             for key, value in (notes or {}).items():
-                self.appendLog(f"{key}: {value}")
+                line = self.noteLine(key, value)
+                if line:
+                    self.appendLog(line)
             if hasattr(self, "onTaskDone"):
                 self.onTaskDone(task)
         elif task.state == "cancelled":
@@ -828,17 +948,82 @@ class PanelWidgetMixin:
             self.logic.setWorkerPython(python or None)
 
     def onCheckEnvironment(self, checked=False) -> None:
+        """Check the worker's Python again, on a thread (the result shows under the button)."""
+        if self.task is not None:
+            return
         self.showError("")
+        self.track(self.logic.prepareWorkerAsync(refresh=True))
+
+    def onPreparationFinished(self, task) -> None:
+        """The check of the worker's Python (and the worker's start) or an installation ended:
+        offer to install what is missing, or run the action it was for."""
         import slicer
+        if task.state == "cancelled":
+            self.ui.statusLabel.text = self.tr("Cancelled")
+            return
+        if task.state != "done":
+            self.ui.statusLabel.text = self.tr("Failed")
+            self.showError((task.error or {}).get("message", ""), popup=True)
+            return
+        if task.kind == "install":
+            self.appendLog(self.tr("Installed: {what}").format(what=", ".join(task.result or [])))
+            self.logic.shutdown()  # a fresh worker sees the new packages
+            self.track(self.logic.prepareWorkerAsync(followUp=task.follow_up))
+            return
+        env = task.result or {}
+        self.showEnvironment(env)
+        if env.get("missing") == ["python"] or (env.get("error") and not env.get("missing")):
+            self.ui.statusLabel.text = self.tr("Failed")
+            self.showError(env.get("error") or self.tr("The worker's Python cannot be used."))
+            return
+        missing = list(dict.fromkeys(list(env.get("missing") or []) + list(env.get("outdated") or [])))
+        if missing:
+            plan = self.logic.installPlan(missing)
+            if not slicer.util.confirmOkCancelDisplay(plan.describe(),
+                                                      windowTitle=f"Install {self.logic.modelName} requirements"):
+                self.logic.log("Installation declined: " + ", ".join(plan.requirements))
+                self.ui.statusLabel.text = self.tr("Idle")
+                self.showError(self.tr("The worker's Python lacks {what}; nothing was run.").format(
+                    what=", ".join(missing)))
+                return
+            self.track(self.logic.installAsync(plan, followUp=task.follow_up))
+            return
+        broken = env.get("broken") or {}
+        if broken:
+            self.showError(" ".join(str(v) for v in broken.values()))
+            return
+        self.ui.statusLabel.text = self.tr("Idle")
+        if task.follow_up:
+            self.runAction(task.follow_up)
+
+    def showEnvironment(self, env) -> None:
+        """What the check found, under the environment button and in the log; a GPU the worker
+        cannot use is said before jobs silently run on the CPU."""
+        from .install import cuda_advice
+        text = environment_text(env)
+        advice = cuda_advice(env, self.logic.nvidiaDriver())
+        if advice:
+            text += " " + advice
+        if hasattr(self.ui, "environmentLabel"):
+            self.ui.environmentLabel.text = text
+        self.appendLog(text)
+        from pantheon.worker.requirements import device_choices
+        self.offerDevices(device_choices(env))
+
+    def offerDevices(self, devices) -> None:
+        """The device list: auto, cpu and each GPU the worker's PyTorch can use (cuda:0, cuda:1...);
+        the chosen device stays chosen (and listed) even if it is not among them."""
+        combo = self.ui.deviceComboBox
+        current = (self._parameterNode.device if self._parameterNode is not None else None) or combo.currentText or "auto"
+        items = list(dict.fromkeys(list(devices) + [current]))
+        self._updatingGui = True
         try:
-            with slicer.util.tryWithErrorDisplay(self.tr("Checking the worker failed."), waitCursor=True):
-                env = self.logic.workerEnvironment(refresh=True)
-                self.appendLog(environment_text(env))
-                self.ui.environmentLabel.text = environment_text(env)
-                if env.get("missing"):
-                    self.logic.ensureRequirements()
-        except Exception as exc:
-            self.showError(str(exc))
+            combo.clear()
+            for device in items:
+                combo.addItem(device)
+            combo.setCurrentText(current)
+        finally:
+            self._updatingGui = False
 
 
 # ------------------------------------------------------------------------------------ self-tests

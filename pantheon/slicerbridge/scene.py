@@ -234,12 +234,13 @@ def _set_segment_terminology(segment, entry: str):
         segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
 
 
-def export_segmentation(segmentation_node, reference_volume_node, path, label_values=None) -> Path:
+def export_segmentation(segmentation_node, reference_volume_node, path, label_values=None, ignored=None) -> Path:
     """Write the segmentation as one label map on the reference volume's voxel grid.
 
     Label values come from :func:`pantheon.slicerbridge.terms.resolve_label_values`: by default
     BTCV organs by SNOMED CT code or name (unknown segments -> InputError listing them); with
-    ``label_values`` ({segment name or code: int}) segments not in it are left out. Where
+    ``label_values`` ({segment name or code: int}) segments not in it are left out; with a list
+    ``ignored``, segments that are not probe organs are left out too and named in it. Where
     segments overlap, the later segment (in the segmentation's order) wins. Nothing in the
     scene is changed (a temporary label map node is added and removed).
     """
@@ -250,7 +251,7 @@ def export_segmentation(segmentation_node, reference_volume_node, path, label_va
     _ensure_converters()
     segments = _segments_of(segmentation_node)
     values = terms.resolve_label_values(
-        [(sid, s.GetName(), segment_terminology(s)) for sid, s in segments], label_values)
+        [(sid, s.GetName(), segment_terminology(s)) for sid, s in segments], label_values, ignored)
     ref = volume_from_node(reference_volume_node)
     out = np.zeros(ref.shape, dtype=np.uint8 if max(values.values(), default=0) <= 255 else np.uint16)
     scene = _scene_of(reference_volume_node)
@@ -303,6 +304,12 @@ def outputs_of(input_node, action: Optional[str] = None) -> list:
             continue
         found.append(node)
     return found
+
+
+def release_output(node) -> None:
+    """Make a Pantheon output an ordinary node: later runs neither reuse nor remove it."""
+    for attr in (ATTR_INPUT, ATTR_ACTION, ATTR_OUTPUT):
+        node.RemoveAttribute(attr)
 
 
 def _remove_node_and_helpers(scene, node):
@@ -543,7 +550,7 @@ def _fill_table(table_node, rows: List[dict]):
     table_node.Modified()
 
 
-def import_result(result: dict, input_node, action: str, show: bool = True) -> ImportedResult:
+def import_result(result: dict, input_node, action: str, show: bool = True, protect=()) -> ImportedResult:
     """Put a worker result (parsed result.json + "output_dir") into the scene, under ``input_node``.
 
     heatmap -> vtkMRMLScalarVolumeNode (colour table from "colormap", window/level from "range");
@@ -552,6 +559,11 @@ def import_result(result: dict, input_node, action: str, show: bool = True) -> I
     = the input); tables -> vtkMRMLTableNode; scalars and notes are returned. Re-running an action
     replaces its previous outputs for this input (see the module docstring). ``show`` sets up the
     views when the Slicer application is there (:func:`show_result`).
+
+    ``protect``: nodes the job read (e.g. the user's own tumour segmentation). Should one of them be
+    an output of an earlier run (a user who edited Pantheon's result and runs again with it), it is
+    handed over to the user (no longer an output) and a new output node is made, so a re-run never
+    writes into what it read.
     """
     if not isinstance(action, str) or not action.strip():
         raise ValueError("action must be a non-empty string, e.g. 'organs'")
@@ -574,6 +586,9 @@ def import_result(result: dict, input_node, action: str, show: bool = True) -> I
         volumes[name] = read_volume(path)
 
     _ensure_default_colors(scene)
+    for node in protect or ():
+        if node is not None and node.GetAttribute(ATTR_INPUT) is not None:
+            release_output(node)
     existing = {n.GetAttribute(ATTR_OUTPUT): n for n in outputs_of(input_node, action)}
     imported = ImportedResult(scalars=dict(result.get("scalars") or {}), notes=dict(result.get("notes") or {}))
     for name, spec in outputs.items():

@@ -124,13 +124,17 @@ def parse_terminology(entry: Optional[str]) -> dict:
 
 # --------------------------------------------------------------------------- label assignment
 def resolve_label_values(segments: Iterable[Tuple[str, str, Optional[str]]],
-                         label_values: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
+                         label_values: Optional[Mapping[str, int]] = None,
+                         ignored: Optional[List[str]] = None) -> Dict[str, int]:
     """Label value for each segment ``(segment_id, name, terminology_entry)``; returns {id: value}.
 
     Without ``label_values`` (the default), segments are BTCV organs: matched first by their
     terminology code (SNOMED CT type, plus Left/Right modifier for "Kidney"), then by name
     (case-insensitive; "Left kidney", "kidney_left", "Gall bladder" ...), and given the BTCV
-    index. A segment matching neither raises :class:`InputError` listing every such segment.
+    index. A segment matching neither raises :class:`InputError` listing every such segment, unless
+    ``ignored`` is a list: such segments are then left out and their names appended to it (a full
+    13-structure BTCV segmentation trains the 8-organ probe on its 8 organs); with no organ at all
+    it is still an error.
 
     With ``label_values`` ({segment name or code value: int}), a segment takes the value of its
     name (case-insensitive, normalised as above) or else of its terminology type code; segments
@@ -167,10 +171,13 @@ def resolve_label_values(segments: Iterable[Tuple[str, str, Optional[str]]],
             unknown.append(f"{name!r}{code}")
         else:
             result[seg_id] = _BTCV_INDEX[organ]
-    if unknown:
-        known = ", ".join(o[0] for o in BTCV_ORGANS)
+    known = ", ".join(o[0] for o in BTCV_ORGANS)
+    if unknown and ignored is not None and result:
+        ignored.extend(unknown)
+    elif unknown:
+        which = "none of the segments is" if not result else "these segments are not"
         raise InputError(
-            f"these segments are not BTCV organs: {', '.join(unknown)}. Known organs (by SNOMED CT code "
-            f"or name): {known}. Rename them, or pass label_values={{name: value}} to choose the labels "
-            "(segments not in label_values are then left out).")
+            f"{which} one of the {len(BTCV_ORGANS)} organs NEMESIS's organ probe knows: {', '.join(unknown)}. "
+            f"It knows (by SNOMED CT code or name): {known}. Rename the segments, or pass "
+            "label_values={name: value} to choose the labels (segments not in label_values are then left out).")
     return result

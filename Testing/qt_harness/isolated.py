@@ -1,0 +1,69 @@
+"""Load Pantheon's modules in the real-Qt harness from one folder, in a Python where ``pantheon``
+is importable only the way Slicer would find it, and run ToothAnalysis's Analyze once.
+
+Run with ``python -S`` (no site: the editable install's import hook, a .pth file, is not
+installed), so that the test process's own ``pantheon`` cannot leak in::
+
+    python -S Testing/qt_harness/isolated.py SITE_PACKAGES MODULE_FOLDER [MODULE_FOLDER ...]
+
+Each MODULE_FOLDER is put on ``sys.path`` as Slicer does (only the module's own folder: the
+install tree's qt-scripted-modules, or a source module folder). The last stdout line is a JSON
+report: where ``pantheon`` came from, which weights card file was used, what landed in the scene.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv) -> int:
+    site_packages, folders = argv[0], [Path(f) for f in argv[1:]]
+    sys.path.append(site_packages)  # the third-party packages, without running their .pth files
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/, for the harness itself
+    from qt_harness.application import SlicerHarness
+
+    harness = SlicerHarness().install()
+    report = {"pantheon_importable_before": _importable("pantheon")}
+    for folder in folders:
+        for name in ("NemesisSlicer", "ToothAnalysis", "PNIPredict"):
+            if (folder / f"{name}.py").is_file() or (folder / name / f"{name}.py").is_file():
+                module_dir = folder if (folder / f"{name}.py").is_file() else folder / name
+                harness.load_module(module_dir, name)
+    harness.finish_startup()
+    import pantheon
+    from pantheon.registry import get_card, resolve_weights
+    report["pantheon"] = str(Path(pantheon.__file__).resolve().parent)
+    report["weights"] = {card: str(resolve_weights(get_card(card)))
+                         for card in ("nemesis-demo", "mathena-demo-detector", "mathena-demo-hena",
+                                      "neonet-demo-neoseg", "neonet-demo-pattennet", "neonet-demo-neogen")}
+    report["modules"] = sorted(harness.app._h_module_manager.modulesNames())
+
+    import slicer
+    from pantheon.synth.opg import make_opg
+    widget = harness.show_module("ToothAnalysis")
+    array, ijk_to_ras = make_opg(2, size=(256, 512)).image.to_slicer()
+    node = slicer.util.addVolumeFromArray(array, ijkToRAS=ijk_to_ras, name="OPG")
+    widget.ui.inputVolumeSelector._h_choose(node)
+    widget.ui.applyButton.click()
+    harness.wait_until(lambda: widget.task is None, 600, "the analysis")
+    report["status"] = widget.ui.statusLabel.text
+    report["error"] = widget.ui.errorLabel.text
+    report["rows"] = widget.ui.findingsTableWidget.rowCount
+    # the Slicer side of the panel never imports the deep-learning stack (the worker does)
+    report["heavy"] = sorted(n for n in sys.modules if n.split(".")[0] in ("torch", "monai", "safetensors"))
+    for name in report["modules"]:
+        harness.unload_module(name)
+    harness.uninstall()
+    print(json.dumps(report))
+    return 0
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
