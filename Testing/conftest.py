@@ -33,6 +33,18 @@ def _torch_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def four_phantom_cts(tmp_path_factory):
+    """A batch input folder: four small abdominal CT phantoms, ct00.nii.gz ... ct03.nii.gz."""
+    from pantheon.io import write_volume
+    from pantheon.synth import make_abdomen_phantom
+    folder = tmp_path_factory.mktemp("four")
+    for s in range(4):
+        ct, _ = make_abdomen_phantom(s, shape=(32, 48, 48))
+        write_volume(ct, folder / f"ct{s:02d}.nii.gz")
+    return folder
+
+
 @pytest.fixture
 def mrml_scene():
     """A fresh real MRML scene (PyPI slicer-core) installed as ``slicer.mrmlScene`` for one test."""

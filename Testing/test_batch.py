@@ -111,9 +111,9 @@ def test_failed_cases_are_recorded_the_rest_completes_and_a_rerun_redoes_them(si
     (src / "notes.txt").write_text("not an image")  # ignored
     out = tmp_path / "out"
     argv = ["batch", "nemesis-organs", "--input", str(src), "--output", str(out), "--quiet"]
-    assert main(argv) == 0  # failures are a warning unless --strict
+    assert main(argv) == 1  # some cases failed, the others are written: status 1 and a warning
     err = capsys.readouterr().err
-    assert "warning: 2 of 4 case(s) failed" in err
+    assert "warning: 2 of 4 cases failed" in err and f"the 2 done are written in {out}" in err
     rows = _summary(out)
     assert set(rows) == {"ct00", "ct02", "broken", "photo"}
     assert rows["ct00"]["state"] == rows["ct02"]["state"] == "done"
@@ -124,12 +124,12 @@ def test_failed_cases_are_recorded_the_rest_completes_and_a_rerun_redoes_them(si
     assert _hidden_leftovers(out) == []
 
     (src / "broken.nii.gz").write_bytes(good)  # the annotator fixes the file
-    assert main(argv + ["--strict"]) == 2  # photo.png still fails -> non-zero with --strict
-    assert "1 of 4 case(s) failed" in capsys.readouterr().err
+    assert main(argv + ["--strict"]) == 2  # photo.png still fails -> an error with --strict
+    assert "1 of 4 cases failed" in capsys.readouterr().err
     doc = {c["case_id"]: c for c in _manifest(out)["cases"]}
     assert doc["broken"]["state"] == "done" and doc["broken"]["attempts"] == 2
     assert doc["photo"]["attempts"] == 2 and doc["ct00"]["attempts"] == 1  # done cases skipped
-    assert main(argv + ["--no-retry-failed"]) == 0
+    assert main(argv + ["--no-retry-failed"]) == 1  # the folder still holds a failed case
     capsys.readouterr()
     assert {c["case_id"]: c["attempts"] for c in _manifest(out)["cases"]}["photo"] == 2
 

@@ -1,5 +1,6 @@
 """A batch case whose input is a DICOM series and whose result has labels gets a DICOM SEG
-(for PACS tools) and a .seg.nrrd (for Slicer) in its case folder."""
+(for PACS tools) and a .seg.nrrd (for Slicer) in its case folder; a SEG that cannot be written is
+skipped with a one-sentence note and costs the case nothing else."""
 
 import json
 
@@ -53,3 +54,49 @@ def test_file_input_gets_no_dicom_seg(label_pipeline, tmp_path):
     res = worker.process_case({"output": str(tmp_path / "out"), "case_id": "ct", "attempt": 1, "input": str(path)})
     assert res["state"] == "done", res.get("error")
     assert "organs.seg.nrrd" in res["outputs"] and not any(o.endswith(".dcm") for o in res["outputs"])
+
+
+def test_a_seg_that_cannot_be_written_costs_the_case_nothing_else(label_pipeline, tmp_path):
+    """No FrameOfReferenceUID (mandatory for CT): no valid SEG can reference the series. The case is
+    done with its NIfTI and .seg.nrrd, and a one-sentence note (case.json, log) says why no SEG."""
+    from pantheon.io import Volume, read_volume
+    from test_io_files import _write_dicom_series
+    from test_io_support import random_rotation
+    vol = Volume(np.zeros((12, 20, 24), np.int16), (0.7, 0.9, 2.5), (1, 2, 3), random_rotation(2))
+    _write_dicom_series(tmp_path / "ct", vol, "1.2.826.0.1.3680043.2.1125.4244.1")  # this writer sets no FoR
+    res = worker.process_case({"output": str(tmp_path / "out"), "case_id": "ct", "attempt": 1,
+                               "input": str(tmp_path / "ct"), "format": "nii.gz"})
+    assert res["state"] == "done" and res["error"] is None
+    stage = tmp_path / "out" / res["stage"]
+    assert {"organs.nii.gz", "organs.seg.nrrd", "result.json", "case.json"} <= set(res["outputs"])
+    assert not any(o.endswith(".dcm") for o in res["outputs"]) and not list(stage.glob("*.dcm*"))
+    read_volume(stage / "organs.nii.gz")  # complete and readable
+    doc = json.loads((stage / "case.json").read_text())
+    assert doc["notes"] == res["notes"] and len(doc["notes"]) == 1
+    note = doc["notes"][0]
+    assert note.startswith("organs.seg.dcm skipped: ") and "FrameOfReferenceUID" in note and note.endswith(".")
+    assert "\n" not in note and "Traceback" not in note
+    log = (tmp_path / "out" / "logs" / "ct.log").read_text()
+    assert f"note: {note}" in log and "Traceback" not in log
+
+
+def test_an_empty_label_output_is_noted_not_failed(ct_series, monkeypatch, tmp_path):  # noqa: F811
+    """A label output with nothing in it (no caries found, say) has no SEG to write: a note, not a failure."""
+    folder, _ = ct_series
+
+    def run(volume, context, options, progress=None):
+        empty = volume.with_array(np.zeros(volume.shape, np.uint8))
+        return Result(labels={"caries": LabelOutput(empty, [Segment(1, "caries", (1, 0, 0),
+                                                                    ("SCT", "80967001", "Dental caries"))])})
+    monkeypatch.setitem(pipelines.PIPELINES, "test-empty",
+                        pipelines.BatchPipeline(name="test-empty", load=lambda options: None, run=run))
+    import torch
+    threads = torch.get_num_threads()
+    try:
+        worker.init_worker("test-empty", {}, threads)
+        res = worker.process_case({"output": str(tmp_path), "case_id": "ct", "attempt": 1, "input": str(folder)})
+    finally:
+        torch.set_num_threads(threads)
+    assert res["state"] == "done", res.get("error")
+    assert "caries.seg.nrrd" in res["outputs"] and "caries.seg.dcm" not in res["outputs"]
+    assert res["notes"] == ["caries.seg.dcm skipped: the label map is empty (no labelled voxel), nothing to save."]

@@ -18,10 +18,8 @@ from pantheon.batch import run_batch  # noqa: E402
 from pantheon.batch.ray_executor import WORKER_DIED, plan_resources  # noqa: E402
 from pantheon.cli import main  # noqa: E402
 from pantheon.errors import PantheonError  # noqa: E402
-from pantheon.io import read_volume, write_volume  # noqa: E402
-from pantheon.synth import make_abdomen_phantom  # noqa: E402
+from pantheon.io import read_volume  # noqa: E402
 
-SHAPE = (32, 48, 48)
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -33,15 +31,6 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def four(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("four")
-    for s in range(4):
-        ct, _ = make_abdomen_phantom(s, shape=SHAPE)
-        write_volume(ct, folder / f"ct{s:02d}.nii.gz")
-    return folder
 
 
 def _manifest(out: Path) -> dict:
@@ -57,21 +46,21 @@ def _leftovers(out: Path):
     return [p.name for p in out.rglob("*") if p.name.startswith((".partial", ".trash", ".pantheon-partial"))]
 
 
-def test_ray_engine_equals_the_local_engine_records_failures_and_a_rerun_skips_done_cases(ray_session, four,
+def test_ray_engine_equals_the_local_engine_records_failures_and_a_rerun_skips_done_cases(ray_session, four_phantom_cts,
                                                                                          tmp_path, capsys):
     src = tmp_path / "in"  # the 4 phantoms and a truncated file, one batch (Ray starts actors once)
     src.mkdir()
     for s in range(4):
-        (src / f"ct{s:02d}.nii.gz").write_bytes((four / f"ct{s:02d}.nii.gz").read_bytes())
-    (src / "broken.nii.gz").write_bytes((four / "ct02.nii.gz").read_bytes()[:2000])
+        (src / f"ct{s:02d}.nii.gz").write_bytes((four_phantom_cts / f"ct{s:02d}.nii.gz").read_bytes())
+    (src / "broken.nii.gz").write_bytes((four_phantom_cts / "ct02.nii.gz").read_bytes()[:2000])
     good = [f"ct{s:02d}" for s in range(4)]
     out_ray, out_local = tmp_path / "ray", tmp_path / "local"
     argv = ["batch", "nemesis-organs", "--input", str(src), "--quiet"]
-    assert main(argv + ["--output", str(out_ray), "--engine", "ray", "--workers", "2"]) == 0
+    assert main(argv + ["--output", str(out_ray), "--engine", "ray", "--workers", "2"]) == 1  # a case failed
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert summary["done"] == 4 and summary["failed"] == 1 and summary["ran"] == 5
-    assert "warning: 1 of 5 case(s) failed" in captured.err
+    assert "warning: 1 of 5 cases failed" in captured.err
     run_batch("nemesis-organs", src, out_local, workers=1, quiet=True)
 
     ray_doc, local_doc = _manifest(out_ray), _manifest(out_local)
@@ -105,7 +94,7 @@ def test_ray_engine_equals_the_local_engine_records_failures_and_a_rerun_skips_d
 
     # resume after completion: done cases are skipped (folders untouched)
     stamps = {cid: (out_ray / cid / "case.json").stat().st_mtime_ns for cid in good}
-    assert main(argv + ["--output", str(out_ray), "--engine", "ray", "--workers", "2", "--no-retry-failed"]) == 0
+    assert main(argv + ["--output", str(out_ray), "--engine", "ray", "--workers", "2", "--no-retry-failed"]) == 1
     again = json.loads(capsys.readouterr().out)
     assert again["skipped"] == 5 and again["ran"] == 0 and again["done"] == 4 and again["failed"] == 1
     assert {cid: (out_ray / cid / "case.json").stat().st_mtime_ns for cid in good} == stamps

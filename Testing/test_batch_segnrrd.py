@@ -6,8 +6,9 @@ import pytest
 from pantheon.anatomy import BTCV_ORGANS
 from pantheon.batch.segnrrd import write_seg_nrrd
 from pantheon.results import LabelOutput, Segment
-from pantheon.slicerbridge.terms import terminology_string
+from pantheon.slicerbridge.terms import parse_terminology, terminology_string
 from pantheon.synth import make_abdomen_phantom
+from test_terminology import SlicerLists
 
 
 def test_seg_nrrd_loads_in_slicer_with_names_colours_terms_and_voxels_on_the_oblique_grid(tmp_path, mrml_scene):
@@ -21,6 +22,7 @@ def test_seg_nrrd_loads_in_slicer_with_names_colours_terms_and_voxels_on_the_obl
     path = write_seg_nrrd(LabelOutput(lab, segs), tmp_path / "labels.seg.nrrd")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.seg.nrrd"]  # nothing temporary left
 
+    lists = SlicerLists()
     storage = slicer.vtkMRMLSegmentationStorageNode()
     mrml_scene.AddNode(storage)
     node = slicer.vtkMRMLSegmentationNode()
@@ -39,6 +41,10 @@ def test_seg_nrrd_loads_in_slicer_with_names_colours_terms_and_voxels_on_the_obl
         ref = vtk.reference("")
         assert segment.GetTag("TerminologyEntry", ref)
         assert str(ref) == terminology_string(s.code)
+        parts = parse_terminology(str(ref))  # an entry of Slicer's own lists (kidneys: Kidney + side)
+        assert lists.problems(parts) == [], s.name
+        if "kidney" in s.name:
+            assert (parts["type"][1], parts["modifier"][2]) == ("64033007", s.name.split()[0].capitalize())
         image = segment.GetRepresentation("Binary labelmap")
         m = vtk.vtkMatrix4x4()
         image.GetImageToWorldMatrix(m)

@@ -134,12 +134,14 @@ def test_failure_midway_leaves_existing_outputs_untouched(ct_file, tmp_path, cap
     import pantheon.outputs as outputs
 
     def boom(*a, **k):
-        raise OSError("disk full")
+        import errno
+        raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(outputs, "save_preview", boom, raising=False)
     import pantheon.preview as preview
     monkeypatch.setattr(preview, "save_preview", boom)
-    with pytest.raises(OSError):
-        main(["nemesis", "pca", str(ct_file), "-o", str(out), "--weights", FIXTURE_WEIGHTS, "--quiet"])
+    assert main(["nemesis", "pca", str(ct_file), "-o", str(out), "--weights", FIXTURE_WEIGHTS, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pantheon: error:") and "disk is full" in err[0], err  # no traceback
     assert sorted(p.name for p in out.iterdir()) == ["pca.nii.gz"]
     assert (out / "pca.nii.gz").read_bytes() == b"the user's earlier result"
 
@@ -164,6 +166,18 @@ def test_pretrain_resumes_where_it_stopped(tmp_path, capsys):
     assert second["step"] == 3 and second["history"][:2] == first["history"]
     assert (tmp_path / "run" / "nemesis.safetensors").is_file()
     capsys.readouterr()
+    # a damaged checkpoint is never trained over: the reason, and how to start afresh
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    code, _, err = run(args + ["--steps", "4"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"pantheon: error: Cannot resume from {ckpt}: Checkpoint {ckpt} is truncated or corrupted and cannot be "
+        "read (PytorchStreamReader failed reading zip archive: failed finding central directory); delete it, or "
+        "rerun with --restart to start afresh."]
+    assert "weights_only" not in err and len(ckpt.read_bytes()) == 200
+    assert main(args + ["--steps", "1", "--restart"]) == 0
+    assert torch.load(ckpt, weights_only=True)["step"] == 1
 
 
 def test_train_probe_from_a_folder_writes_probe_card_and_metrics(tmp_path, capsys):

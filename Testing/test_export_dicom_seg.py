@@ -3,6 +3,9 @@
 The series is a small oblique CT written in shuffled file order by the DICOM test writer of
 test_io_files; what the SEG says is checked with pydicom on the raw attributes (frame by frame,
 via the referenced SOP Instance UIDs) as well as through the highdicom-based reader helper.
+Real-world sources (de-identified, wrong SpacingBetweenSlices, a projection X-ray) come from
+Testing/dicom_cases; what peer tools (dciodvfy, dcmqi, highdicom, slicerio) make of the files
+the batch writes is in test_peer_tools.
 """
 
 import warnings
@@ -105,6 +108,8 @@ def test_seg_round_trip_is_voxel_exact(ct_series, tmp_path):
     assert ds.FrameOfReferenceUID == FOR_UID
     assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != SERIES_UID
     assert ds.SeriesDescription == "Pantheon segmentation" and str(ds.ContentCreatorName) == "Doe^Jane"
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(geometry.spacing[2], abs=1e-6)
     assert [str(r.SeriesInstanceUID) for r in ds.ReferencedSeriesSequence] == [SERIES_UID]
     assert (int(ds.Rows), int(ds.Columns)) == SHAPE[1:]
 
@@ -240,3 +245,150 @@ def test_match_is_by_position_not_file_name(ct_series, tmp_path):
         warnings.simplefilter("error")
         back, _ = read_dicom_seg_as_label(out, shuffled)
     np.testing.assert_array_equal(back, np.select([lab == 1, lab == 6], [1, 2], 0))
+
+
+# --------------------------------------------------------------------------- real-world sources
+def _small_series(tmp_path, name, modality="CT", **kw):
+    """A 6-slice oblique series written by Testing/dicom_cases (pydicom), and its label map."""
+    from dicom_cases import write_series
+    vol = Volume(np.random.default_rng(3).integers(0, 1000, (6, 10, 12)).astype(np.int16), (0.8, 0.9, 3.0),
+                 (10.0, -20.0, 30.0), random_rotation(6))
+    folder = write_series(tmp_path / name, vol, modality, **kw)
+    geometry = read_volume(folder)
+    lab = np.zeros(geometry.shape, np.uint8)
+    lab[1:5, 2:7, 3:9] = 6
+    lab[2:4, 5:9, 1:4] = 2
+    return folder, geometry, lab
+
+
+def test_deidentified_series_gets_empty_type2_attributes(tmp_path):
+    """A source without PatientID, PatientBirthDate, PatientSex, AccessionNumber, StudyDate... (absent,
+    not empty) gets a SEG with them present and empty, as the standard allows; the source is untouched."""
+    folder, g, lab = _small_series(tmp_path, "deid", deidentified=True)
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    src = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
+    assert "PatientID" not in src and "PatientBirthDate" not in src and "StudyDate" not in src
+    out = write_dicom_seg(_label(g, lab), folder, tmp_path / "seg.dcm")
+    ds = pydicom.dcmread(out, stop_before_pixels=True)
+    for kw in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+               "StudyDate", "StudyTime", "ReferringPhysicianName", "ContentCreatorName"):
+        assert kw in ds and not str(ds[kw].value or ""), kw
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    back, _ = read_dicom_seg_as_label(out, folder)
+    np.testing.assert_array_equal(back, np.select([lab == 2, lab == 6], [1, 2], 0))
+
+
+def test_deidentification_flag_keeps_its_method(tmp_path):
+    folder, g, lab = _small_series(tmp_path, "flagged", deidentified="flagged")
+    ds = pydicom.dcmread(write_dicom_seg(_label(g, lab), folder, tmp_path / "a.dcm"), stop_before_pixels=True)
+    assert ds.PatientIdentityRemoved == "YES" and ds.DeidentificationMethod == "PS3.15 E.1 Basic Profile"
+    # a source that says YES but not how: the SEG says so too (1C), rather than dropping the flag
+    for f in folder.iterdir():
+        s = pydicom.dcmread(f)
+        del s.DeidentificationMethod, s.DeidentificationMethodCodeSequence
+        s.save_as(f)
+    ds = pydicom.dcmread(write_dicom_seg(_label(g, lab), folder, tmp_path / "b.dcm"), stop_before_pixels=True)
+    assert ds.PatientIdentityRemoved == "YES" and "not stated" in ds.DeidentificationMethod
+
+
+def test_spacing_between_slices_is_the_measured_one(tmp_path):
+    """A GDCM-style MR saying SpacingBetweenSlices 1 mm for slices 3 mm apart: the SEG says 3."""
+    folder, g, lab = _small_series(tmp_path, "mr", "MR", spacing_between_slices=1.0, slice_thickness=2.5)
+    assert float(pydicom.dcmread(next(folder.iterdir())).SpacingBetweenSlices) == 1.0
+    ds = pydicom.dcmread(write_dicom_seg(_label(g, lab), folder, tmp_path / "seg.dcm"))
+    m = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(m.SpacingBetweenSlices) == pytest.approx(g.spacing[2], abs=1e-6) == pytest.approx(3.0, abs=1e-6)
+    assert float(m.SliceThickness) == 2.5 and [float(x) for x in m.PixelSpacing] == [0.9, 0.8]
+    # the frames' own positions agree with it
+    z = sorted(np.dot([float(x) for x in f.PlanePositionSequence[0].ImagePositionPatient], g.direction[:, 2])
+               for f in ds.PerFrameFunctionalGroupsSequence)
+    assert np.allclose(np.diff(np.unique(np.round(z, 4))), 3.0)
+
+
+def test_projection_xray_gets_a_2d_seg(tmp_path):
+    """A DX image (no ImagePositionPatient, normal for projections): one frame per segment on its pixels."""
+    from dicom_cases import write_dx
+    rng = np.random.default_rng(4)
+    folder = write_dx(tmp_path / "dx", rng.integers(0, 4000, (40, 64)))
+    g = read_volume(folder)
+    assert g.shape == (1, 40, 64)
+    lab = np.zeros(g.shape, np.uint8)
+    lab[0, 5:20, 10:30], lab[0, 25:35, 40:60] = 1, 2
+    segs = [Segment(1, "caries", (1, 0, 0), ("SCT", "80967001", "Dental caries")),
+            Segment(2, "anomaly", (1, 0.6, 0), ("SCT", "263654008", "Abnormal"))]
+    out = write_dicom_seg(LabelOutput(g.with_array(lab), segs), folder, tmp_path / "seg.dcm")
+    ds = pydicom.dcmread(out)
+    src = pydicom.dcmread(folder / "OPG.dcm", stop_before_pixels=True)
+    assert "FrameOfReferenceUID" not in ds and int(ds.NumberOfFrames) == 2
+    assert list(ds.PatientOrientation) == ["L", "F"]
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        assert "PlanePositionSequence" not in item
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
+    back, info = read_dicom_seg_as_label(out, folder)
+    np.testing.assert_array_equal(back, lab)
+    assert info[1] == ("caries", ("DCM", "112084", "Lucency"))
+
+
+def test_several_projection_images_are_refused(tmp_path):
+    from dicom_cases import write_dx
+    folder = write_dx(tmp_path / "dx", np.ones((40, 64)))
+    second = pydicom.dcmread(folder / "OPG.dcm")
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = second.SOPInstanceUID + ".2"
+    second.InstanceNumber = 2
+    second.save_as(folder / "OPG2.dcm")
+    with pytest.raises(InputError) as e:
+        write_dicom_seg(LabelOutput(Volume(np.ones((2, 40, 64), np.uint8)), [_segment("liver")]), folder,
+                        tmp_path / "seg.dcm")
+    assert "have no ImagePositionPatient" in str(e.value) and _one_sentence(str(e.value))
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def _one_sentence(msg: str) -> bool:
+    body = msg.split(": ", 1)[-1]
+    return "\n" not in msg and msg.endswith(".") and ". " not in body.rstrip(".")
+
+
+def test_messages_are_one_sentence_without_exception_text(ct_series, tmp_path, monkeypatch):
+    folder, g = ct_series
+    (tmp_path / "img.nii").write_bytes(b"\0" * 400)
+    with pytest.raises(InputError) as e:
+        write_dicom_seg(_label(g), tmp_path / "img.nii", tmp_path / "seg.dcm")
+    assert _one_sentence(str(e.value)) and "FileDataset" not in str(e.value) and "Errno" not in str(e.value)
+
+    import highdicom as hd
+
+    def broken(*args, **kwargs):
+        raise ValueError("internal detail: 'FileDataset' object has no attribute 'PatientID'")
+
+    monkeypatch.setattr(hd.seg, "Segmentation", broken)
+    with pytest.raises(InputError) as e:
+        write_dicom_seg(_label(g), folder, tmp_path / "seg.dcm")
+    assert _one_sentence(str(e.value)) and "internal detail" not in str(e.value)
+    assert isinstance(e.value.__cause__, ValueError)  # kept for programs, not shown to people
+    assert not list(tmp_path.glob("*.dcm"))
+
+
+def test_side_output_returns_a_note_instead_of_raising(ct_series, tmp_path, monkeypatch):
+    from pantheon.export import write_dicom_seg_side_output
+    folder, g = ct_series
+    assert write_dicom_seg_side_output(_label(g), folder, tmp_path / "ok.seg.dcm") is None
+    assert (tmp_path / "ok.seg.dcm").is_file()
+
+    note = write_dicom_seg_side_output(_label(g, np.zeros(SHAPE, np.uint8)), folder, tmp_path / "empty.seg.dcm")
+    assert note.startswith("empty.seg.dcm skipped: ") and "nothing to save" in note and _one_sentence(note)
+    assert not (tmp_path / "empty.seg.dcm").exists()
+
+    logged = []
+    monkeypatch.setattr(pydicom, "dcmwrite", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    note = write_dicom_seg_side_output(_label(g), folder, tmp_path / "x.seg.dcm", log=logged.append)
+    assert note == "x.seg.dcm skipped: an unexpected error occurred while writing it (details in the log)."
+    assert logged == ["x.seg.dcm: RuntimeError: boom"]  # the detail goes to the log only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.seg.dcm"]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pydicom, "dcmwrite", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_dicom_seg_side_output(_label(g), folder, tmp_path / "y.seg.dcm")

@@ -72,10 +72,14 @@ def _raw_affine(kind: str, seed: int) -> np.ndarray:
 
 
 def _write_raw_nifti(path, data, qform=None, sform=None, qcode=1, scode=2):
+    """A NIfTI with exactly these forms; pixdim is the voxel size of the qform (set_qform writes it),
+    else of the sform, as writers do (ITK takes the spacing from pixdim)."""
     img = nib.Nifti1Image(data, None)
     img.header.set_qform(qform if qform is not None else np.eye(4), code=qcode if qform is not None else 0)
     img.header.set_sform(sform if sform is not None else np.diag([7.0, 7.0, 7.0, 1.0]),
                          code=scode if sform is not None else 0)
+    if qform is None and sform is not None:
+        img.header.set_zooms(tuple(np.linalg.norm(sform[:3, :3], axis=0))[: data.ndim])
     nib.save(img, str(path))
     return path
 
@@ -84,20 +88,41 @@ KINDS = ["lps", "ras", "oblique", "oblique-mirrored"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("mode", ["qform-only", "sform-only", "both-disagree", "sform-code-0"])
+@pytest.mark.parametrize("mode", ["qform-only", "sform-only", "aligned-sform-disagrees", "scanner-sform-disagrees",
+                                  "sform-code-0"])
 def test_nifti_qform_sform_choice(tmp_path, kind, mode):
+    """ITK's (so 3D Slicer's) choice: the qform unless the sform is the scanner's (code 1), or the
+    only one; a disagreement beyond a quarter voxel is warned about."""
     data = np.random.default_rng(1).integers(-500, 500, (5, 4, 3)).astype(np.int16)  # (I, J, K)
     good, other = _raw_affine(kind, 11), _raw_affine("oblique", 99)
     path = tmp_path / "raw.nii.gz"
+    disagree = "disagrees" in mode
     if mode == "qform-only":
         _write_raw_nifti(path, data, qform=good)
     elif mode == "sform-only":
         _write_raw_nifti(path, data, sform=good)
-    elif mode == "both-disagree":  # the sform wins
-        _write_raw_nifti(path, data, qform=other, sform=good, qcode=1, scode=2)
+    elif mode == "aligned-sform-disagrees":  # the qform wins over an "aligned" (code 2) sform
+        _write_raw_nifti(path, data, qform=good, sform=other, qcode=1, scode=2)
+    elif mode == "scanner-sform-disagrees":  # a "scanner" (code 1) sform wins
+        good = np.array(good)
+        moved = good.copy()
+        moved[:3, 3] += 10.0
+        _write_raw_nifti(path, data, qform=moved, sform=good, qcode=1, scode=1)
     else:  # an sform with code 0 is ignored, the qform is used
         _write_raw_nifti(path, data, qform=good, sform=other, qcode=1, scode=0)
-    assert_matches_reference(read_volume(path), good, data)
+    if disagree:
+        with pytest.warns(UserWarning, match="sform and a qform that place it up to"):
+            vol = read_volume(path)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            vol = read_volume(path)
+    assert_matches_reference(vol, good, data)
+    # and exactly where ITK puts it
+    ref = sitk.ReadImage(str(path))
+    np.testing.assert_allclose(vol.origin, ref.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(vol.direction.ravel(), ref.GetDirection(), atol=1e-5)
+    np.testing.assert_allclose(vol.spacing, ref.GetSpacing(), atol=1e-5)
 
 
 def test_nifti_without_any_orientation_warns(tmp_path):

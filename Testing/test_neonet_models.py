@@ -190,6 +190,10 @@ def test_generate_guided_start_skips_noisy_steps(gen, batch):
         gen.generate(masks, labels, num_inference_steps=2, init_strength=0.0)
     with pytest.raises(ValueError, match="init_strength"):
         NeoGen(**TINY_GEN, init_strength=1.5)
+    steps = gen.config["num_train_timesteps"]
+    with pytest.raises(ValueError, match=rf"^The number of sampling steps must be between 1 and the model's {steps} "
+                                         rf"training steps, got {steps + 1}\.$"):
+        gen.make_sampler(steps + 1)
     assert "init_strength" not in gen.config  # the default leaves older configs unchanged
     assert NeoGen(**TINY_GEN, init_strength=0.6).config["init_strength"] == 0.6
 

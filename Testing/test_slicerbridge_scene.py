@@ -182,10 +182,12 @@ def test_import_result_every_voxel_lands_in_place(scene, tmp_path, left_handed):
         segment = seg.GetSegment(sid)
         assert segment.GetColor() == pytest.approx(rgb)
         entry = sb.segment_terminology(segment)
-        assert terms.parse_terminology(entry)["type"] == ("SCT", code, meaning)
+        want = terms.parse_terminology(terms.terminology_string(("SCT", code, meaning)))  # Slicer's list entry
+        assert terms.parse_terminology(entry) == want  # kidneys: Kidney (64033007) + Right/Left modifier
         parsed = slicer.vtkSlicerTerminologyEntry()  # Slicer's own parser agrees
         assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(entry, parsed)
-        assert parsed.GetTypeObject().GetCodeValue() == code
+        assert parsed.GetTypeObject().GetCodeValue() == want["type"][1]
+        assert (parsed.GetTypeModifierObject().GetCodeValue() or None) == (want["modifier"] or (None, None))[1]
         assert parsed.GetCategoryObject().GetCodeValue() == "123037004"
         mask = _export_segment(scene, sn, sid, node)
         np.testing.assert_array_equal(mask > 0, labels == idx, err_msg=name)

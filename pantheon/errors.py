@@ -13,6 +13,13 @@ class InputError(PantheonError):
     """The input image is not something this pipeline can use (dimensionality, range, NaN...)."""
 
 
+class InvalidParameter(InputError, ValueError):
+    """A parameter outside what a pipeline accepts (a batch size of 0, a negative noise level...).
+
+    Also a ValueError, so code that caught the ValueErrors these checks replace still catches them.
+    """
+
+
 class CheckpointError(PantheonError):
     """A weights file is missing, truncated, corrupted or belongs to another model."""
 

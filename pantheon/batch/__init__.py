@@ -18,11 +18,13 @@ A rerun skips done cases whose folders are complete and redoes failed (unless
 ``retry_failed=False``), unfinished and pending ones. A failing case is recorded with its
 one-sentence error and the batch goes on. Only one batch at a time may write a folder
 (``out/.batch.lock``). Engines: ``local`` (process pool) and ``ray`` (Ray actors, one model load each); see :data:`runner.EXECUTORS`.
+Ctrl-C raises :class:`BatchInterrupted` (a KeyboardInterrupt) after the clean-up; its message says
+what was written. Local workers never outlive the batch process.
 """
 
 from .cases import Case, discover_cases
 from .pipelines import PIPELINES, BatchPipeline, get_pipeline, register
-from .runner import EXECUTORS, run_batch
+from .runner import EXECUTORS, BatchInterrupted, run_batch
 
 __all__ = ["Case", "discover_cases", "PIPELINES", "BatchPipeline", "get_pipeline", "register", "EXECUTORS",
-           "run_batch"]
+           "run_batch", "BatchInterrupted"]

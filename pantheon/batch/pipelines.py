@@ -17,6 +17,7 @@ level: the batch parent process never loads a model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
@@ -56,6 +57,17 @@ class BatchPipeline:
     findings: Callable[[Result], Dict[str, float]] = default_findings
     main_map: Callable[[Result], Optional[tuple]] = default_main_map
     options: Dict[str, Any] = field(default_factory=dict)  # option name -> default
+    #: the command family whose input limit applies (``pantheon.io.validate.COMMAND_PIXEL_LIMITS``)
+    pixel_family: str = "nemesis"
+
+    def __post_init__(self):
+        self.options.setdefault("max_pixels", None)
+
+    def max_pixels(self, options: dict) -> int:
+        """The largest input in pixels (voxels): ``--max-pixels``, else the family's limit; 0 = none."""
+        from ..io.validate import COMMAND_PIXEL_LIMITS
+        value = options.get("max_pixels")
+        return COMMAND_PIXEL_LIMITS[self.pixel_family] if value is None else int(value)
 
 
 PIPELINES: Dict[str, BatchPipeline] = {}
@@ -75,8 +87,13 @@ def get_pipeline(name: str) -> BatchPipeline:
 # ---------------------------------------------------------------------------- NEMESIS
 def _nemesis_engine(options: dict):
     from ..pipelines import nemesis as nem
+    weights = options.get("weights")
+    if weights and Path(weights).is_file() and not str(weights).lower().endswith(".safetensors"):
+        from ..models.checkpoints import check_torch_file
+        check_torch_file(weights)  # not a PyTorch file at all: our sentence, not torch's KeyError
     return nem.load_engine(options.get("weights"), options.get("device") or "auto",
-                           options.get("precision") or "fp32", int(options.get("batch_size") or 1))
+                           options.get("precision") or "fp32", int(options.get("batch_size") or 1),
+                           max_voxels=PIPELINES["nemesis-pca"].max_pixels(options))
 
 
 def _load_nemesis_organs(options: dict):
@@ -129,7 +146,8 @@ def _load_neonet_predict(options: dict):
 
 def _run_neonet_predict(volume, context, options, progress=None) -> Result:
     from ..pipelines import neonet
-    return neonet.predict(volume, context["models"], progress=progress)
+    return neonet.predict(volume, context["models"], progress=progress,
+                          max_voxels=PIPELINES["neonet-predict"].max_pixels(options))
 
 
 def _neonet_findings(result: Result) -> Dict[str, float]:
@@ -140,7 +158,7 @@ def _neonet_findings(result: Result) -> Dict[str, float]:
 register(BatchPipeline("neonet-predict", _load_neonet_predict, _run_neonet_predict,
                        "NeoNet PNI probability, tumour segmentation and attention heat map on liver MRI",
                        findings=_neonet_findings,
-                       options={"neoseg": None, "pattennet": None, "device": "cpu"}))
+                       options={"neoseg": None, "pattennet": None, "device": "cpu"}, pixel_family="pni"))
 
 
 # ---------------------------------------------------------------------------- MATHENA (ToothAnalysis)
@@ -152,7 +170,8 @@ def _load_mathena(options: dict):
 def _run_mathena(volume, context, options, progress=None) -> Result:
     from ..pipelines import mathena as mt
     thresh = options.get("score_thresh")
-    return mt.analyze(volume, context["models"], None, 0.3 if thresh is None else float(thresh), progress=progress)
+    return mt.analyze(volume, context["models"], None, 0.3 if thresh is None else float(thresh), progress=progress,
+                      max_pixels=PIPELINES["mathena-analyze"].max_pixels(options))
 
 
 def _mathena_findings(result: Result) -> Dict[str, float]:
@@ -168,4 +187,4 @@ def _mathena_main(result: Result):
 register(BatchPipeline("mathena-analyze", _load_mathena, _run_mathena,
                        "MATHENA ToothAnalysis on OPGs: teeth (FDI), caries, anomalies, stages",
                        findings=_mathena_findings, main_map=_mathena_main,
-                       options={"detector": None, "hena": None, "score_thresh": 0.3}))
+                       options={"detector": None, "hena": None, "score_thresh": 0.3}, pixel_family="tooth"))

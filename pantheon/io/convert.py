@@ -112,21 +112,114 @@ def to_sitk(volume):
 
 
 # --------------------------------------------------------------------------- nibabel
-def from_nibabel(img, name: str = "the image"):
-    """Volume from a nibabel NIfTI-1/2 image.
+_XFORM_NAMES = {0: "unknown", 1: "scanner", 2: "aligned", 3: "Talairach", 4: "MNI 152", 5: "template"}
+#: qform and sform further apart than this fraction of the smallest voxel size are reported.
+QFORM_SFORM_TOLERANCE_VOXELS = 0.25
 
-    Geometry is ``img.affine``, which nibabel takes from the sform when sform_code > 0, else the
-    qform when qform_code > 0, else a pixdim-only fallback (warned about here: no orientation).
+
+def _sform_itk_usable(s: np.ndarray, pixdim: np.ndarray, ndim: int) -> Tuple[bool, bool]:
+    """(decomposable without skew, scales match pixdim) as ITK's NiftiImageIO judges an sform."""
+    m = np.asarray(s[:3, :3], dtype=np.float64)
+    norms = np.linalg.norm(m, axis=0)
+    if np.any(norms <= 0) or not np.all(np.isfinite(m)):
+        return False, False
+    scales_ok = bool(np.all(np.abs(norms[:ndim] - pixdim[:ndim]) <= 1e-3))
+    r = m / norms
+    return bool(np.all(np.abs(r @ r.T - np.eye(3)) <= 1e-4)), scales_ok
+
+
+def _very_similar(s: np.ndarray, q: np.ndarray) -> bool:
+    """ITK's "sform and qform are very similar" (singular values, axes, offsets within 1e-4)."""
+    sv_s = np.linalg.svd(s[:3, :3], compute_uv=False)
+    sv_q = np.linalg.svd(q[:3, :3], compute_uv=False)
+    return bool(np.all(np.abs(sv_s - sv_q) <= 1e-4) and np.all(np.abs(s[:3, :3] - q[:3, :3]) <= 1e-4)
+                and np.all(np.abs(s[:3, 3] - q[:3, 3]) <= 1e-4))
+
+
+def nifti_itk_affine(header, shape, name: str = "the image"):
+    """The RAS voxel-to-world matrix ITK (so 3D Slicer) reads from a NIfTI header, and what it decided.
+
+    Returns ``(affine 4x4, spacing (3,), messages)``. ITK's ``NiftiImageIO`` (5.x) rule:
+
+    - neither code set: origin 0, LPS-identity axes, spacing from pixdim;
+    - the sform when it is orthonormal (no skew) and either the qform code is 0, or the sform
+      code is 1 (scanner), or it is very similar to the qform; otherwise the qform (a sheared sform
+      with no qform is refused);
+    - the spacing is always pixdim (a chosen sform only gives the axes and the origin).
+
+    ``messages`` are sentences for warnings: the sform and qform disagree by more than
+    :data:`QFORM_SFORM_TOLERANCE_VOXELS` voxel, or the sform's voxel size differs from pixdim.
+    """
+    qcode = int(header["qform_code"])
+    scode = int(header["sform_code"])
+    ndim = max(1, min(3, len(shape)))
+    raw = np.abs(np.asarray(header["pixdim"][1:4], dtype=np.float64))
+    pixdim = np.where(raw > 0, raw, 1.0)
+    messages = []
+    if qcode == 0 and scode == 0:
+        messages.append(f"{name} has neither an sform nor a qform, so its orientation is unknown; reading it "
+                        "with ITK's default (origin 0, axes along L, P and S), which may be wrong.")
+        affine = np.diag([-pixdim[0], -pixdim[1], pixdim[2], 1.0])
+        return affine, pixdim, messages
+    s = np.asarray(header.get_sform(), dtype=np.float64)
+    q = np.asarray(header.get_qform(), dtype=np.float64)
+    similar = bool(np.all(np.abs(s[:3, :3] - q[:3, :3]) <= 1e-5) and np.abs(s[:3, 3] - q[:3, 3]).sum() <= 1e-7
+                   and scode != 0)
+    prefer_sform = similar
+    scales_ok = True
+    if not similar or scode != 0:
+        decomposable, scales_ok = (_sform_itk_usable(s, pixdim, ndim) if scode != 0 else (False, True))
+        if decomposable:
+            if qcode == 0 and scode != 0:
+                prefer_sform = True
+            elif scode == 1:
+                prefer_sform = True
+            elif qcode != 0 and scode != 0:
+                prefer_sform = _very_similar(s, q)
+    if prefer_sform:
+        affine, chosen, code = s, "sform", scode
+    elif qcode != 0:
+        affine, chosen, code = q, "qform", qcode
+    else:
+        raise InputError(f"{name} has no qform and its sform is sheared (its voxel axes are not perpendicular), "
+                         "which ITK, 3D Slicer and Pantheon cannot represent; resample it onto an orthogonal "
+                         "grid first.")
+    spacing = pixdim.copy()
+    if ndim < 3:  # ITK ignores the third axis of a 2D image; keep the matrix's own slice thickness
+        spacing[2] = float(np.linalg.norm(affine[:3, 2])) or 1.0
+    if chosen == "sform" and not scales_ok:
+        norms = np.linalg.norm(s[:3, :3], axis=0)
+        messages.append(f"{name} has an sform whose voxel size ({' x '.join(f'{v:.4g}' for v in norms[:ndim])} mm) "
+                        f"differs from its pixdim ({' x '.join(f'{v:.4g}' for v in pixdim[:ndim])} mm); using the "
+                        "pixdim, as ITK and 3D Slicer do.")
+    if qcode != 0 and scode != 0:
+        corners = np.array([[i, j, k, 1.0] for i in (0, max(shape[0] - 1, 0))
+                            for j in (0, max(shape[1] - 1, 0) if len(shape) > 1 else 0)
+                            for k in (0, max(shape[2] - 1, 0) if len(shape) > 2 else 0)])
+        gap = float(np.max(np.linalg.norm(corners @ s.T - corners @ q.T, axis=1)[:, None]))
+        voxel = float(np.min(pixdim[:ndim]))
+        if gap > QFORM_SFORM_TOLERANCE_VOXELS * voxel:
+            other = "qform" if chosen == "sform" else "sform"
+            messages.append(
+                f"{name} has an sform and a qform that place it up to {gap:.1f} mm ({gap / voxel:.1f} voxels) apart; "
+                f"Pantheon reads the {chosen} (code {code}, {_XFORM_NAMES.get(code, 'other')}) as ITK and 3D Slicer "
+                f"do, so results line up in Slicer, but tools that follow the {other} (e.g. nibabel, FSL) place "
+                "the image elsewhere.")
+    return affine, spacing, messages
+
+
+def from_nibabel(img, name: str = "the image"):
+    """Volume from a nibabel NIfTI-1/2 image, with the geometry ITK and 3D Slicer give it.
+
+    Geometry: :func:`nifti_itk_affine` (ITK's choice between sform and qform, spacing from pixdim);
+    its messages are issued as warnings. An in-memory image whose ``affine`` differs from its
+    header (set in Python, not yet written) uses that affine, as nibabel would write it.
     Vector images (5D with one time point, or a vector intent) become components; any other 4D
     image is a time series and is refused.
     """
     from .volume import Volume
 
     header = img.header
-    if ("sform_code" in header and "qform_code" in header
-            and int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0):
-        warnings.warn(f"{name} has neither an sform nor a qform; using nibabel's default "
-                      "orientation, which may be wrong.", stacklevel=3)
     shape = tuple(int(s) for s in img.shape)
     try:
         vector_intent = int(header["intent_code"]) in _NIFTI_VECTOR_INTENTS
@@ -141,6 +234,25 @@ def from_nibabel(img, name: str = "the image"):
                          "Pantheon needs a single 3D volume.")
     if ndim > 5 or ndim < 2:
         raise InputError(f"{name} has {ndim} dimensions (shape {shape}); Pantheon needs a 2D or 3D image.")
+
+    aff = None if img.affine is None else np.asarray(img.affine, dtype=np.float64)
+    if aff is not None and ("qform_code" not in header or not np.allclose(aff, header.get_best_affine(), atol=1e-4)):
+        # an affine set in Python and not yet in the header: nibabel would write this one
+        lps = _FLIP_XY @ aff
+        spacing, direction = factor_matrix(lps[:3, :3], name)
+    else:
+        affine, itk_spacing, messages = nifti_itk_affine(header, shape[:3], name)
+        for msg in messages:
+            warnings.warn(msg, stacklevel=3)
+        if (aff is not None and np.allclose(aff, affine, atol=1e-4)
+                and np.allclose(np.linalg.norm(aff[:3, :3], axis=0), itk_spacing, rtol=1e-5, atol=1e-6)):
+            lps = _FLIP_XY @ aff  # the same matrix, in nibabel's float64 (an in-memory image stays exact)
+            spacing, direction = factor_matrix(lps[:3, :3], name)
+        else:
+            lps = _FLIP_XY @ affine
+            direction = lps[:3, :3] / np.linalg.norm(lps[:3, :3], axis=0)
+            check_direction(direction, name)
+            spacing = tuple(float(v) for v in itk_spacing)
 
     data = np.asanyarray(img.dataobj)
     if ndim == 2:
@@ -157,10 +269,6 @@ def from_nibabel(img, name: str = "the image"):
         data = data[..., 0]
     axes = (2, 1, 0, 3) if data.ndim == 4 else (2, 1, 0)
     arr = np.ascontiguousarray(np.transpose(data, axes))
-
-    affine = img.affine if img.affine is not None else header.get_best_affine()  # None: made in memory
-    lps = _FLIP_XY @ np.asarray(affine, dtype=np.float64)
-    spacing, direction = factor_matrix(lps[:3, :3], name)
     return Volume(arr, spacing, tuple(lps[:3, 3]), direction, comps)
 
 

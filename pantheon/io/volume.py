@@ -12,6 +12,10 @@ Convention (the ITK / SimpleITK / DICOM one, stated once and used everywhere):
 
 So the world (LPS) position of voxel centre (i, j, k) is ``origin + direction @ diag(spacing) @ [i, j, k]``.
 Slicer's RAS world differs by flipping the first two world axes.
+
+``metadata`` (a dict, not part of the geometry) says what the file said about the image when a
+reader made the volume: ``format``, DICOM ``modality``, label ``segments`` ({value: name}, from a
+.seg.nrrd or a Slicer colour table). Derived volumes (``with_array``, reorientation) start empty.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Volume:
     origin: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
     components: int = 1
+    metadata: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         a = np.asarray(self.array)
@@ -62,6 +67,7 @@ class Volume:
         if any(not np.isfinite(s) or s <= 0 for s in self.spacing):
             raise ValueError(f"spacing must be positive and finite, got {self.spacing}")
         self.direction = _as_direction(self.direction)
+        self.metadata = dict(self.metadata or {})
 
     # ----------------------------------------------------------------- shape helpers
     @property

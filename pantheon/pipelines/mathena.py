@@ -31,17 +31,44 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..anatomy import tooth_code
 from ..errors import CheckpointError, InputError, PantheonError
+from ..io.validate import COMMAND_PIXEL_LIMITS, check_pixel_count, require_int, require_number
 from ..io.volume import Volume
 from ..progress import Reporter
 from ..results import HeatmapOutput, LabelOutput, Result, Segment
 
 MIN_SIDE = 64
+#: Largest image ToothAnalysis takes by default, in pixels (50 million, e.g. 10000 x 5000; a panoramic
+#: X-ray is 3-25 million). The pipeline keeps about 25 bytes a pixel (float32 maps on the source grid).
+#: Overridable: ``max_pixels`` of :func:`opg_to_gray` / :func:`analyze` (0 = no limit), ``--max-pixels``.
+MAX_PIXELS = COMMAND_PIXEL_LIMITS["tooth"]
+#: DICOM modalities a panoramic X-ray can carry: PX panoramic, DX digital / CR computed / RG
+#: radiography, IO intra-oral, OT other (secondary captures). Any other (CT, MR, XC photograph...) is refused.
+XRAY_MODALITIES = ("PX", "DX", "CR", "RG", "IO", "OT")
+#: A panoramic X-ray is about twice as wide as high (1.6-2.6); narrower images are refused.
+MIN_ASPECT = 1.3
+#: Colour photographs: more than COLOUR_FRACTION of 16-pixel (or larger) blocks with a chroma
+#: (max - min channel, 0..1) above COLOUR_CHROMA. An X-ray stored as RGB has R = G = B.
+COLOUR_CHROMA, COLOUR_FRACTION = 0.1, 0.2
+#: Fraction of the image at the darkest level from which a narrow image is called a cross-section.
+CROSS_SECTION_DARK = 0.2
+#: The detector's own evidence: with at least MIN_TEETH_FOR_ORDER teeth, fewer than MIN_ARCH_ORDER of
+#: tooth pairs placed as in a panoramic X-ray (upper above lower, patient's right on the image's left,
+#: numbers growing away from the midline) flags the result. Held-out synthetic OPGs: 0.96-1.0;
+#: noise, photographs and CT slices: 0.55-0.75.
+MIN_TEETH_FOR_ORDER, MIN_ARCH_ORDER = 4, 0.85
+#: Fewer teeth than this (a panoramic X-ray of an adult shows about 28; noise and other pictures
+#: give the demo detector 0-8, in no order) flags the result too.
+FEW_TEETH = 8
 DEMO_DETECTOR_CARD = "mathena-demo-detector"
 DEMO_HENA_CARD = "mathena-demo-hena"
 MODEL_NAME = "MATHENA (arXiv 2604.00537, reconstruction)"
-# SNOMED CT 80967001 |Dental caries (disorder)|.
+# SNOMED CT 80967001 |Dental caries (disorder)|. Segment codes say what a segment is; the entry of
+# Slicer's terminology lists written for each (caries: "Lucency" in "Tooth"; anomaly: "Tissue" in
+# "Jaw region"; a tooth: "Tooth" + Right/Left) comes from pantheon.anatomy.slicer_term.
 CARIES_CODE = ("SCT", "80967001", "Dental caries")
+ANOMALY_CODE = ("SCT", "263654008", "Abnormal")  # impacted teeth and periapical lesions, one class
 # Per-tooth finding rules. Stray pixels above 0.5 appear on many healthy teeth (on held-out
 # synthetic OPGs: any caries pixel on 11-42% of caries-free teeth, any anomaly pixel on 42% of
 # normal ones), so a tooth is called from an area / probability, not from one pixel.
@@ -75,13 +102,22 @@ def spacing_known(volume: Volume) -> bool:
     return not (volume.spacing[0] == 1.0 and volume.spacing[1] == 1.0)
 
 
-def opg_to_gray(volume: Volume, name: str = "input") -> np.ndarray:
+def opg_to_gray(volume: Volume, name: str = "input", max_pixels: Optional[int] = MAX_PIXELS) -> np.ndarray:
     """(H, W) float32 in [0, 1] from a single-slice Volume (grayscale or RGB/RGBA); InputError
-    with one sentence when it cannot be a panoramic X-ray."""
+    with one sentence when it cannot be a panoramic X-ray: 3D, too small or too large
+    (``max_pixels``, None or 0 = no limit), a DICOM of another modality (CT, MR...), a colour
+    photograph, or an image that is not wide like a panoramic X-ray (a CT or MR slice...)."""
     from ..models.mathena.preprocess import to_grayscale_float
+    if not isinstance(volume, Volume):
+        raise InputError(f"The {name} image must be a pantheon Volume, got {type(volume).__name__}.")
     if volume.shape[0] > 1:
         raise InputError(f"The {name} image is a 3D volume ({volume.shape[0]} slices of {volume.shape[1]}x"
                          f"{volume.shape[2]}); ToothAnalysis needs a 2D panoramic X-ray.")
+    check_pixel_count(volume.size_ijk, max_pixels or 0, f"The {name} image", volume.components, two_d=True)
+    modality = str(volume.metadata.get("modality", "")).strip().upper()
+    if modality and modality not in XRAY_MODALITIES:
+        raise InputError(f"The {name} image is a DICOM {_MODALITY_NAMES.get(modality, modality)} image (Modality "
+                         f"{modality}); ToothAnalysis needs a panoramic dental X-ray (Modality PX, DX, CR or IO).")
     a = volume.array[0]
     if a.size == 0:
         raise InputError(f"The {name} image is empty.")
@@ -92,15 +128,109 @@ def opg_to_gray(volume: Volume, name: str = "input") -> np.ndarray:
     if volume.components > 1:
         if volume.components not in (3, 4):
             raise InputError(f"The {name} image has {volume.components} components; expected grayscale or RGB.")
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise InputError(f"The {name} image contains {int((~np.isfinite(a)).sum())} NaN or infinite values.")
+        colour = colour_fraction(a)
+        if colour > COLOUR_FRACTION:
+            raise InputError(f"The {name} image is a colour picture ({100 * colour:.0f}% of it in colour), not an "
+                             "X-ray; ToothAnalysis needs a panoramic dental X-ray (grey levels, also when stored "
+                             "as RGB).")
         a = np.tensordot(a[..., :3].astype(np.float32), LUMA.astype(np.float32), axes=([-1], [0]))
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         bad = int((~np.isfinite(a)).sum())
         raise InputError(f"The {name} image contains {bad} NaN or infinite pixels.")
     try:
-        return to_grayscale_float(a)
+        gray = to_grayscale_float(a)
     except InputError as exc:
         msg = str(exc).rstrip(".")
         raise InputError(f"Cannot analyse the {name} image: {msg}.") from None
+    _check_panoramic_shape(gray, name)
+    return gray
+
+
+_MODALITY_NAMES = {"CT": "CT", "MR": "MR", "PT": "PET", "NM": "nuclear medicine", "US": "ultrasound",
+                   "XC": "photograph", "ES": "endoscopy", "OP": "ophthalmic photograph", "SM": "microscopy",
+                   "MG": "mammography", "XA": "angiography", "RF": "fluoroscopy", "SEG": "segmentation"}
+
+
+def colour_fraction(rgb: np.ndarray) -> float:
+    """Fraction of the image, in blocks of at least 16 x 16 pixels, whose mean colour has a chroma
+    (max - min of R, G, B on a 0..1 scale) above COLOUR_CHROMA. 0 for an X-ray stored as RGB; block
+    means ignore per-pixel colour noise, so only real colour regions count."""
+    a = np.asarray(rgb)[..., :3]
+    H, W = a.shape[:2]
+    b = max(16, min(H, W) // 32)
+    hh, ww = (H // b) * b, (W // b) * b
+    if hh == 0 or ww == 0:
+        return 0.0
+    step = max(1, b // 8)  # sample within blocks: cheap on very large images, same block means
+    sub = a[:hh:step, :ww:step].astype(np.float32)
+    lo, hi = float(sub.min()), float(sub.max())
+    if not hi > lo:
+        return 0.0
+    sub = (sub - lo) / (hi - lo)
+    bh, bw = b // step, b // step
+    hh2, ww2 = (sub.shape[0] // bh) * bh, (sub.shape[1] // bw) * bw
+    blocks = sub[:hh2, :ww2].reshape(hh2 // bh, bh, ww2 // bw, bw, 3).mean(axis=(1, 3))
+    chroma = blocks.max(-1) - blocks.min(-1)
+    return float((chroma > COLOUR_CHROMA).mean())
+
+
+def _check_panoramic_shape(gray: np.ndarray, name: str) -> None:
+    """A panoramic X-ray is a wide image; a CT/MR slice is square with a dark surround."""
+    H, W = gray.shape
+    aspect = W / H
+    if aspect >= MIN_ASPECT:
+        return
+    dark = float((gray[::max(1, H // 512), ::max(1, W // 512)] <= 0.02).mean())
+    if dark >= CROSS_SECTION_DARK:
+        what = (f"{W} x {H} pixels with {100 * dark:.0f}% of it at the darkest level around the picture, like a "
+                "CT or MR cross-section")
+    elif 1 / 1.1 <= aspect <= 1.1:
+        what = f"{W} x {H} pixels, square"
+    elif aspect < 1:
+        what = f"{W} x {H} pixels, taller than wide"
+    else:
+        what = f"{W} x {H} pixels, only {aspect:.2f} times as wide as high"
+    raise InputError(f"The {name} image is {what}; ToothAnalysis needs a panoramic dental X-ray, which is about "
+                     "twice as wide as high (not a CT or MR slice, a photograph, an intra-oral or a cephalometric "
+                     "image).")
+
+
+def arch_order(dets: List[dict]) -> Tuple[float, int]:
+    """(fraction of tooth pairs placed as in a panoramic X-ray, number of pairs compared).
+
+    On the image, the patient's right (FDI quadrants 1, 4, 5, 8) is on the left; upper teeth
+    (1, 2, 5, 6) are above lower ones on the same side; within a quadrant, higher numbers lie further
+    from the midline. 1.0 is a perfect arch; random boxes give about 0.5. NaN with fewer than 2 teeth.
+    """
+    info = []
+    for d in dets:
+        q, t = divmod(int(d["fdi"]), 10)
+        q = (q - 1) % 4 + 1
+        x0, y0, x1, y1 = d["box"]
+        info.append((q, t, (x0 + x1) / 2, (y0 + y1) / 2))
+    ok = total = 0
+    for a in range(len(info)):
+        for b in range(a + 1, len(info)):
+            qa, ta, xa, ya = info[a]
+            qb, tb, xb, yb = info[b]
+            right_a, right_b = qa in (1, 4), qb in (1, 4)
+            upper_a, upper_b = qa in (1, 2), qb in (1, 2)
+            if right_a != right_b:
+                total += 1
+                ok += (xa < xb) if right_a else (xb < xa)
+            elif upper_a != upper_b:
+                total += 1
+                ok += (ya < yb) if upper_a else (yb < ya)
+            if qa == qb and ta != tb:
+                total += 1
+                further_a = ta > tb
+                if right_a:  # image-left quadrants: further from the midline = smaller x
+                    ok += (xa < xb) if further_a else (xb < xa)
+                else:
+                    ok += (xa > xb) if further_a else (xb > xa)
+    return (ok / total if total else float("nan")), total
 
 
 # ---------------------------------------------------------------------------- models
@@ -218,7 +348,7 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
             batch_size: int = 8, mask_thresh: float = 0.5, detector_id: str = "unknown",
             hena_id: str = "unknown", demo: Optional[bool] = None,
             known_spacing: Optional[bool] = None, anomaly_thresh: float = ANOMALY_THRESHOLD,
-            min_caries_fraction: float = MIN_CARIES_FRACTION) -> Result:
+            min_caries_fraction: float = MIN_CARIES_FRACTION, max_pixels: Optional[int] = MAX_PIXELS) -> Result:
     """Tooth detection and per-tooth caries / anomaly / stage analysis of one OPG.
 
     ``detector`` / ``hena`` are models (or a :class:`MathenaModels` as ``detector`` with ``hena``
@@ -238,11 +368,27 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
         demo = models.demo if demo is None else demo
     rep = Reporter(progress, cancel)
     rep(0.0, "Checking the image")
-    gray = opg_to_gray(volume)
+    score_thresh = require_number(score_thresh, "detection score threshold", 0.0, 1.0)
+    mask_thresh = require_number(mask_thresh, "mask threshold", 0.0, 1.0)
+    anomaly_thresh = require_number(anomaly_thresh, "anomaly threshold", 0.0, 1.0)
+    min_caries_fraction = require_number(min_caries_fraction, "minimum caries fraction", 0.0, 1.0)
+    batch_size = require_int(batch_size, "batch size (tooth crops per forward pass)", minimum=1)
+    gray = opg_to_gray(volume, max_pixels=max_pixels)
     H, W = gray.shape
     rep(0.05, "Detecting teeth")
     dets = detect_teeth(detector, gray, score_thresh)
     rep(0.35, f"{len(dets)} teeth detected")
+    order, pairs = arch_order(dets)
+    input_warning = None
+    if len(dets) >= MIN_TEETH_FOR_ORDER and order < MIN_ARCH_ORDER:
+        input_warning = (f"The {len(dets)} detected teeth are not in the order of a dental arch (only "
+                         f"{100 * order:.0f}% of tooth pairs placed as in a panoramic X-ray), so this image may not "
+                         "be a panoramic dental X-ray and its findings are unreliable.")
+    elif len(dets) < FEW_TEETH:
+        count = "No" if not dets else f"Only {len(dets)}"
+        input_warning = (f"{count} {'tooth was' if len(dets) == 1 else 'teeth were'} detected: unless this is a "
+                         "panoramic dental X-ray of a patient with few teeth, the image is not one and its findings "
+                         "are meaningless.")
 
     caries_p = np.zeros((H, W), np.float32)
     anomaly_p = np.zeros((H, W), np.float32)
@@ -310,11 +456,11 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
                                                        volume.origin, volume.direction)
     res = Result()
     res.labels["teeth"] = LabelOutput(ref.with_array(teeth[None]),
-                                      [Segment(d["fdi"], tooth_name(d["fdi"]), tooth_color(d["fdi"]), None)
-                                       for d in per_tooth])
+                                      [Segment(d["fdi"], tooth_name(d["fdi"]), tooth_color(d["fdi"]),
+                                               tooth_code(d["fdi"])) for d in per_tooth])
     res.labels["caries"] = LabelOutput(ref.with_array(caries[None]), [Segment(1, "caries", (0.9, 0.1, 0.1), CARIES_CODE)])
     res.labels["anomaly"] = LabelOutput(ref.with_array(anomaly[None]),
-                                        [Segment(1, "anomaly", (1.0, 0.6, 0.0), None)])
+                                        [Segment(1, "anomaly", (1.0, 0.6, 0.0), ANOMALY_CODE)])
     res.heatmaps["caries_probability"] = HeatmapOutput(ref.with_array(caries_p[None]), "inferno", (0.0, 1.0),
                                                        "HENA caries probability per pixel (max over tooth crops)")
     res.heatmaps["anomaly_probability"] = HeatmapOutput(ref.with_array(anomaly_p[None]), "magma", (0.0, 1.0),
@@ -340,8 +486,14 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
         "spacing": (f"pixel spacing {volume.spacing[0]:g} x {volume.spacing[1]:g} mm" if known else
                     "pixel spacing unknown (1 x 1 in the file, as PNG/JPEG report it): caries areas in mm2 "
                     "are not reported, see caries_pixels")})
+    if pairs:
+        res.notes["arch_order"] = (f"{order:.2f} of {pairs} tooth pairs placed as in a panoramic X-ray "
+                                   f"(below {MIN_ARCH_ORDER:g} with {MIN_TEETH_FOR_ORDER}+ teeth is flagged)")
     if demo:
         res.notes["warning"] = "Demo weights trained on synthetic OPGs: not for clinical use."
+    if input_warning:
+        res.notes["input_warning"] = input_warning
+        res.notes["warning"] = " ".join(w for w in (input_warning, res.notes.get("warning", "")) if w)
     rep(1.0, "Done")
     return res
 

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, PantheonError
+from ..errors import InputError, InvalidParameter, PantheonError
+from ..io.validate import COMMAND_PIXEL_LIMITS, check_pixel_count, fmt_point, require_3d, require_int, require_number
 from ..io.volume import Volume
 from ..models.nemesis import NemesisMAE, OrganProbe
 from ..models.nemesis.probe import BTCV_ORGANS
@@ -39,6 +40,10 @@ from ..results import HeatmapOutput, Result
 
 HU_WINDOW = (-175.0, 250.0)
 DEFAULT_ORIENTATION = "RAS"
+#: Largest CT (voxels) the NEMESIS commands take by default (512 x 512 x 1900; the input, a float32
+#: copy and one full-resolution map per output need ~10 bytes a voxel and more). Overridable:
+#: ``max_voxels`` of :func:`load_engine` / :func:`check_ct` (0 = no limit), ``--max-pixels``.
+MAX_VOXELS = COMMAND_PIXEL_LIMITS["nemesis"]
 
 
 # ---------------------------------------------------------------------------- devices
@@ -94,12 +99,18 @@ def autocast_for(device: torch.device, precision: str):
 
 
 # ---------------------------------------------------------------------------- input checks
-def check_ct(volume: Volume, name: str = "input") -> None:
-    """Raise InputError with one sentence when ``volume`` cannot be a CT in Hounsfield units."""
+def check_ct(volume: Volume, name: str = "input", max_voxels: Optional[int] = MAX_VOXELS) -> None:
+    """Raise InputError with one sentence when ``volume`` cannot be a CT in Hounsfield units
+    (or has more than ``max_voxels`` voxels; None or 0 = no limit)."""
+    if not isinstance(volume, Volume):
+        raise InputError(f"The {name} image must be a pantheon Volume, got {type(volume).__name__}.")
     if volume.components != 1:
         raise InputError(f"The {name} image has {volume.components} components; NEMESIS needs a single-channel CT.")
-    if volume.is_2d or min(volume.shape) < 2:
-        raise InputError(f"The {name} image is 2D (shape {volume.shape}); NEMESIS needs a 3D CT volume.")
+    require_3d(volume, name, "NEMESIS needs a 3D CT volume")
+    check_pixel_count(volume.size_ijk, max_voxels or 0, f"The {name} image", two_d=False)
+    modality = str(volume.metadata.get("modality", "")).upper()
+    if modality and modality not in ("CT", "OT"):
+        raise InputError(f"The {name} image is a DICOM {modality} image (Modality {modality}); NEMESIS needs a CT.")
     a = volume.array
     if a.size == 0:
         raise InputError(f"The {name} image is empty.")
@@ -115,6 +126,32 @@ def check_ct(volume: Volume, name: str = "input") -> None:
     if p1 > -200 or p99 > 6000 or lo < -3100:
         raise InputError(f"The {name} image values run from {lo:g} to {hi:g} (1st percentile {p1:g}); that is not a CT "
                          "in Hounsfield units (air is about -1000 HU). Rescale it to HU first.")
+
+
+def check_point(point, what: str = "point") -> np.ndarray:
+    """Three finite numbers (LPS mm) as a float array; InputError otherwise."""
+    try:
+        p = np.asarray(point, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"The {what} must be three numbers (L, P, S in mm), got {point!r}.") from None
+    if p.size != 3 or not np.all(np.isfinite(p)):
+        raise InputError(f"The {what} must be three finite numbers (L, P, S in mm), got {p.size} value"
+                         f"{'' if p.size == 1 else 's'}{' ' + fmt_point(p) if p.size else ''}.")
+    return p
+
+
+def check_reconstruct_params(mask_ratio, noise_std, seed=0):
+    """(mask ratios (plane, axis), noise level, seed) checked: ratios in [0, 1), noise in [0, 1],
+    seed a whole number >= 0; InputError in plain words otherwise."""
+    ratios = [mask_ratio] * 2 if np.ndim(mask_ratio) == 0 else list(mask_ratio)
+    if len(ratios) != 2:
+        raise InvalidParameter(f"The mask ratio takes one value or two (plane, axis), got {len(ratios)}.")
+    ratios = tuple(require_number(r, "mask ratio", 0.0, 1.0, max_inclusive=False,
+                                  note="the fraction of tokens hidden from the model") for r in ratios)
+    noise = require_number(noise_std, "noise level", 0.0, 1.0,
+                           note="a standard deviation on the model's [0, 1] intensity scale")
+    seed = require_int(seed, "seed", minimum=0)
+    return (ratios if np.ndim(mask_ratio) else ratios[0]), noise, seed
 
 
 @dataclass
@@ -146,9 +183,9 @@ class PreparedCT:
 
 
 def prepare_ct(volume: Volume, window: Sequence[float] = HU_WINDOW, orientation: str = DEFAULT_ORIENTATION,
-               check: bool = True) -> PreparedCT:
+               check: bool = True, max_voxels: Optional[int] = MAX_VOXELS) -> PreparedCT:
     if check:
-        check_ct(volume)
+        check_ct(volume, max_voxels=max_voxels)
     canonical, undo = volume.to_canonical(orientation)
     lo, hi = float(window[0]), float(window[1])
     # one float32 copy in model axis order, then in-place ops: a 512x512x256 CT stays ~270 MB
@@ -193,7 +230,9 @@ class NemesisEngine:
     """A loaded NEMESIS model on a device, with batching and precision settings."""
 
     def __init__(self, model: NemesisMAE, device: str = "auto", precision: str = "fp32", batch_size: int = 1,
-                 weights_id: str = "unknown", weights_sha256: str = ""):
+                 weights_id: str = "unknown", weights_sha256: str = "", max_voxels: Optional[int] = MAX_VOXELS):
+        batch_size = require_int(batch_size, "batch size (superpatches per forward pass)", minimum=1)
+        self.max_voxels = None if not max_voxels else require_int(max_voxels, "voxel limit", minimum=1)
         self.device = pick_device(device)
         self.model = model.eval().to(self.device)
         self.precision = precision
@@ -202,7 +241,7 @@ class NemesisEngine:
             import warnings
             warnings.warn(f"{precision} on this CPU has no hardware support and runs slower than fp32; "
                           "use fp32 on this machine.", RuntimeWarning, stacklevel=2)
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = batch_size
         self.weights_id = weights_id
         self.weights_sha256 = weights_sha256
 
@@ -247,13 +286,24 @@ class FeatureGrid:
                        tuple(z["superpatch_size"].tolist()), tuple(z["stride"].tolist()), str(z["key"]))
 
 
+def _limit(engine) -> Optional[int]:
+    return getattr(engine, "max_voxels", MAX_VOXELS)
+
+
 def _resolve_stride(engine: NemesisEngine, stride) -> Tuple[int, int, int]:
-    s = engine.superpatch if stride is None else ((stride,) * 3 if isinstance(stride, int) else tuple(stride))
+    if stride is None:
+        s = engine.superpatch
+    else:
+        s = (stride,) * 3 if isinstance(stride, (int, np.integer)) else tuple(stride)
+    if len(s) != 3:
+        raise InvalidParameter(f"The stride takes one value or three (D H W), got {len(s)}.")
+    s = tuple(require_int(x, "stride", minimum=1) for x in s)
     for st, p, sp in zip(s, engine.patch, engine.superpatch):
-        if st <= 0 or st % p or st > sp:
-            raise ValueError(f"stride {s} must be positive multiples of the patch size {engine.patch} "
-                             f"and at most the superpatch size {engine.superpatch}")
-    return tuple(int(x) for x in s)
+        if st % p or st > sp:
+            raise InvalidParameter(f"The stride {' x '.join(map(str, s))} must be multiples of the patch size "
+                                   f"{' x '.join(map(str, engine.patch))} and at most the superpatch size "
+                                   f"{' x '.join(map(str, engine.superpatch))}, axis by axis.")
+    return s
 
 
 def feature_key(prepared: PreparedCT, engine: NemesisEngine, stride) -> str:
@@ -320,7 +370,7 @@ def token_map_to_input(prepared: PreparedCT, token_map: np.ndarray, patch: Seque
 def features(volume: Volume, engine: NemesisEngine, stride=None, cache_dir=None, window=HU_WINDOW,
              orientation=DEFAULT_ORIENTATION, progress=None, cancel=None) -> FeatureGrid:
     """Token feature grid over the whole volume plus world positions of token centres."""
-    prepared = prepare_ct(volume, window, orientation)
+    prepared = prepare_ct(volume, window, orientation, max_voxels=_limit(engine))
     return compute_features(prepared, engine, stride, cache_dir, progress, cancel)
 
 
@@ -334,11 +384,12 @@ def similarity(volume: Volume, engine: NemesisEngine, point_lps, stride=None, ca
                progress=None, cancel=None) -> Result:
     """Cosine similarity of every token to the token nearest ``point_lps``, as a heatmap on the input."""
     rep = Reporter(progress, cancel)
-    prepared = prepare_ct(volume, window, orientation)
-    point = np.asarray(point_lps, dtype=np.float64).reshape(3)
+    prepared = prepare_ct(volume, window, orientation, max_voxels=_limit(engine))
+    point = check_point(point_lps)
     ijk = volume.world_to_ijk(point)[0]
     if np.any(ijk < -0.5) or np.any(ijk > np.array(volume.size_ijk) - 0.5):
-        raise InputError(f"The point {tuple(np.round(point, 1))} (LPS mm) lies outside the image.")
+        raise InputError(f"The point {fmt_point(point)} (LPS mm; RAS {fmt_point(point * [-1, -1, 1])}) lies "
+                         "outside the image.")
     fg = feature_grid or compute_features(prepared, engine, stride, cache_dir, rep.sub(0, 0.9), cancel)
     ref = fg.tokens[_nearest_token(fg, point)]
     norms = np.linalg.norm(fg.tokens, axis=-1) * np.linalg.norm(ref) + 1e-8
@@ -348,6 +399,7 @@ def similarity(volume: Volume, engine: NemesisEngine, point_lps, stride=None, ca
     res.heatmaps["similarity"] = HeatmapOutput(token_map_to_input(prepared, sim, fg.patch_size), "viridis", (-1.0, 1.0),
                                                "Cosine similarity of NEMESIS tokens to the chosen point")
     res.notes.update(_notes(engine, fg))
+    res.notes["point_lps"] = json.dumps([round(float(v), 3) for v in point])  # the preview marks it
     rep(1.0, "Done")
     return res
 
@@ -357,7 +409,7 @@ def pca(volume: Volume, engine: NemesisEngine, stride=None, cache_dir=None, wind
         cancel=None) -> Result:
     """First three principal components of the token features as a 3-component volume in [0, 1]."""
     rep = Reporter(progress, cancel)
-    prepared = prepare_ct(volume, window, orientation)
+    prepared = prepare_ct(volume, window, orientation, max_voxels=_limit(engine))
     fg = feature_grid or compute_features(prepared, engine, stride, cache_dir, rep.sub(0, 0.9), cancel)
     X = fg.tokens.reshape(-1, fg.tokens.shape[-1]).astype(np.float64)
     X = X - X.mean(0)
@@ -403,7 +455,7 @@ def organ_maps(volume: Volume, engine: NemesisEngine, probe: OrganProbe, organs:
     map at token resolution from one encoder pass (instead of one pass per window).
     """
     rep = Reporter(progress, cancel)
-    prepared = prepare_ct(volume, window, orientation)
+    prepared = prepare_ct(volume, window, orientation, max_voxels=_limit(engine))
     fg = feature_grid or compute_features(prepared, engine, stride, cache_dir, rep.sub(0, 0.85), cancel)
     names = [o[0] for o in BTCV_ORGANS]
     wanted = list(organs) if organs else names
@@ -453,11 +505,14 @@ def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=(0.
     lattice (the superpatch region, in HU), plus PSNR and SSIM on [0, 1] data over the superpatch.
     """
     rep = Reporter(progress, cancel)
-    prepared = prepare_ct(volume, window, orientation)
+    mask_ratio, noise_std, seed = check_reconstruct_params(mask_ratio, noise_std, seed)
+    point = check_point(point_lps)
+    prepared = prepare_ct(volume, window, orientation, max_voxels=_limit(engine))
     S = engine.superpatch
-    centre = prepared.world_to_model_index(np.asarray(point_lps, dtype=np.float64).reshape(1, 3))[0]
+    centre = prepared.world_to_model_index(point.reshape(1, 3))[0]
     if np.any(centre < -0.5) or np.any(centre > np.array(prepared.model_array.shape) - 0.5):
-        raise InputError(f"The point {tuple(np.round(np.asarray(point_lps, float), 1))} (LPS mm) lies outside the image.")
+        raise InputError(f"The point {fmt_point(point)} (LPS mm; RAS {fmt_point(point * [-1, -1, 1])}) lies "
+                         "outside the image.")
     start = [int(round(c)) - s // 2 for c, s in zip(centre, S)]
     patch = crop_padded(prepared.model_array, start, S)
     rep(0.1, "Reconstructing")
@@ -490,6 +545,7 @@ def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=(0.
     res.heatmaps["error"] = HeatmapOutput(to_input(np.abs(recon - patch) * (hi - lo)), "hot", (0.0, 100.0),
                                           "Absolute reconstruction error (HU) inside the window")
     res.notes.update(_notes(engine))
+    res.notes["point_lps"] = json.dumps([round(float(v), 3) for v in np.asarray(point_lps, float).reshape(3)])
     res.notes["mask_ratio"] = str(mask_ratio)
     res.notes["noise_std"] = str(noise_std)
     rep(1.0, "Done")
@@ -517,15 +573,18 @@ def resolve_weights_argument(weights: Optional[str], default_card: str, allow_do
 
 def load_engine(weights: Optional[str] = None, device: str = "auto", precision: str = "fp32", batch_size: int = 1,
                 allow_download: bool = False, trust_unverified: bool = False, progress=None,
-                cancel=None) -> NemesisEngine:
-    """A ready engine from a weights path or card id (default: the bundled demo encoder)."""
+                cancel=None, max_voxels: Optional[int] = MAX_VOXELS) -> NemesisEngine:
+    """A ready engine from a weights path or card id (default: the bundled demo encoder).
+    ``max_voxels`` is the largest CT its pipelines take (None or 0 = no limit)."""
+    batch_size = require_int(batch_size, "batch size (superpatches per forward pass)", minimum=1)
     from ..models.nemesis import load_nemesis
     from ..registry import sha256_file
     path, card = resolve_weights_argument(weights, DEMO_ENCODER_CARD, allow_download, trust_unverified,
                                           progress, cancel)
     model = load_nemesis(path)
     label = card.id + ("-demo" if card.demo and "demo" not in card.id else "") if card else path.name
-    return NemesisEngine(model, device, precision, batch_size, weights_id=label, weights_sha256=sha256_file(path))
+    return NemesisEngine(model, device, precision, batch_size, weights_id=label, weights_sha256=sha256_file(path),
+                         max_voxels=max_voxels)
 
 
 def load_probe_for(engine: NemesisEngine, probe: Optional[str] = None) -> OrganProbe:

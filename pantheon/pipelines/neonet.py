@@ -22,6 +22,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..io.validate import (COMMAND_PIXEL_LIMITS, check_label_map, check_pixel_count, describe_geometry_mismatch,
+                           require_3d, require_int)
 from ..io.volume import Volume
 from ..progress import Reporter
 from ..results import HeatmapOutput, LabelOutput, Result, Segment
@@ -29,6 +31,11 @@ from ..results import HeatmapOutput, LabelOutput, Result, Segment
 DEMO_NEOSEG_CARD = "neonet-demo-neoseg"
 DEMO_NEOGEN_CARD = "neonet-demo-neogen"
 DEMO_PATTENNET_CARD = "neonet-demo-pattennet"
+#: Largest MRI or label map (voxels) the NeoNet commands take by default (e.g. 512 x 512 x 760).
+#: Overridable: ``max_voxels`` of :func:`predict` / :func:`synthesize` (0 = no limit), ``--max-pixels``.
+MAX_VOXELS = COMMAND_PIXEL_LIMITS["pni"]
+#: DDIM steps :func:`synthesize` accepts (the noise schedule has 1000 training steps).
+MAX_STEPS = 1000
 
 LIVER, TUMOUR = 1, 2
 SEGMENTS = [Segment(LIVER, "liver", (0.87, 0.51, 0.28), ("SCT", "10200004", "Liver")),
@@ -105,18 +112,82 @@ def _device(module):
     return next(module.parameters()).device
 
 
-def _tumour_mask_arrays(mask: Volume) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """(tumour, liver or None) boolean arrays of a user mask: one nonzero value = a binary tumour mask;
-    several = NeoSeg ids (1 liver, 2 tumour; other labels, e.g. ducts and vessels, are ignored)."""
-    a = np.asarray(mask.array)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise InputError("The tumour mask contains NaN or infinite values.")
-        a = np.rint(a)
-    nonzero = [v for v in np.unique(a).tolist() if v != 0]
-    if len(nonzero) <= 1:  # binary (0/1, 0/255, ...): every nonzero voxel is tumour
-        return a != 0, None
-    return a == TUMOUR, (a == LIVER)
+#: NeoNet's label values (NeoSeg ids; the liver MRI phantom's labels): 1 liver and 2 tumour are used,
+#: 3 bile duct and 4 hepatic vessels are read and ignored. Other values without names are refused.
+KNOWN_LABELS = {1: "liver", 2: "tumour", 3: "bile duct", 4: "hepatic vessels"}
+# Segment names (lower case, words) and SNOMED CT codes that mean each NeoNet label.
+_NAMES = {
+    LIVER: ({"liver", "hepar", "liver parenchyma", "whole liver"}, {"10200004"}),
+    TUMOUR: ({"tumour", "tumor", "neoplasm", "lesion", "mass", "cholangiocarcinoma", "carcinoma", "cancer",
+              "cca", "icc", "liver tumour", "liver tumor", "hepatic tumour", "hepatic tumor", "liver lesion"},
+             {"108369006", "86049000", "70179006", "312104005"}),
+    3: ({"bile duct", "bile ducts", "biliary tree", "duct", "ducts"}, {"28273000"}),
+    4: ({"hepatic vessels", "hepatic vessel", "vessels", "vessel", "portal vein", "hepatic vein", "hepatic veins"},
+        {"32764006", "8887007"}),
+}
+
+
+def _label_of(name: str, codes) -> Optional[int]:
+    key = " ".join("".join(c if c.isalnum() else " " for c in str(name).lower()).split())
+    for label, (names, sct) in _NAMES.items():
+        if key in names or any(str(code) in sct for _, code in (codes or [])):
+            return label
+    return None
+
+
+def _tumour_mask_arrays(mask: Volume, what: str = "tumour mask") -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(tumour, liver or None) boolean arrays of a user label map; InputError when it is not one NeoNet
+    can read (see :func:`check_label_map` and :func:`neonet_labels`)."""
+    labels = neonet_labels(mask, what)
+    if labels["binary"]:
+        return labels["array"] != 0, None
+    return labels["array"] == TUMOUR, labels["array"] == LIVER
+
+
+def neonet_labels(mask: Volume, what: str = "label map") -> dict:
+    """Check a label map and express it in NeoNet's ids; InputError with one sentence otherwise.
+
+    - It must be a label map: one component, whole numbers from 0, few and small labels
+      (:func:`pantheon.io.validate.check_label_map`): a CT in HU or an MRI is refused.
+    - Where the file names its segments (.seg.nrrd, a Slicer colour table), names decide: segments
+      named (or coded) liver / tumour become 1 / 2 whatever their values (e.g. a BTCV map's liver, 6),
+      bile duct / vessels 3 / 4; others are ignored; without a liver or tumour segment it is refused.
+    - Without names, the values must be NeoNet's (:data:`KNOWN_LABELS`), or a binary mask (one
+      nonzero value, read as tumour); other values (a BTCV organ map, where 1 is the spleen) are refused.
+
+    Returns ``{"array": uint8 in NeoNet ids, "binary": bool, "ignored": [names]}``.
+    """
+    ints, present = check_label_map(mask, f"{what}")
+    values = sorted(v for v in present if v != 0)
+    names = dict((mask.metadata or {}).get("segments") or {}) if isinstance(mask, Volume) else {}
+    codes = dict((mask.metadata or {}).get("segment_codes") or {}) if isinstance(mask, Volume) else {}
+    if names:
+        mapping = {v: _label_of(n, codes.get(v)) for v, n in names.items()}
+        if not any(m in (LIVER, TUMOUR) for m in mapping.values()):
+            listed = ", ".join(str(n) for n in list(names.values())[:8]) + (", ..." if len(names) > 8 else "")
+            raise InputError(f"The {what} names its segments {listed}, and none is a liver or a tumour; NeoNet "
+                             "needs a segment named liver or tumour (tumor, lesion, neoplasm).")
+        out = np.zeros(ints.shape, np.uint8)
+        for v, m in mapping.items():
+            if m is not None and v in present:
+                out[ints == v] = m
+        ignored = [str(names[v]) for v in values if mapping.get(v) is None and v in names]
+        unnamed = [v for v in values if v not in names]
+        if unnamed:
+            ignored.append(f"unnamed label{'s' if len(unnamed) > 1 else ''} {', '.join(map(str, unnamed[:6]))}")
+        return {"array": out, "binary": False, "ignored": ignored}
+    if len(values) <= 1:  # binary (0/1, 0/255, ...): every nonzero voxel is tumour
+        return {"array": (ints != 0).astype(np.uint8) * TUMOUR if values else np.zeros(ints.shape, np.uint8),
+                "binary": True, "ignored": []}
+    unknown = [v for v in values if v not in KNOWN_LABELS]
+    if unknown:
+        shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
+        raise InputError(f"The {what} has labels {shown} and no segment names; NeoNet reads 1 liver and 2 tumour "
+                         "(3 bile duct and 4 hepatic vessels are ignored), so labels above 4 mean another labelling, "
+                         "e.g. a BTCV organ map where 1 is the spleen: relabel it, or use a .seg.nrrd (or a Slicer "
+                         "colour table) that names the segments.")
+    return {"array": ints.astype(np.uint8), "binary": False,
+            "ignored": [KNOWN_LABELS[v] for v in values if v not in (LIVER, TUMOUR)]}
 
 
 def _box_rows(box) -> Tuple[list, dict]:
@@ -145,7 +216,7 @@ def _model_notes(models: NeoNetModels) -> Dict[str, str]:
 
 # ---------------------------------------------------------------------------- predict
 def predict(volume: Volume, models: NeoNetModels, tumour_mask: Optional[Volume] = None, progress=None,
-            cancel=None) -> Result:
+            cancel=None, max_voxels: Optional[int] = MAX_VOXELS) -> Result:
     """PNI probability, tumour segmentation, attention heat map and crop box for one MRI.
 
     ``tumour_mask``: optional label volume on the MRI's exact grid (binary = tumour, or NeoSeg ids
@@ -159,14 +230,16 @@ def predict(volume: Volume, models: NeoNetModels, tumour_mask: Optional[Volume] 
 
     rep = Reporter(progress, cancel)
     models.need("pattennet")
-    check_mri(volume)
+    check_mri(volume, max_voxels=max_voxels)
     user_tumour = user_liver = None
     if tumour_mask is not None:
         if not isinstance(tumour_mask, Volume) or tumour_mask.components != 1:
             raise InputError("The tumour mask must be a single-component label volume.")
         if not tumour_mask.same_geometry(volume, atol=1e-3):
-            raise InputError("The tumour mask does not share the MRI's geometry (shape, spacing, origin or "
-                             "direction differ); resample it onto the MRI first.")
+            how = describe_geometry_mismatch(tumour_mask, volume, "the mask", "the MRI")
+            raise InputError("The tumour mask does not share the MRI's geometry "
+                             f"({how or 'shape, spacing, origin or direction differ'}); resample it onto the MRI "
+                             "first.")
         user_tumour, user_liver = _tumour_mask_arrays(tumour_mask)
         if not user_tumour.any():
             raise InputError("No tumour was found in the supplied tumour mask (it is empty, or a label map "
@@ -256,8 +329,18 @@ def predict(volume: Volume, models: NeoNetModels, tumour_mask: Optional[Volume] 
 
 
 # ---------------------------------------------------------------------------- synthesize
+def check_synthesis_params(pni=1, n=1, steps=50, seed=0):
+    """(pni, n, steps, seed) checked in plain words: PNI class 0 or 1, at least one patch, 1 to
+    MAX_STEPS DDIM steps, a seed from 0; InputError otherwise."""
+    pni = require_int(pni, "PNI class", 0, 1)
+    n = require_int(n, "number of patches", minimum=1)
+    steps = require_int(steps, "number of DDIM steps", 1, MAX_STEPS)
+    seed = require_int(seed, "seed", 0, 2 ** 63 - 1)
+    return pni, n, steps, seed
+
+
 def synthesize(label_volume: Volume, models: NeoNetModels, pni: int = 1, n: int = 1, steps: int = 50, seed: int = 0,
-               progress=None, cancel=None) -> Result:
+               progress=None, cancel=None, max_voxels: Optional[int] = MAX_VOXELS) -> Result:
     """``n`` synthetic MR patches for the anatomy in ``label_volume`` (1 liver, 2 tumour; a binary map is
     a tumour), PNI class ``pni`` (0/1), DDIM with ``steps`` steps, reproducible by ``seed``.
 
@@ -271,16 +354,12 @@ def synthesize(label_volume: Volume, models: NeoNetModels, pni: int = 1, n: int 
 
     rep = Reporter(progress, cancel)
     models.need("neogen")
-    if pni not in (0, 1):
-        raise InputError(f"The PNI class must be 0 (negative) or 1 (positive), got {pni!r}.")
-    n, steps = int(n), int(steps)
-    if n < 1:
-        raise InputError(f"The number of patches must be at least 1, got {n}.")
+    pni, n, steps, seed = check_synthesis_params(pni, n, steps, seed)
     if not isinstance(label_volume, Volume) or label_volume.components != 1:
         raise InputError("The masks must be a single-component label volume.")
-    if label_volume.is_2d or min(label_volume.shape) < 2:
-        raise InputError(f"The label map is 2D (shape {label_volume.shape}); NeoGen needs 3D masks.")
-    tumour, liver = _tumour_mask_arrays(label_volume)
+    require_3d(label_volume, "label map", "NeoGen needs 3D masks")
+    check_pixel_count(label_volume.size_ijk, max_voxels or 0, "The label map", two_d=False)
+    tumour, liver = _tumour_mask_arrays(label_volume, "label map")
     lab = np.zeros(label_volume.shape, np.uint8)
     if liver is not None:
         lab[liver] = LIVER
@@ -289,6 +368,8 @@ def synthesize(label_volume: Volume, models: NeoNetModels, pni: int = 1, n: int 
         raise InputError("The label map is empty: it needs a tumour (label 2, or any nonzero value in a binary "
                          "mask) or a liver (label 1) to condition the synthesis on.")
     gen = models.neogen
+    cfg = getattr(gen, "config", None)
+    require_int(steps, "number of DDIM steps", 1, int((cfg or {}).get("num_train_timesteps") or MAX_STEPS))
     gen.check_spatial_shape(models.patch_shape, "the TLCR crop")
     rep(0.02, "Cropping the masks onto the model grid")
     labels = label_volume.with_array(lab)

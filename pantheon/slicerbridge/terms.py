@@ -8,9 +8,10 @@
 
       context~catScheme^catCode^catMeaning~typeScheme^typeCode^typeMeaning~typeModifier~anatomicContext~region~regionModifier
 
-  A segment with a standard code gets category "Anatomical Structure" (SCT 123037004), the code as
-  its *type*, and no modifier, in the context "Segmentation category and type - 3D Slicer General
-  Anatomy list" (the context Slicer's own anatomy entries use).
+  :func:`terminology_string` of a segment's code gives the entry of Slicer's own lists that
+  :func:`pantheon.anatomy.term_for` picks for it (kidneys as Kidney + Right/Left, the tumour under
+  Morphologically Altered Structure, teeth as Tooth + side ...), always with the anatomic context
+  name "Anatomic codes - DICOM master list", as Slicer writes it.
 - :func:`resolve_label_values` decides which label value each segment gets when a segmentation is
   exported for the worker (see its docstring for the rules).
 """
@@ -24,10 +25,10 @@ from ..errors import InputError
 
 Code = Tuple[str, str, str]  # (coding scheme designator, code value, code meaning)
 
-from ..anatomy import BTCV_ORGANS  # noqa: E402  (re-exported; torch-free)
+from ..anatomy import (  # noqa: E402  (re-exported; torch-free)
+    ANATOMIC_CONTEXT, ANATOMICAL_STRUCTURE, BTCV_ORGANS, GENERAL_ANATOMY, Term, term_for)
 
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-ANATOMICAL_STRUCTURE: Code = ("SCT", "123037004", "Anatomical Structure")
+TERMINOLOGY_CONTEXT = GENERAL_ANATOMY
 SCT_LEFT = "7771000"
 SCT_RIGHT = "24028007"
 SCT_KIDNEY = "64033007"  # "Kidney structure": laterality comes from a modifier or the name
@@ -89,22 +90,42 @@ def _triplet(code: Optional[Sequence[str]]) -> str:
     return f"{scheme}^{value}^{meaning}"
 
 
-def terminology_string(code: Sequence[str], modifier: Optional[Sequence[str]] = None,
-                       category: Sequence[str] = ANATOMICAL_STRUCTURE,
-                       context: str = TERMINOLOGY_CONTEXT) -> str:
-    """Slicer's serialised terminology entry for a segment whose *type* is ``code``."""
-    if len(code) != 3 or not code[1]:
+def serialize_term(term: Term) -> str:
+    """Slicer's serialised form of a :class:`~pantheon.anatomy.Term`."""
+    return "~".join([term.context, _triplet(term.category), _triplet(term.type), _triplet(term.modifier),
+                     term.region_context, _triplet(term.region), _triplet(term.region_modifier)])
+
+
+def terminology_string(code: Optional[Sequence[str]], modifier: Optional[Sequence[str]] = None,
+                       category: Optional[Sequence[str]] = None, context: Optional[str] = None) -> str:
+    """Slicer's serialised terminology entry for a segment whose code is ``code``.
+
+    With ``code`` alone (the usual call): the entry of Slicer's lists that
+    :func:`pantheon.anatomy.term_for` gives for it (``None``: Slicer's default Tissue entry). With
+    ``modifier``, ``category`` or ``context`` given, the entry is built as asked: type ``code``,
+    category default Anatomical Structure, context default the General Anatomy list.
+    """
+    if code is not None and (len(code) != 3 or not code[1]):
         raise ValueError(f"a terminology code is (scheme, value, meaning), got {code!r}")
-    return "~".join([context, _triplet(category), _triplet(code), _triplet(modifier), "", "^^", "^^"])
+    if modifier is None and category is None and context is None:
+        term = term_for(tuple(str(c) for c in code) if code is not None else None)
+    else:
+        if code is None:
+            raise ValueError("a terminology entry built part by part needs a type code")
+        term = Term(context or TERMINOLOGY_CONTEXT, tuple(category or ANATOMICAL_STRUCTURE), tuple(code),
+                    tuple(modifier) if modifier else None)
+    return serialize_term(term)
 
 
 def parse_terminology(entry: Optional[str]) -> dict:
-    """Parse a serialised terminology entry into {"context", "category", "type", "modifier"} codes.
+    """Parse a serialised terminology entry into its parts.
 
-    Codes are (scheme, value, meaning) tuples, or None where empty. An empty or malformed entry
-    gives all None.
+    Keys: "context", "region_context" (names or None) and "category", "type", "modifier",
+    "region", "region_modifier" ((scheme, value, meaning) tuples, or None where empty). An empty
+    or malformed entry gives all None.
     """
-    out = {"context": None, "category": None, "type": None, "modifier": None}
+    keys = ("context", "category", "type", "modifier", "region_context", "region", "region_modifier")
+    out = dict.fromkeys(keys)
     if not entry:
         return out
     parts = entry.split("~")
@@ -115,10 +136,11 @@ def parse_terminology(entry: Optional[str]) -> dict:
         bits = (s.split("^") + ["", "", ""])[:3]
         return tuple(bits) if bits[1] else None
 
+    parts += [""] * (7 - len(parts))
     out["context"] = parts[0] or None
-    out["category"] = code(parts[1])
-    out["type"] = code(parts[2])
-    out["modifier"] = code(parts[3]) if len(parts) > 3 else None
+    out["category"], out["type"], out["modifier"] = code(parts[1]), code(parts[2]), code(parts[3])
+    out["region_context"] = parts[4] or None
+    out["region"], out["region_modifier"] = code(parts[5]), code(parts[6])
     return out
 
 

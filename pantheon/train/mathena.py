@@ -65,6 +65,7 @@ from ..models.mathena import (DEMIRJIAN_STAGES, HENA, MATHEDetector, class_to_fd
                               load_mathena, save_mathena)
 from ..models.mathena.preprocess import (CROP_MARGIN, CROP_SIZE, DETECTOR_INPUT_HW, crop_tooth, letterbox,
                                          to_grayscale_float)
+from ..models.checkpoints import resume_error, torch_load_tensors
 from ..progress import Reporter
 
 TRAIN_STAGES = ("detector", "carseg", "ad", "dds")
@@ -319,9 +320,9 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
     ckpt = None
     if resume and ckpt_path.is_file():
         try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            ckpt = torch_load_tensors(ckpt_path)
         except Exception as exc:  # a damaged checkpoint must not be silently restarted over
-            raise CheckpointError(f"Cannot resume from {ckpt_path}: {exc}. Delete it to start afresh.") from None
+            raise resume_error(ckpt_path, exc) from None
     if ckpt is not None:
         kind = MATHEDetector if stage == "detector" else HENA
         model = kind(**json.loads(ckpt["model_config"]))
@@ -347,7 +348,7 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
             opt.load_state_dict(ckpt["optimizer_state_dict"])
             step, history = int(ckpt["step"]), [float(h) for h in ckpt.get("history", [])]
         except Exception as exc:
-            raise CheckpointError(f"Cannot resume from {ckpt_path}: {exc}. Delete it to start afresh.") from None
+            raise resume_error(ckpt_path, exc) from None
         log(f"Resuming {stage} at step {step}/{steps}")
 
     def save_checkpoint():

@@ -25,6 +25,7 @@ from ..models.nemesis import NemesisMAE, OrganProbe, save_nemesis
 from ..models.nemesis.probe import BTCV_ORGANS
 from ..pipelines.nemesis import (HU_WINDOW, DEFAULT_ORIENTATION, NemesisEngine, crop_padded, prepare_ct,
                                  superpatch_tiles)
+from ..models.checkpoints import resume_error, torch_load_tensors
 from ..progress import Reporter
 
 
@@ -93,13 +94,13 @@ def pretrain(volumes: Sequence[Volume], out_dir, cfg: PretrainConfig = PretrainC
     ckpt_path = out_dir / "checkpoint.pt"
     if resume and ckpt_path.is_file():
         try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            ckpt = torch_load_tensors(ckpt_path)
             model.load_state_dict(ckpt["model_state_dict"])
             opt.load_state_dict(ckpt["optimizer_state_dict"])
             sched.load_state_dict(ckpt["scheduler_state_dict"])
             step, history = int(ckpt["step"]), list(ckpt.get("history", []))
         except Exception as exc:  # a damaged checkpoint must not be silently restarted over
-            raise CheckpointError(f"Cannot resume from {ckpt_path}: {exc}. Delete it to start afresh.") from None
+            raise resume_error(ckpt_path, exc) from None
         log(f"Resuming pretraining at step {step}/{cfg.steps}")
 
     def save_checkpoint():

@@ -61,6 +61,7 @@ from ..errors import InputError
 from ..io.volume import Volume
 from ..models.neonet.preprocess import (MODEL_SPACING, NEOSEG_ROI, PATCH_SHAPE, check_mri, normalize_mri,
                                         resample_to_model, tlcr_patch)
+from ..models.checkpoints import resume_error, torch_load_tensors
 from ..progress import Reporter
 
 STAGES = ("seg", "vae", "ldm", "controlnet", "cls")
@@ -552,9 +553,9 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
     ckpt = None
     if resume and ckpt_path.is_file():
         try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            ckpt = torch_load_tensors(ckpt_path)
         except Exception as exc:  # a damaged checkpoint must not be silently restarted over
-            raise InputError(f"Cannot resume from {ckpt_path} ({exc}); delete it or pass resume=False.") from None
+            raise resume_error(ckpt_path, exc) from None
     if ckpt is not None:
         from ..models.neonet.checkpoint import _builders
         kind = STAGE_KIND[stage]

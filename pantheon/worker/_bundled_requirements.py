@@ -14,6 +14,7 @@ DEPENDENCIES = [
     "safetensors>=0.4",
     "matplotlib>=3.7",
     "highdicom>=0.28.2",
+    "pydicom>=3.0",
     "einops>=0.7",
     "scipy>=1.10",
 ]

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
 import torch
 
 from ...errors import CheckpointError
-from ..checkpoints import check_state_dict as _check_state_dict, read_safetensors, save_safetensors
+from ..checkpoints import check_state_dict as _check_state_dict, read_safetensors, save_safetensors, torch_load_tensors
 from .mae import NemesisMAE
 
 PAPER_DEFAULTS = dict(num_heads=8, decoder_num_heads=8, superpatch_size=(128, 128, 128))
@@ -35,14 +33,7 @@ def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"Checkpoint {path} is empty (0 bytes).")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"Checkpoint {path} contains Python objects beyond plain tensors and "
-                              f"settings; refusing to execute them ({str(exc).splitlines()[0]}).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"Checkpoint {path} is truncated or corrupted and cannot be read "
-                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).") from None
+    obj = torch_load_tensors(path, "NEMESIS")  # one sentence of ours for every way the file can be bad
     config: dict = {}
     if isinstance(obj, Mapping) and "model_state_dict" in obj:
         state = obj["model_state_dict"]

@@ -126,7 +126,8 @@ class AdaptivePatchEmbedding(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         if embed_dim % num_tokens:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_maegic_tokens {num_tokens}")
+            raise ValueError(f"The embedding width ({embed_dim}) must be divisible by the number of summary "
+                             f"tokens ({num_tokens}).")
         pd, ph, pw = patch_size
         sub = embed_dim // num_tokens
         self.num_tokens = num_tokens

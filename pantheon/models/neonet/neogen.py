@@ -366,7 +366,8 @@ class NeoGen(nn.Module):
         cfg = self.config
         n = int(num_inference_steps)
         if not 1 <= n <= cfg["num_train_timesteps"]:
-            raise ValueError(f"num_inference_steps must be in [1, {cfg['num_train_timesteps']}], got {n}")
+            raise ValueError(f"The number of sampling steps must be between 1 and the model's "
+                             f"{cfg['num_train_timesteps']} training steps, got {n}.")
         sched = DDIMScheduler(num_train_timesteps=cfg["num_train_timesteps"], schedule=cfg["schedule"],
                               beta_start=cfg["beta_start"], beta_end=cfg["beta_end"], clip_sample=False)
         sched.set_timesteps(n)

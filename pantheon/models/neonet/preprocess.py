@@ -46,16 +46,22 @@ PAPER_SPACING: Tuple[float, float, float] = (1.5625, 1.5625, 4.0)
 PAPER_PATCH_SHAPE: Tuple[int, int, int] = (48, 96, 96)
 
 
-def check_mri(volume: Volume, name: str = "input") -> None:
-    """Raise InputError with one sentence when ``volume`` cannot be a 3D hepatobiliary-phase MRI."""
+def check_mri(volume: Volume, name: str = "input", max_voxels=None) -> None:
+    """Raise InputError with one sentence when ``volume`` cannot be a 3D hepatobiliary-phase MRI
+    (or has more than ``max_voxels`` voxels; None or 0 = no limit)."""
+    from pantheon.io.validate import check_pixel_count, require_3d
+
     if not isinstance(volume, Volume):
         raise InputError(f"The {name} image must be a pantheon Volume, got {type(volume).__name__}.")
     if volume.components != 1:
         raise InputError(f"The {name} image has {volume.components} components; PNIPredict needs a "
                          "single-channel MRI.")
-    if volume.is_2d or min(volume.shape) < 2:
-        raise InputError(f"The {name} image is 2D (shape {volume.shape}); PNIPredict needs a 3D "
-                         "hepatobiliary-phase MRI volume.")
+    require_3d(volume, name, "PNIPredict needs a 3D hepatobiliary-phase MRI volume")
+    check_pixel_count(volume.size_ijk, max_voxels or 0, f"The {name} image", two_d=False)
+    modality = str(volume.metadata.get("modality", "")).strip().upper()
+    if modality and modality not in ("MR", "OT"):
+        raise InputError(f"The {name} image is a DICOM {modality} image (Modality {modality}); PNIPredict needs a "
+                         "hepatobiliary-phase MRI.")
     a = volume.array
     if a.size == 0:
         raise InputError(f"The {name} image is empty.")
