@@ -386,8 +386,9 @@ class _Worker:
         self._write_lock = threading.Lock()
         self._out_thread = threading.Thread(target=self._read_stdout, daemon=True, name="pantheon-worker-out")
         self._err_thread = threading.Thread(target=self._read_stderr, daemon=True, name="pantheon-worker-err")
-        self._out_thread.start()
+        # stderr's reader first: the stdout reader joins it when the worker dies, which can happen at once
         self._err_thread.start()
+        self._out_thread.start()
 
     @property
     def pid(self):
