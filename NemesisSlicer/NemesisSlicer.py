@@ -108,6 +108,8 @@ class NemesisSlicerParameterNode:
     weightsPath: str
     probePath: str
     device: Annotated[str, Default("auto")]  # auto, cpu or a GPU (cuda, cuda:N): checked by lib.build_params
+    # int8 only runs on the CPU; the worker says so in one sentence when a GPU is chosen with it
+    precision: Annotated[str, Choice(list(lib.PRECISIONS)), Default("fp32")]
     workerPython: str  # empty: Slicer's own Python
     organAorta: Annotated[bool, Default(True)]
     organGallbladder: Annotated[bool, Default(True)]
@@ -256,7 +258,7 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
     def submitAction(self, action):
         p = self._parameterNode
         weights = self.weightsArgument()
-        common = dict(weights=weights, device=p.device or "auto")
+        common = dict(weights=weights, device=p.device or "auto", precision=p.precision or "fp32")
         if action == "organs":
             organs = [name for name, fieldName in ORGAN_FIELDS.items() if getattr(p, fieldName)]
             if not organs:
@@ -295,6 +297,9 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if task.action == "reconstruct":
             scalars = getattr(task.imported, "scalars", {}) or {}
             self.ui.reconstructMetricsLabel.text = lib.metrics_text(scalars)
+        notes = getattr(task.imported, "notes", {}) or {}
+        if task.action == "organs" and notes.get("organ_maps"):
+            self.appendLog(notes["organ_maps"])  # what a value of the maps means
         if task.action == "train_probe" and self.logic.lastProbePath:
             self.ui.probePathLineEdit.currentPath = self.logic.lastProbePath
             self.appendLog(f"Probe saved to {self.logic.lastProbePath}; organ maps now use it.")
@@ -327,7 +332,8 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if p.similarityAutoUpdate and point and p.inputVolume:
             try:
                 self.logic.observeSimilarityPoint(point, p.inputVolume, params=dict(
-                    weights=self.logic.weightsArgument(p.weightsChoice, p.weightsPath), device=p.device or "auto"))
+                    weights=self.logic.weightsArgument(p.weightsChoice, p.weightsPath), device=p.device or "auto",
+                    precision=p.precision or "fp32"))
             except ValueError as exc:
                 self.showError(str(exc))
                 return

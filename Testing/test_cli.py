@@ -60,7 +60,7 @@ def test_similar_with_a_ras_point_and_reconstruct_with_a_voxel(ct_file, tmp_path
     names = sorted(p.name for p in (tmp_path / "r").iterdir())
     assert names == ["error.nii.gz", "masked_input.nii.gz", "preview.png", "reconstruction.nii.gz", "result.json"]
     scalars = json.loads((tmp_path / "r" / "result.json").read_text())["scalars"]
-    assert set(scalars) == {"psnr_db", "ssim", "masked_fraction"}
+    assert set(scalars) == {"psnr_db", "ssim", "psnr_masked_db", "ssim_masked", "psnr_raw_db", "masked_fraction"}
 
 
 def test_organs_with_a_probe_file(ct_file, tmp_path, capsys):

@@ -171,8 +171,11 @@ def test_dental_cli_warns_in_one_line_when_the_teeth_are_implausible(tmp_path, c
     Image.fromarray((np.random.default_rng(5).random((256, 512)) * 255).astype(np.uint8)).save(noise)
     assert main(["tooth", "analyze", str(noise), "-o", str(tmp_path / "out"), "--quiet"]) == 0
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(err) == 1 and err[0].startswith("pantheon: warning: Only "), err
-    assert "the image is not one and its findings are meaningless" in err[0]
+    # which of the two warnings depends on what the detector makes of noise (few boxes, or many
+    # out of arch order); either way one line saying the picture may be no panoramic X-ray
+    assert len(err) == 1 and err[0].startswith("pantheon: warning: "), err
+    assert ("the image is not one and its findings are meaningless" in err[0]
+            or "not in the order of a dental arch" in err[0] and "findings are unreliable" in err[0]), err
 
 
 def test_dental_cli_refuses_ct_dicom_photo_ct_slice_and_bomb(tmp_path, capsys):

@@ -47,7 +47,8 @@ class StubDetector:
         self.seen = tuple(x.shape)
         return {}
 
-    def decode(self, outputs, image_size, score_thresh=0.05):
+    def decode(self, outputs, image_size, score_thresh=0.05, **kw):
+        # no "class_scores": the numbering step treats the stub as certain of its labels
         keep = [i for i, s in enumerate(self.scores) if s > score_thresh]
         return [{"boxes": torch.tensor([self.boxes[i] for i in keep], dtype=torch.float32).reshape(-1, 4),
                  "scores": torch.tensor([self.scores[i] for i in keep], dtype=torch.float32),

@@ -71,7 +71,8 @@ def test_demo_weight_builder_writes_loadable_weights_and_valid_cards(tmp_path):
     from pantheon.train.nemesis import load_probe
     cards = tmp_path / "cards"
     cards.mkdir()
-    summary = build_demo_weights(tmp_path / "w", steps=2, cases=3, pretrain_phantoms=1, phantom_shape=(40, 64, 64), cards_dir=cards, log=lambda m: None)
+    summary = build_demo_weights(tmp_path / "w", steps=2, cases=3, pretrain_phantoms=1, phantom_shape=(40, 64, 64), cards_dir=cards, log=lambda m: None,
+                                 recon_superpatches=2)
     enc, probe = load_card(cards / "nemesis-demo.json"), load_card(cards / "nemesis-demo-probe.json")
     assert enc.demo and probe.demo
     assert sha256_file(tmp_path / "w" / enc.file) == enc.sha256

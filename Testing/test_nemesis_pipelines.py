@@ -78,6 +78,12 @@ def test_window_means_matches_brute_force():
     for a, b, c in [(0, 0, 0), (2, 3, 4), (4, 5, 6), (1, 0, 6)]:
         box = t[max(a - 2, 0):a + 2, max(b - 2, 0):b + 2, max(c - 2, 0):c + 2]
         np.testing.assert_allclose(got[a, b, c], box.reshape(-1, 3).mean(0), atol=1e-5)
+    # several channel passes, a box longer than the grid on one axis and odd on another
+    t = rng.normal(size=(4, 9, 6, 70)).astype(np.float32)
+    got = nem.window_means(t, (16, 3, 4), channels_per_pass=32)
+    for a, b, c in [(0, 0, 0), (3, 8, 5), (2, 4, 1)]:
+        box = t[:, max(b - 1, 0):b + 2, max(c - 2, 0):c + 2]
+        np.testing.assert_allclose(got[a, b, c], box.reshape(-1, 70).mean(0), atol=1e-5)
 
 
 def test_probe_targets_threshold_is_more_than_100_voxels():
@@ -194,6 +200,18 @@ def test_pca_is_three_components_in_unit_range(engine):
     assert ev[0] >= ev[1] >= ev[2] > 0 and sum(ev) <= 1
 
 
+def test_pca_colours_do_not_depend_on_the_sign_of_the_features(engine):
+    """Eigenvector signs are arbitrary: each component is oriented by its map (longer tail bright),
+    so features that differ by a sign (or by int8 rounding) give the same colours."""
+    vol = ct_volume()
+    fg = nem.compute_features(nem.prepare_ct(vol), engine)
+    a = nem.pca(vol, engine, feature_grid=fg).volumes["pca"].array
+    flipped = nem.FeatureGrid(-fg.tokens, fg.centres_lps, fg.patch_size, fg.superpatch_size, fg.stride)
+    b = nem.pca(vol, engine, feature_grid=flipped).volumes["pca"].array
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not np.allclose(a, 1 - a, atol=0.05)  # not a map that looks the same either way
+
+
 def test_reconstruct_outputs_on_the_input_lattice(engine):
     vol = ct_volume(shape=(30, 40, 44))
     point = vol.ijk_to_world([[22, 20, 15]])[0]
@@ -207,11 +225,12 @@ def test_reconstruct_outputs_on_the_input_lattice(engine):
     inside = np.all((np.rint(src) >= 0) & (np.rint(src) < np.array(vol.size_ijk)), axis=1)
     m = masked.array[ijk[:, 2], ijk[:, 1], ijk[:, 0]]
     orig = np.clip(values_at_world(vol, world[inside]), -175, 250)
-    visible = m[inside] != -175  # masked patches are shown at the window floor
+    visible = m[inside] != nem.MASKED_HU  # masked patches carry a value below the window
     np.testing.assert_allclose(m[inside][visible], orig[visible], atol=1e-3)
-    assert 0.6 < (m == -175).mean()  # 75 % of tokens masked
+    assert (m == nem.MASKED_HU).mean() == pytest.approx(0.75)  # 75 % of tokens masked
     e = err.array[ijk[:, 2], ijk[:, 1], ijk[:, 0]][inside]
     r = recon.array[ijk[:, 2], ijk[:, 1], ijk[:, 0]][inside]
+    np.testing.assert_allclose(r[visible], orig[visible], atol=1e-3)  # visible patches pasted from the input
     np.testing.assert_allclose(e, np.abs(r - orig), atol=1e-2)
     assert res.scalars["masked_fraction"] == pytest.approx(0.75)
     assert np.isfinite(res.scalars["psnr_db"]) and -1 <= res.scalars["ssim"] <= 1

@@ -175,6 +175,8 @@ def test_thread_task():
 def test_messages():
     assert lib.metrics_text({"psnr_db": 31.234, "ssim": 0.9, "masked_fraction": 0.5}) == \
         "PSNR 31.23 dB, SSIM 0.900, masked 50%"
+    assert lib.metrics_text({"psnr_db": 16.0, "psnr_masked_db": 14.78, "ssim": 0.39}) == \
+        "PSNR 16.00 dB (hidden patches 14.78 dB), SSIM 0.390"
     text = lib.environment_text({"python": "/p", "version": "3.11", "missing": ["torch"], "torch": None, "cuda": None})
     assert "Missing: torch" in text
     assert lib.probe_path_from_result({"notes": {"probe": "/x/probe.safetensors"}}) == "/x/probe.safetensors"

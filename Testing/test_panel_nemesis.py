@@ -71,6 +71,22 @@ def test_panel_opens_and_radio_choices_are_separate(harness, panel):
     ui.workerSlicerPythonRadioButton.click()
     assert panel._parameterNode.weightsChoice == "demo" and panel._parameterNode.workerPython == ""
 
+    # precision: the parameter's choices in the combo box, and the choice reaches the worker's parameters
+    combo = ui.precisionComboBox
+    assert [combo.itemText(i) for i in range(combo.count)] == ["fp32", "int8", "bf16", "fp16"]
+    assert panel._parameterNode.precision == "fp32" and combo.currentText == "fp32"
+    combo.setCurrentIndex(1)
+    assert panel._parameterNode.precision == "int8"
+    sent = {}
+    panel.logic.submit, original = (lambda action, node, **kw: sent.update(kw)), panel.logic.submit
+    try:
+        panel._parameterNode.inputVolume = None
+        panel.submitAction("pca")
+    finally:
+        panel.logic.submit = original
+        combo.setCurrentIndex(0)
+    assert sent["precision"] == "int8" and panel._parameterNode.precision == "fp32"
+
 
 @pytest.mark.slow
 def test_organ_maps_pca_and_reconstruction(harness, panel):
@@ -93,6 +109,9 @@ def test_organ_maps_pca_and_reconstruction(harness, panel):
     maps = {n.GetAttribute("Pantheon.Output"): n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
             if n.GetAttribute("Pantheon.Action") == "organs"}
     assert set(maps) == {"liver", "spleen"}
+    # what a value means reaches the user: the log and each map's description (Data module)
+    assert "block" in ui.logTextEdit.toPlainText() and "outside the body" in ui.logTextEdit.toPlainText()
+    assert "centred on this voxel" in maps["liver"].GetDescription()
     # the maps are exactly the pipeline's, voxel for voxel, on the CT's grid
     from pantheon.io import read_volume
     from pantheon.pipelines import nemesis as nem
@@ -117,7 +136,7 @@ def test_organ_maps_pca_and_reconstruction(harness, panel):
     ui.reconstructApplyButton.click()
     wait_idle(harness, panel)
     assert ui.statusLabel.text == "Done: reconstruct", ui.errorLabel.text
-    assert "PSNR" in ui.reconstructMetricsLabel.text and "dB" in ui.reconstructMetricsLabel.text
+    assert "PSNR" in ui.reconstructMetricsLabel.text and "hidden patches" in ui.reconstructMetricsLabel.text
     ui.pcaCollapsibleButton.collapsed = True
     harness.screenshot(MODULE, screenshot_dir() / f"{MODULE}.png")
 

@@ -1,7 +1,7 @@
 """pantheon.slicerbridge against Slicer's real MRML library (PyPI slicer-core), in plain Python.
 
-Input volume nodes have oblique, anisotropic, mirrored IJKToRAS matrices; results are written with
-pantheon.outputs.write_result in the input's geometry, imported through the bridge, and every voxel
+Input volume nodes have oblique, anisotropic, mirrored IJKToRAS matrices; results are written as the
+worker writes them (pantheon.worker.tasks.write_outputs) in the input's geometry, imported through the bridge, and every voxel
 of every output node is checked to sit at the input voxel's RAS position with the expected value.
 """
 
@@ -20,7 +20,6 @@ except ImportError as exc:  # pragma: no cover
 from pantheon import slicerbridge as sb  # noqa: E402
 from pantheon.errors import InputError  # noqa: E402
 from pantheon.io import Volume, read_volume  # noqa: E402
-from pantheon.outputs import write_result  # noqa: E402
 from pantheon.results import HeatmapOutput, LabelOutput, Result, Segment  # noqa: E402
 from pantheon.slicerbridge import terms  # noqa: E402
 from test_io_support import assert_same_voxels, random_volume  # noqa: E402
@@ -88,9 +87,10 @@ def _make_result(geom: Volume, seed=0, with_table=True):
 
 
 def _result_dict(res, folder):
-    write_result(res, folder, fmt="nrrd", preview=False)
-    doc = json.loads((folder / "result.json").read_text())
-    doc["output_dir"] = str(folder)
+    """The result document as the worker hands it to Slicer (its writer: raw NRRD, maps as computed)."""
+    from pantheon.worker.tasks import write_outputs
+    doc = write_outputs(res, folder)
+    assert doc["output_dir"] == str(folder.resolve())
     return doc
 
 

@@ -30,10 +30,17 @@ class LabelOutput:
 
 @dataclass
 class HeatmapOutput:
+    """A map of one number per input voxel.
+
+    ``value_range`` is the range the values can take (the colour bar's ends). When every value lies
+    in it, the files store the map to 1/255 of that range (see :mod:`pantheon.outputs`).
+    """
+
     volume: Volume
     colormap: str = "inferno"  # a matplotlib / Slicer colour map name
     value_range: Tuple[float, float] = (0.0, 1.0)
-    description: str = ""
+    description: str = ""  # what a value means, in a sentence: result.json, the Slicer node's description
+    label: str = ""  # the same in a few words, for the preview's colour bar (the description when empty)
 
 
 @dataclass

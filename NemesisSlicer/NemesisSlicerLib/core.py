@@ -58,7 +58,7 @@ ORGANS = [
 ORGAN_NAMES = [name for name, _ in ORGANS]
 
 DEVICES = ("auto", "cpu", "cuda")  # offered before the worker is checked; then each GPU (cuda:N)
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "int8", "bf16", "fp16")  # int8: CPU only
 
 WEIGHTS_DEMO = "demo"
 WEIGHTS_OFFICIAL = "official"
@@ -116,6 +116,10 @@ def build_params(action: str, *, weights: Optional[Dict[str, object]] = None, de
     if action not in ACTIONS:
         raise ValueError(f"Unknown action {action!r}; use one of {', '.join(ACTIONS)}.")
     device = check_device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"Precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "int8" and device.startswith("cuda"):
+        raise ValueError("int8 runs on the CPU only: choose the device cpu (or auto), or another precision.")
     params: Dict[str, object] = dict(weights or {"weights": DEMO_CARD})
     params["device"] = device
     if action != "train_probe":
@@ -174,7 +178,9 @@ def make_phantom_files(out_dir: str, python: Optional[str] = None, seed: int = 0
 def metrics_text(scalars: dict) -> str:
     parts = []
     if "psnr_db" in scalars:
-        parts.append(f"PSNR {float(scalars['psnr_db']):.2f} dB")
+        hidden = (f" (hidden patches {float(scalars['psnr_masked_db']):.2f} dB)"
+                  if scalars.get("psnr_masked_db") is not None else "")
+        parts.append(f"PSNR {float(scalars['psnr_db']):.2f} dB{hidden}")
     if "ssim" in scalars:
         parts.append(f"SSIM {float(scalars['ssim']):.3f}")
     if "masked_fraction" in scalars:

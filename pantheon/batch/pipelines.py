@@ -129,10 +129,11 @@ def _pca_main(result: Result):
 
 register(BatchPipeline("nemesis-organs", _load_nemesis_organs, _run_nemesis_organs,
                        "NEMESIS organ-presence probability heatmaps (8 BTCV organs)", findings=_organ_findings,
-                       options={"weights": None, "probe": None, "device": "auto", "organs": None}))
+                       options={"weights": None, "probe": None, "device": "auto", "organs": None,
+                                "precision": "fp32"}))
 register(BatchPipeline("nemesis-pca", _load_nemesis, _run_nemesis_pca,
                        "NEMESIS PCA map of the token features (RGB volume)", main_map=_pca_main,
-                       options={"weights": None, "device": "auto"}))
+                       options={"weights": None, "device": "auto", "precision": "fp32"}))
 
 
 # ---------------------------------------------------------------------------- NeoNet (PNIPredict)

@@ -113,6 +113,7 @@ def process_case(task: dict) -> dict:
     """Run one case; never raises for a case's own failure (returns state "failed")."""
     from ..io import read_volume
     from ..outputs import json_safe, write_result
+    from ..progress import run_and_write
     out = Path(task["output"])
     cid, attempt = task["case_id"], task["attempt"]
     pipe, options = _STATE["pipeline"], _STATE["options"]
@@ -130,12 +131,15 @@ def process_case(task: dict) -> dict:
         log(f"read: shape (K, J, I) {vol.shape}, spacing {tuple(round(s, 4) for s in vol.spacing)}, "
             f"{vol.array.dtype}, {time.perf_counter() - t0:.2f} s")
         t1 = time.perf_counter()
-        result = pipe.run(vol, _STATE["context"], options, progress=log.progress)
+        run, write = run_and_write(log.progress)  # the log's 100 % is when the files are written
+        result = pipe.run(vol, _STATE["context"], options, progress=run)
         pipeline_seconds = time.perf_counter() - t1
         log(f"pipeline: {pipeline_seconds:.2f} s")
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
-        write_result(result, stage, task.get("format") or "nii.gz", preview=False)
+        t2 = time.perf_counter()
+        write_result(result, stage, task.get("format") or "nii.gz", preview=False, progress=write)
+        log(f"written: {time.perf_counter() - t2:.2f} s")
         if task.get("seg_nrrd", True) and result.labels:
             from .segnrrd import write_seg_nrrd
             for name, lab in result.labels.items():

@@ -6,8 +6,10 @@ Data flow (spec section 4.1 / 4.3):
    colour is turned into luminance (ITU-R BT.601), intensities into float32 [0, 1]
    (:func:`~pantheon.models.mathena.preprocess.to_grayscale_float`).
 2. The image is letterboxed to the detector input (``DETECTOR_INPUT_HW``, aspect kept, zero pad);
-   MATHE detects teeth; the best-scoring box per FDI number is kept and mapped back to source
-   pixels (``Letterbox.boxes_to_source``).
+   MATHE detects teeth with class-agnostic NMS (one box per tooth) and the numbering step
+   (:mod:`pantheon.models.mathena.numbering`) gives every tooth one FDI number, each number at most
+   once, in arch order, gaps for missing teeth, weak boxes that fit no free number left out; boxes
+   are mapped back to source pixels (``Letterbox.boxes_to_source``).
 3. Each box is expanded by ``CROP_MARGIN``, cropped from the *source-resolution* image and
    letterboxed to ``CROP_SIZE`` (:func:`crop_tooth`); HENA gives caries and anomaly logits per
    crop pixel, an image-level anomaly logit and Demirjian stage logits.
@@ -53,8 +55,9 @@ MIN_ASPECT = 1.3
 COLOUR_CHROMA, COLOUR_FRACTION = 0.1, 0.2
 #: Fraction of the image at the darkest level from which a narrow image is called a cross-section.
 CROSS_SECTION_DARK = 0.2
-#: The detector's own evidence: with at least MIN_TEETH_FOR_ORDER teeth, fewer than MIN_ARCH_ORDER of
-#: tooth pairs placed as in a panoramic X-ray (upper above lower, patient's right on the image's left,
+#: The detector's own evidence: with at least MIN_TEETH_FOR_ORDER confident boxes (p_real >= 0.5,
+#: before the numbering step), fewer than MIN_ARCH_ORDER of their pairs placed as in a panoramic
+#: X-ray with the detector's own numbers (upper above lower, patient's right on the image's left,
 #: numbers growing away from the midline) flags the result. Held-out synthetic OPGs: 0.96-1.0;
 #: noise, photographs and CT slices: 0.55-0.75.
 MIN_TEETH_FOR_ORDER, MIN_ARCH_ORDER = 4, 0.85
@@ -278,36 +281,35 @@ def _config(model) -> dict:
 
 # ---------------------------------------------------------------------------- steps
 def detect_teeth(detector, gray: np.ndarray, score_thresh: float = 0.3,
-                 input_hw: Optional[Tuple[int, int]] = None) -> List[dict]:
-    """Detections on a (H, W) [0, 1] image: ``[{"fdi", "score", "box" (x0, y0, x1, y1) source
-    pixel-edge coordinates}]``, the best box per FDI number, sorted by FDI."""
-    from ..models.mathena import class_to_fdi
-    from ..models.mathena.preprocess import DETECTOR_INPUT_HW, letterbox
-    hw = tuple(input_hw or DETECTOR_INPUT_HW)
-    img, lb = letterbox(gray, hw)
-    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
-    cin = int(_config(detector).get("in_channels", 3))
-    x = x.repeat(1, cin, 1, 1).to(_device_of(detector))
-    with torch.inference_mode():
-        out = detector(x)
-        dec = detector.decode(out, hw, score_thresh=score_thresh)[0]
-    boxes = dec["boxes"].float().cpu().numpy().reshape(-1, 4)
-    scores = dec["scores"].float().cpu().numpy().reshape(-1)
-    labels = dec["labels"].cpu().numpy().reshape(-1)
+                 input_hw: Optional[Tuple[int, int]] = None, raw: Optional[list] = None) -> List[dict]:
+    """Teeth on a (H, W) [0, 1] image: ``[{"fdi", "score", "number_probability", "box" (x0, y0,
+    x1, y1) source pixel-edge coordinates}]`` sorted by FDI: one box per tooth, each FDI number at
+    most once, numbers in arch order (:func:`~pantheon.models.mathena.numbering.detect_and_number`).
+    ``raw``, when a list, receives the detector's own boxes with its best number per box (score >=
+    ``score_thresh``) and ``p_real``, the probability that the box is a tooth of its own: the
+    evidence :func:`arch_order` judges."""
+    from ..models.mathena.numbering import detect_and_number
     if int(getattr(detector, "num_classes", 32)) < 32:
         raise CheckpointError("This detector has no FDI tooth classes (a single 'tooth' class); ToothAnalysis "
                               "needs a detector trained on FDI numbers.")
-    best: Dict[int, dict] = {}
-    src = np.asarray(lb.boxes_to_source(boxes), dtype=np.float64).reshape(-1, 4) if len(boxes) else boxes
+    found = detect_and_number(detector, gray, score_thresh, input_hw)
     H, W = gray.shape
-    for box, s, c in zip(src, scores, labels):
-        fdi = class_to_fdi(int(c))
-        x0, y0, x1, y1 = float(max(box[0], 0)), float(max(box[1], 0)), float(min(box[2], W)), float(min(box[3], H))
-        if x1 - x0 < 1 or y1 - y0 < 1:
-            continue
-        if fdi not in best or s > best[fdi]["score"]:
-            best[fdi] = {"fdi": fdi, "score": float(s), "box": (x0, y0, x1, y1)}
-    return [best[k] for k in sorted(best)]
+
+    def rows(d, extra=None):
+        out = []
+        for k, (box, s, f) in enumerate(zip(d["boxes"], d["scores"], d["labels"])):
+            x0, y0, x1, y1 = float(max(box[0], 0)), float(max(box[1], 0)), float(min(box[2], W)), float(min(box[3], H))
+            if x1 - x0 < 1 or y1 - y0 < 1:  # a box in the letterbox padding, nothing of the image
+                continue
+            row = {"fdi": int(f), "score": float(s), "box": (x0, y0, x1, y1)}
+            if extra:
+                row.update({name: float(v[k]) for name, v in extra.items()})
+            out.append(row)
+        return out
+
+    if raw is not None:
+        raw.extend(rows(found["raw"], {"p_real": found["raw"]["p_real"]}))
+    return rows(found, {"number_probability": found["number_probability"]})
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -376,15 +378,22 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
     gray = opg_to_gray(volume, max_pixels=max_pixels)
     H, W = gray.shape
     rep(0.05, "Detecting teeth")
-    dets = detect_teeth(detector, gray, score_thresh)
+    raw: List[dict] = []
+    dets = detect_teeth(detector, gray, score_thresh, raw=raw)
     rep(0.35, f"{len(dets)} teeth detected")
-    order, pairs = arch_order(dets)
+    # Arch order is judged on the detector's own numbers of its confident boxes (before the
+    # numbering step, which puts any boxes in order): on a non-OPG they are scattered. Weak boxes
+    # (noise fires many) are no teeth to judge.
+    confident = [r for r in raw if r["p_real"] >= 0.5]
+    order, pairs = arch_order(confident)
     input_warning = None
-    if len(dets) >= MIN_TEETH_FOR_ORDER and order < MIN_ARCH_ORDER:
-        input_warning = (f"The {len(dets)} detected teeth are not in the order of a dental arch (only "
+    few = len(dets) < FEW_TEETH
+    # with few teeth even before numbering, "only N teeth" says more than their order
+    if len(confident) >= (FEW_TEETH if few else MIN_TEETH_FOR_ORDER) and order < MIN_ARCH_ORDER:
+        input_warning = (f"The {len(confident)} detected teeth are not in the order of a dental arch (only "
                          f"{100 * order:.0f}% of tooth pairs placed as in a panoramic X-ray), so this image may not "
                          "be a panoramic dental X-ray and its findings are unreliable.")
-    elif len(dets) < FEW_TEETH:
+    elif few:
         count = "No" if not dets else f"Only {len(dets)}"
         input_warning = (f"{count} {'tooth was' if len(dets) == 1 else 'teeth were'} detected: unless this is a "
                          "panoramic dental X-ray of a patient with few teeth, the image is not one and its findings "
@@ -444,6 +453,7 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
     for d in per_tooth:
         x0, y0, x1, y1 = d["box"]
         rows.append({"tooth": d["fdi"], "score": round(d["score"], 4),
+                     "number_probability": round(d.get("number_probability", 1.0), 4),
                      "caries": d["caries"], "anomaly": d["anomaly"],
                      "caries_area_mm2": round(d["caries_pixels"] * px_area, 4) if known else None,
                      "caries_pixels": d["caries_pixels"],
@@ -483,6 +493,10 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
         "image": f"{W}x{H} pixels; detector input and {size}x{size} crops are at model resolution, "
                  "outputs on the input grid",
         "teeth_map": "each detected tooth's box painted with its FDI number (higher score wins on overlap)",
+        "numbering": (f"one box per tooth, FDI numbers assigned jointly along each jaw (each number once, in arch "
+                      f"order, gaps for missing teeth); {max(0, len(raw) - len(dets))} of the detector's {len(raw)} "
+                      "boxes left out (no free number fits them or too little evidence); number_probability = "
+                      "the detector's probability of the number given"),
         "spacing": (f"pixel spacing {volume.spacing[0]:g} x {volume.spacing[1]:g} mm" if known else
                     "pixel spacing unknown (1 x 1 in the file, as PNG/JPEG report it): caries areas in mm2 "
                     "are not reported, see caries_pixels")})

@@ -89,12 +89,16 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+
+
 def autocast_for(device: torch.device, precision: str):
-    if precision in (None, "fp32", "float32"):
+    """The autocast context for ``precision``; fp32 and int8 (quantised into the model) need none."""
+    if precision in (None, "fp32", "float32", "int8"):
         return nullcontext()
     dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if precision not in dtypes:
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        raise InvalidParameter(f"The precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     return torch.autocast(device_type=device.type, dtype=dtypes[precision])
 
 
@@ -233,10 +237,17 @@ class NemesisEngine:
                  weights_id: str = "unknown", weights_sha256: str = "", max_voxels: Optional[int] = MAX_VOXELS):
         batch_size = require_int(batch_size, "batch size (superpatches per forward pass)", minimum=1)
         self.max_voxels = None if not max_voxels else require_int(max_voxels, "voxel limit", minimum=1)
-        self.device = pick_device(device)
-        self.model = model.eval().to(self.device)
+        # int8 is a CPU path: "auto" means the CPU for it, an explicit GPU is refused below
+        self.device = pick_device("cpu" if precision == "int8" and str(device or "auto") == "auto" else device)
         self.precision = precision
         autocast_for(self.device, precision)  # validates the name early
+        if precision == "int8":
+            if self.device.type != "cpu":
+                raise InvalidParameter(f"int8 runs on the CPU only; on {self.device} use bf16, fp16 or fp32.")
+            from ..models.nemesis.int8 import load_int8
+            self.model = load_int8(model.eval(), weights_sha256)  # the fp32 model stays as it was
+        else:
+            self.model = model.eval().to(self.device)
         if self.device.type == "cpu" and precision in ("bf16", "fp16") and not cpu_has_native_bf16():
             import warnings
             warnings.warn(f"{precision} on this CPU has no hardware support and runs slower than fp32; "
@@ -416,8 +427,14 @@ def pca(volume: Volume, engine: NemesisEngine, stride=None, cache_dir=None, wind
     # SVD of the (E x E) covariance: cheap however many tokens there are.
     eigval, eigvec = np.linalg.eigh(X.T @ X)
     comps = eigvec[:, ::-1][:, :3]
-    comps *= np.sign(comps[np.argmax(np.abs(comps), axis=0), range(3)])  # deterministic sign
     proj = X @ comps
+    # An eigenvector's sign is arbitrary. Orient each component so that its longer tail is bright
+    # (positive third moment): a property of the image's map, stable under the tiny changes of
+    # another precision or machine, unlike the sign of the largest loading.
+    skew = (proj ** 3).sum(0)
+    loading_sign = np.sign(comps[np.argmax(np.abs(comps), axis=0), range(3)])
+    sign = np.where(skew != 0, np.sign(skew), loading_sign)
+    proj *= sign
     lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
     proj = np.clip((proj - lo) / np.maximum(hi - lo, 1e-8), 0, 1).astype(np.float32)
     rep(0.95, "Mapping the PCA map onto the image")
@@ -430,51 +447,134 @@ def pca(volume: Volume, engine: NemesisEngine, stride=None, cache_dir=None, wind
     return res
 
 
-def window_means(tokens: np.ndarray, window: Sequence[int]) -> np.ndarray:
-    """Mean of tokens in a box of ``window`` tokens centred on each token (clipped at the borders)."""
+def window_means(tokens: np.ndarray, window: Sequence[int], channels_per_pass: int = 32) -> np.ndarray:
+    """Mean of tokens in a box of ``window`` tokens centred on each token (clipped at the borders).
+
+    The box sum is separable: a running sum (float64) along each token axis in turn, a few channels
+    at a time, so memory stays near the size of the tokens (the 768 model's whole-CT grid is 0.4 GB
+    of float32; a 3D cumulative sum of all channels at once took 3 GB more)."""
     G = tokens.shape[:3]
-    cs = np.pad(tokens.astype(np.float64), [(1, 0)] * 3 + [(0, 0)]).cumsum(0).cumsum(1).cumsum(2)
     lo = [np.clip(np.arange(g) - w // 2, 0, g) for g, w in zip(G, window)]
     hi = [np.clip(np.arange(g) - w // 2 + w, 0, g) for g, w in zip(G, window)]
-    a0, b0, c0 = np.ix_(lo[0], lo[1], lo[2])
-    a1, b1, c1 = np.ix_(hi[0], hi[1], hi[2])
-    s = (cs[a1, b1, c1] - cs[a0, b1, c1] - cs[a1, b0, c1] - cs[a1, b1, c0]
-         + cs[a0, b0, c1] + cs[a0, b1, c0] + cs[a1, b0, c0] - cs[a0, b0, c0])
-    n = (a1 - a0) * (b1 - b0) * (c1 - c0)
-    return (s / np.maximum(n, 1)[..., None]).astype(np.float32)
+    count = np.ones(G)
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = G[axis]
+        count = count * (hi[axis] - lo[axis]).reshape(shape)
+    count = np.maximum(count, 1)[..., None]
+    out = np.empty(tokens.shape, np.float32)
+    for c0 in range(0, tokens.shape[3], channels_per_pass):
+        x = tokens[..., c0:c0 + channels_per_pass].astype(np.float64)
+        for axis in range(3):
+            pad = [(0, 0)] * 4
+            pad[axis] = (1, 0)
+            cs = np.pad(x, pad).cumsum(axis)
+            x = np.take(cs, hi[axis], axis=axis) - np.take(cs, lo[axis], axis=axis)
+        out[..., c0:c0 + channels_per_pass] = x / count
+    return out
+
+
+#: CT values above this are the body: soft tissue and fat (about -100 HU) are above, air and the
+#: lungs (about -800 HU) below; the lungs and bowel gas come back as holes filled per slice.
+BODY_HU = -500.0
+
+
+def body_mask(ct_kji: np.ndarray, threshold_hu: float = BODY_HU) -> np.ndarray:
+    """The patient's body in a CT array (HU) whose first axis runs across axial slices (the
+    canonical volume's k): voxels above ``threshold_hu``, only the largest connected region (not
+    the table, clothes or noise), with the holes of each axial slice filled (lungs, bowel gas)."""
+    from scipy import ndimage
+    labels, n = ndimage.label(ct_kji > threshold_hu)
+    if n == 0:
+        return np.zeros(ct_kji.shape, bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = labels == int(np.argmax(sizes))
+    del labels
+    # A hole is a background region of one slice that does not reach that slice's edge; labelling
+    # with in-slice connectivity only keeps slices apart (lungs open to the trachea in 3D).
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = ndimage.generate_binary_structure(2, 1)
+    background, _m = ndimage.label(~body, structure=plane)
+    edge = np.concatenate([background[:, 0].ravel(), background[:, -1].ravel(),
+                           background[:, :, 0].ravel(), background[:, :, -1].ravel()])
+    hole = np.ones(_m + 1, bool)
+    hole[edge] = False
+    hole[0] = False
+    body |= hole[background]
+    return body
+
+
+def block_size_mm(prepared: PreparedCT, superpatch: Sequence[int]) -> Tuple[float, float, float]:
+    """The superpatch's extent in mm along R-L, A-P and S-I (model axes are canonical k, i, j)."""
+    si, sj, sk = (float(v) for v in prepared.canonical.spacing)
+    return superpatch[1] * si, superpatch[2] * sj, superpatch[0] * sk
+
+
+def _fmt_block(mm: Sequence[float]) -> str:
+    """"64 mm" for a cube, else "45 x 45 x 96 mm" (R-L x A-P x S-I)."""
+    r = [f"{v:.0f}" for v in mm]
+    return f"{r[0]} mm" if len(set(r)) == 1 else f"{' x '.join(r)} mm"
 
 
 def organ_maps(volume: Volume, engine: NemesisEngine, probe: OrganProbe, organs: Optional[Sequence[str]] = None,
                stride=None, cache_dir=None, window=HU_WINDOW, orientation=DEFAULT_ORIENTATION,
-               feature_grid: Optional[FeatureGrid] = None, progress=None, cancel=None) -> Result:
+               feature_grid: Optional[FeatureGrid] = None, progress=None, cancel=None,
+               body_hu: Optional[float] = BODY_HU) -> Result:
     """Organ-presence probability heatmaps, one per BTCV organ, on the input's voxels.
 
     The paper's probe answers "is this organ in this superpatch?" from the mean token. Here it is
     applied to a superpatch-sized window of cached tokens centred on every token position, so each
-    voxel gets the probability that the organ is present in the superpatch centred on it: a smooth
-    map at token resolution from one encoder pass (instead of one pass per window).
+    voxel gets the probability that the organ is present in the superpatch-sized block centred on
+    it: a smooth map at token resolution from one encoder pass (instead of one pass per window).
+
+    The block around a voxel in the air still reaches into the body, so the probe answers there
+    too; the maps are set to 0 outside the body (:func:`body_mask` of the CT at ``body_hu``; None
+    keeps the probe's answer everywhere).
     """
     rep = Reporter(progress, cancel)
     prepared = prepare_ct(volume, window, orientation, max_voxels=_limit(engine))
-    fg = feature_grid or compute_features(prepared, engine, stride, cache_dir, rep.sub(0, 0.85), cancel)
     names = [o[0] for o in BTCV_ORGANS]
     wanted = list(organs) if organs else names
     unknown = [o for o in wanted if o not in names]
     if unknown:
         raise PantheonError(f"Unknown organ(s) {', '.join(unknown)}; choose from {', '.join(names)}.")
+    fg = feature_grid or compute_features(prepared, engine, stride, cache_dir, rep.sub(0, 0.8), cancel)
     means = window_means(fg.tokens, [s // p for s, p in zip(fg.superpatch_size, fg.patch_size)])
-    with torch.inference_mode():
-        probs = torch.sigmoid(probe.eval().cpu()(torch.from_numpy(means.reshape(-1, means.shape[-1]))))
-    probs = probs.numpy().reshape(means.shape[:3] + (-1,))
+    flat = means.reshape(-1, means.shape[-1])
+    probe = probe.eval().cpu()
+    with torch.inference_mode():  # in blocks of tokens: the LayerNorm copies what it is given
+        probs = np.concatenate([torch.sigmoid(probe(torch.from_numpy(flat[i:i + 65536]))).numpy()
+                                for i in range(0, len(flat), 65536)])
+    probs = probs.reshape(means.shape[:3] + (-1,))
+    del means, flat
+    body = None
+    if body_hu is not None:
+        rep(0.8, "Finding the body")
+        body = prepared.undo(prepared.canonical.with_array(body_mask(prepared.canonical.array, body_hu))).array
+    block = _fmt_block(block_size_mm(prepared, fg.superpatch_size))
+    voxels = " x ".join(map(str, fg.superpatch_size))
+    outside = "; 0 outside the body" if body is not None else ""
     res = Result()
     for n, (name, _, color, code, meaning) in enumerate(BTCV_ORGANS):
         if name not in wanted:
             continue
         rep.sub(0.85, 1.0)(len(res.heatmaps) / len(wanted), f"Mapping {name}")
+        heat = token_map_to_input(prepared, probs[..., n], fg.patch_size)
+        if body is not None:  # in place: the map is this loop's own array (a whole-CT map is 0.27 GB)
+            values = heat.array if heat.array.flags.writeable else heat.array.copy()
+            np.copyto(values, np.float32(0), where=~body)
+            heat = heat.with_array(values)
         res.heatmaps[name.replace(" ", "_")] = HeatmapOutput(
-            token_map_to_input(prepared, probs[..., n], fg.patch_size), "inferno", (0.0, 1.0),
-            f"Probability that the {name} is present in the superpatch centred here (SNOMED CT {code} {meaning})")
+            heat, "inferno", (0.0, 1.0),
+            f"Probability that the {name} (SNOMED CT {code} {meaning}) is in the {voxels}-voxel block "
+            f"({block}) centred on this voxel, from the NEMESIS organ probe{outside}.",
+            f"P({name} in the {block} block here){outside}")
     res.notes.update(_notes(engine, fg))
+    res.notes["organ_maps"] = (f"Each value is the probability that the organ lies in the {voxels}-voxel block "
+                               f"({block}) centred on the voxel (one superpatch, what the probe was trained on)"
+                               + (f"; voxels outside the body (CT above {body_hu:g} HU, largest connected region, "
+                                  "holes filled per axial slice) are 0." if body is not None else "."))
     rep(1.0, "Done")
     return res
 
@@ -489,11 +589,9 @@ def _notes(engine: NemesisEngine, fg: Optional[FeatureGrid] = None) -> Dict[str,
     return notes
 
 
-def ssim_3d(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    from monai.metrics.regression import SSIMMetric
-    metric = SSIMMetric(spatial_dims=3, data_range=data_range)
-    return float(metric(torch.from_numpy(a[None, None].astype(np.float32)),
-                        torch.from_numpy(b[None, None].astype(np.float32))).mean())
+#: HU given to masked voxels of ``masked_input``: below the window floor, so no voxel the model saw
+#: (clipped to the window) can take it, and black in any CT display.
+MASKED_HU = -1024.0
 
 
 def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=(0.5, 0.5), noise_std: float = 0.0,
@@ -501,9 +599,15 @@ def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=(0.
                 cancel=None) -> Result:
     """Masked reconstruction of the superpatch centred on ``point_lps``.
 
-    Returns the masked input, reconstruction and absolute error as Volumes on the input's voxel
-    lattice (the superpatch region, in HU), plus PSNR and SSIM on [0, 1] data over the superpatch.
+    Returns, on the input's voxel lattice over the superpatch region, in HU: ``masked_input`` (what
+    the encoder saw; masked voxels at :data:`MASKED_HU`), ``reconstruction`` (as MAE papers show it:
+    the prediction on masked patches, the model's input on visible ones) and the ``error`` heatmap
+    (absolute difference to the windowed input). Scalars on the [0, 1] window scale, as the paper:
+    ``psnr_db``/``ssim`` over the whole superpatch, ``psnr_masked_db``/``ssim_masked`` over the
+    masked voxels only, ``psnr_raw_db`` of the raw decoder output (see
+    :mod:`pantheon.models.nemesis.reconstruction`).
     """
+    from ..models.nemesis.reconstruction import paste_visible, reconstruction_metrics, voxel_mask
     rep = Reporter(progress, cancel)
     mask_ratio, noise_std, seed = check_reconstruct_params(mask_ratio, noise_std, seed)
     point = check_point(point_lps)
@@ -521,16 +625,18 @@ def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=(0.
     with torch.inference_mode(), autocast_for(engine.device, engine.precision):
         out = engine.model.reconstruct(x, mask_ratio=mask_ratio, noise_std=noise_std, generator=gen)
     rep.check()
-    recon = out.volume.float().cpu().numpy()[0, 0]
-    token_mask = out.mask.cpu().numpy()[0].reshape(engine.model.grid)
-    voxel_mask = np.kron(token_mask, np.ones(engine.patch, dtype=bool))
-    masked_input = np.where(voxel_mask, 0.0, out.model_input.float().cpu().numpy()[0, 0])
+    pred = out.volume.float().cpu()
+    seen = out.model_input.float().cpu()
+    target = x.float().cpu()
+    metrics = reconstruction_metrics(pred, target, seen, out.mask.cpu(), engine.model.grid, engine.patch)
+    vmask = voxel_mask(out.mask.cpu(), engine.model.grid, engine.patch)
+    shown = paste_visible(pred, seen, vmask).numpy()[0, 0]
+    masked = vmask.numpy()[0, 0]
     lo, hi = float(window[0]), float(window[1])
-    mse = float(np.mean((recon - patch) ** 2))
     res = Result()
-    res.scalars["psnr_db"] = float(-10 * math.log10(max(mse, 1e-12)))
-    res.scalars["ssim"] = ssim_3d(np.clip(recon, 0, 1), patch)
-    res.scalars["masked_fraction"] = float(token_mask.mean())
+    for key in ("psnr_db", "ssim", "psnr_masked_db", "ssim_masked", "psnr_raw_db"):
+        res.scalars[key] = float(metrics[key][0])
+    res.scalars["masked_fraction"] = float(out.mask.float().mean())
     # The superpatch region on the input's lattice: a sub-grid of the canonical grid, mapped back.
     origin_model = np.array(start, dtype=np.float64)
     origin = prepared.model_index_to_world(origin_model[None])[0]
@@ -540,14 +646,22 @@ def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=(0.
     def to_input(model_arr):
         return prepared.undo(sub.with_array(np.ascontiguousarray(model_arr.swapaxes(1, 2).astype(np.float32))))
 
-    res.volumes["masked_input"] = to_input(masked_input * (hi - lo) + lo)
-    res.volumes["reconstruction"] = to_input(recon * (hi - lo) + lo)
-    res.heatmaps["error"] = HeatmapOutput(to_input(np.abs(recon - patch) * (hi - lo)), "hot", (0.0, 100.0),
-                                          "Absolute reconstruction error (HU) inside the window")
+    seen_hu = np.clip(seen.numpy()[0, 0], 0, 1) * (hi - lo) + lo  # noise can leave the window
+    res.volumes["masked_input"] = to_input(np.where(masked, MASKED_HU, seen_hu))
+    res.volumes["reconstruction"] = to_input(shown * (hi - lo) + lo)
+    res.heatmaps["error"] = HeatmapOutput(
+        to_input(np.abs(shown - patch) * (hi - lo)), "hot", (0.0, 100.0),
+        "Absolute difference (HU) between the reconstruction and the input, both in the window "
+        f"[{lo:g}, {hi:g}] HU; visible patches are the input itself (0 without noise)",
+        "absolute error (HU)")
     res.notes.update(_notes(engine))
     res.notes["point_lps"] = json.dumps([round(float(v), 3) for v in np.asarray(point_lps, float).reshape(3)])
     res.notes["mask_ratio"] = str(mask_ratio)
     res.notes["noise_std"] = str(noise_std)
+    res.notes["window_hu"] = json.dumps([lo, hi])
+    res.notes["metrics"] = ("PSNR/SSIM on the [0, 1] window scale: psnr_db/ssim over the whole superpatch as shown "
+                            "(visible patches pasted from the input), *_masked over the masked voxels only, "
+                            "psnr_raw_db of the raw decoder output")
     rep(1.0, "Done")
     return res
 

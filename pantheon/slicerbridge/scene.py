@@ -416,7 +416,20 @@ def _get_or_create(scene, existing, key, class_name, input_node, action, out_nam
     return node, created
 
 
+def heatmap_description(spec: dict) -> str:
+    """What a heatmap's values mean (result.json's description), and how closely the file keeps
+    them when it stores them to steps (see pantheon.outputs)."""
+    text = str(spec.get("description") or spec.get("label") or "").strip()
+    stored = spec.get("stored") if isinstance(spec.get("stored"), dict) else {}
+    err, step = stored.get("max_error"), stored.get("step")
+    if text and isinstance(err, (int, float)) and isinstance(step, (int, float)) and err > 0:
+        text += f" Stored in steps of {step:.3g}: within {err:.2g} of the computed value."
+    return text
+
+
 def _import_heatmap(scene, node, created, vol: Volume, spec: dict):
+    if vol.array.dtype == np.float64:  # a map stored as uint8 with a NIfTI scale reads as float64
+        vol = vol.with_array(vol.array.astype(np.float32))
     _set_volume_content(node, vol)
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
@@ -437,8 +450,9 @@ def _import_heatmap(scene, node, created, vol: Volume, spec: dict):
         display.SetWindowLevelMinMax(lo, hi)
         node.SetAttribute(ATTR_COLORMAP, colormap)
         node.SetAttribute(ATTR_RANGE, suggestion)
-    if spec.get("description"):
-        node.SetDescription(str(spec["description"]))
+    description = heatmap_description(spec)
+    if description:  # the Data module and the node's tooltip show it
+        node.SetDescription(description)
 
 
 def _import_volume(node, created, vol: Volume):

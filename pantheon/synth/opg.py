@@ -260,8 +260,13 @@ def _background(rng, H, W, g) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-def _tooth_layout(rng, H, W, primary: bool) -> Tuple[dict, List[dict]]:
-    """Image-level geometry ``g`` and one spec per tooth slot (before missing/lesions)."""
+def _tooth_layout(rng, H, W, primary: bool, crowding: float = 0.0) -> Tuple[dict, List[dict]]:
+    """Image-level geometry ``g`` and one spec per tooth slot (before missing/lesions).
+
+    ``crowding`` > 0 makes incisors, canines and premolars overlap their distal neighbour by
+    ``crowding`` x 10-35 % of their width and turns / displaces them a little (``crowd_tilt``,
+    ``crowd_depth``). Its random draws happen only when it is > 0, so the default layout (and every
+    image made without crowding) is unchanged."""
     g = {}
     g["xc"] = W / 2 + rng.uniform(-0.025, 0.025) * W
     span = rng.uniform(0.56, 0.66) * W
@@ -298,10 +303,16 @@ def _tooth_layout(rng, H, W, primary: bool) -> Tuple[dict, List[dict]]:
         for n in range(1, 9):
             w = sizes["w"][n - 1] * sx * rng.uniform(0.95, 1.05)
             pos_c = pos + w / 2
-            pos += w + 0.3 * sx
+            extra = {}
+            if crowding > 0 and n <= 5:
+                pos += w * (1 - crowding * rng.uniform(0.10, 0.35)) + 0.3 * sx * (1 - crowding)
+                extra = dict(crowd_tilt=float(rng.normal(0, 0.12 * crowding)),
+                             crowd_depth=float(rng.uniform(-0.12, 0.12) * crowding * sizes["hc"][n - 1] * sy))
+            else:
+                pos += w + 0.3 * sx
             slots.append(dict(fdi=10 * q + n, q=q, n=n, arch=arch, side=side, x=g["xc"] + side * pos_c,
                               w=w, hc=sizes["hc"][n - 1] * sy, hr=sizes["hr"][n - 1] * sy,
-                              kind=_KIND[n], primary=False))
+                              kind=_KIND[n], primary=False, **extra))
     if primary:
         for q in (5, 6, 7, 8):
             pq = q - 4
@@ -350,6 +361,8 @@ def _tooth_geometry(slot, g, stage, impacted, rng):
     occ = g["occ"](x)
     slope = float(g["occ_slope"](x))
     phi = np.arctan(slope) * 0.8 * (1 if upper else -1) + rng.normal(0, 0.04)
+    if "crowd_tilt" in slot:  # crowded teeth (make_opg(crowding=...)); absent otherwise
+        phi = phi + slot["crowd_tilt"]
     cf, rf, _ = STAGE_GEOMETRY[stage]
     depth = 0.0
     if not slot["primary"] and rf < 0.8:  # not erupted yet: deeper as the root is shorter
@@ -367,6 +380,8 @@ def _tooth_geometry(slot, g, stage, impacted, rng):
     b = np.array([np.cos(phi), np.sin(phi)] if upper else [np.cos(phi), -np.sin(phi)])
     if b[0] < 0:
         b = -b
+    if "crowd_depth" in slot:
+        depth = depth + slot["crowd_depth"]
     O = np.array([x, y0]) + a * depth
     return O, a, b
 
@@ -453,6 +468,57 @@ def _patch_bounds(O, a, b, sp, margin, H, W):
     return x0, y0, x1, y1
 
 
+def _rotation_inverse(angle_deg: float, H: int, W: int):
+    """(matrix, offset) mapping an output pixel-centre (x, y) of the turned picture back to the
+    source: p_src = M @ p_out + off. The picture turns counter-clockwise on the screen (y down)
+    about the image centre (W / 2, H / 2) in pixel-edge coordinates."""
+    t = np.deg2rad(angle_deg)
+    c, s = np.cos(t), np.sin(t)
+    # forward: x' = cx + c (x - cx) + s (y - cy); y' = cy - s (x - cx) + c (y - cy); M = its inverse
+    M = np.array([[c, -s], [s, c]])
+    centre = np.array([W / 2.0, H / 2.0])
+    return M, centre - M @ centre
+
+
+def _rotate_image(img: np.ndarray, angle_deg: float) -> np.ndarray:
+    """Bilinear turn of the whole attenuation image (see :func:`_rotation_inverse`)."""
+    H, W = img.shape
+    M, off = _rotation_inverse(angle_deg, H, W)
+    # ndimage works in (row, col) index space, pixel centre = index: src_rc = Mrc @ out_rc + off_rc
+    Mrc = M[::-1, ::-1]
+    off_rc = (off[::-1] + Mrc @ np.array([0.5, 0.5]) - 0.5)
+    return ndimage.affine_transform(img, Mrc, offset=off_rc, order=1, mode="nearest").astype(np.float32)
+
+
+def _rotate_tooth(t: dict, angle_deg: float, H: int, W: int) -> Optional[dict]:
+    """One tooth's masks turned like :func:`_rotate_image` (nearest sampling), re-cropped to the
+    tight box of tooth + anomaly; None when the turned tooth leaves the image."""
+    x0, y0, x1, y1 = t["box"]
+    M, off = _rotation_inverse(angle_deg, H, W)
+    Minv = np.linalg.inv(M)
+    corners = np.array([[x, y] for x in (x0, x1) for y in (y0, y1)], float)
+    fwd = (corners - off) @ Minv.T
+    nx0, ny0 = max(0, int(np.floor(fwd[:, 0].min())) - 1), max(0, int(np.floor(fwd[:, 1].min())) - 1)
+    nx1, ny1 = min(W, int(np.ceil(fwd[:, 0].max())) + 1), min(H, int(np.ceil(fwd[:, 1].max())) + 1)
+    if nx1 <= nx0 or ny1 <= ny0:
+        return None
+    yy, xx = np.mgrid[ny0:ny1, nx0:nx1].astype(np.float64)
+    src = np.stack([xx + 0.5, yy + 0.5], -1) @ M.T + off
+    ci, ri = np.floor(src[..., 0]).astype(int) - x0, np.floor(src[..., 1]).astype(int) - y0
+    inside = (ci >= 0) & (ri >= 0) & (ci < x1 - x0) & (ri < y1 - y0)
+    ci, ri = np.clip(ci, 0, x1 - x0 - 1), np.clip(ri, 0, y1 - y0 - 1)
+    turned = {k: t[k][ri, ci] & inside for k in ("mask", "caries_mask", "anomaly_mask")}
+    both = turned["mask"] | turned["anomaly_mask"]
+    if not turned["mask"].any():
+        return None
+    rows, cols = np.nonzero(both.any(axis=1))[0], np.nonzero(both.any(axis=0))[0]
+    crop = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    out = dict(t, box=(nx0 + int(cols[0]), ny0 + int(rows[0]), nx0 + int(cols[-1]) + 1, ny0 + int(rows[-1]) + 1))
+    for k, m in turned.items():
+        out[k] = m[crop].copy()
+    return out
+
+
 def _caries_field(u, v, sp, rng, deep: bool):
     """Signed depth (px, positive inside) of a caries ellipse on the crown surface."""
     w, hc = sp["w"], sp["hc"]
@@ -475,7 +541,8 @@ def make_opg(seed: SeedLike = 0, size: Tuple[int, int] = (512, 1024), primary_te
              missing_rate: Tuple[float, float] = (0.05, 0.15), caries_rate: float = 0.08,
              impacted_rate: float = 0.25, periapical_rate: float = 0.04,
              stage: Union[None, str, Dict[int, str]] = None, noise: float = 1.0,
-             restoration_rate: float = 0.04) -> SyntheticOPG:
+             restoration_rate: float = 0.04, missing_teeth: Sequence[int] = (), crowding: float = 0.0,
+             rotation_deg: float = 0.0) -> SyntheticOPG:
     """One random synthetic OPG with teeth, FDI numbers, lesions and stages.
 
     Args:
@@ -496,6 +563,17 @@ def make_opg(seed: SeedLike = 0, size: Tuple[int, int] = (512, 1024), primary_te
             a letter "A".."H" for all permanent teeth, or a dict {fdi: letter}.
         noise: scale of the noise (1 = default, 0 = none).
         restoration_rate: probability of an (unlabelled) bright filling per erupted tooth.
+        missing_teeth: FDI numbers that are always missing (on top of ``missing_rate``), e.g.
+            ``(16, 26)`` for gaps in the arch.
+        crowding: 0 (default) to 1: incisors, canines and premolars overlap their neighbours by up
+            to 35 % of their width, with extra tilt and vertical displacement (crowded dentition).
+        rotation_deg: the whole picture (anatomy, teeth, labels) turned about the image centre by
+            this angle, counter-clockwise as seen on the screen (a tilted head / occlusal plane);
+            the corners are filled from the nearest edge. Boxes are the tight boxes of the turned
+            masks.
+
+    The three options above draw random numbers only when they are used, so images made without
+    them are bit-identical to those of earlier versions (committed demo weights depend on it).
     """
     rng = _rng(seed)
     H, W = int(size[0]), int(size[1])
@@ -503,7 +581,17 @@ def make_opg(seed: SeedLike = 0, size: Tuple[int, int] = (512, 1024), primary_te
         raise ValueError(f"size {size} too small for an OPG (need at least 64 x 128)")
     if dtype not in ("uint8", "uint16"):
         raise ValueError(f"dtype must be 'uint8' or 'uint16', got {dtype!r}")
-    g, slots = _tooth_layout(rng, H, W, primary_teeth)
+    crowding = float(crowding)
+    if not 0.0 <= crowding <= 1.0:
+        raise ValueError(f"crowding must be between 0 and 1, got {crowding}")
+    rotation_deg = float(rotation_deg)
+    if not (np.isfinite(rotation_deg) and abs(rotation_deg) <= 45):
+        raise ValueError(f"rotation_deg must be between -45 and 45, got {rotation_deg}")
+    missing_set = set()
+    for f in missing_teeth:
+        fdi_quadrant_tooth(f)  # ValueError for a non-FDI number
+        missing_set.add(int(f))
+    g, slots = _tooth_layout(rng, H, W, primary_teeth, crowding)
     young = (not primary_teeth) and rng.random() < 0.25
     p_missing = rng.uniform(*missing_rate) if missing_rate[1] > 0 else 0.0
     by_fdi = {s["fdi"]: s for s in slots}
@@ -533,7 +621,7 @@ def make_opg(seed: SeedLike = 0, size: Tuple[int, int] = (512, 1024), primary_te
         miss_p = p_missing * (2.0 if s["n"] == 8 and not s["primary"] else 1.0)
         if primary_teeth and not s["primary"] and s["n"] == 8:
             miss_p = max(miss_p, 0.5)
-        if r_missing < miss_p:
+        if r_missing < miss_p or s["fdi"] in missing_set:
             continue
         anomaly = None
         candidate = (not s["primary"]) and (s["n"] == 8 or (s["n"] == 3 and s["arch"] == "upper" and not primary_teeth))
@@ -618,6 +706,8 @@ def make_opg(seed: SeedLike = 0, size: Tuple[int, int] = (512, 1024), primary_te
                           caries_mask=car[crop].copy(), anomaly=anomaly, anomaly_mask=an[crop].copy(),
                           stage=st, primary=bool(s["primary"]), diagnoses=diagnoses))
 
+    if rotation_deg:
+        teeth = [t for t in (_rotate_tooth(t, rotation_deg, H, W) for t in teeth) if t is not None]
     teeth.sort(key=lambda t: t["fdi"])
     labels = np.zeros((H, W), np.uint8)
     caries = np.zeros((H, W), np.uint8)
@@ -632,6 +722,8 @@ def make_opg(seed: SeedLike = 0, size: Tuple[int, int] = (512, 1024), primary_te
     # compose: bone/soft tissue, radiolucent lesions, teeth on top (X-ray attenuation adds up)
     img = img * (1 - lesion_att) + teeth_att * (1 - 0.5 * lesion_att)
     img = np.clip(img, 0, None)
+    if rotation_deg:
+        img = _rotate_image(img, rotation_deg)
     img = 1.0 - np.exp(-1.6 * img)  # detector response: compresses the bright end
     # exposure bias (low frequency), blur, noise, contrast
     yb = np.arange(H, dtype=np.float32)[:, None]
@@ -656,6 +748,8 @@ def make_opg(seed: SeedLike = 0, size: Tuple[int, int] = (512, 1024), primary_te
     vol = Volume(arr[None], spacing=(sp_mm, sp_mm, 1.0))
     params = dict(size=(H, W), primary_teeth=primary_teeth, adolescent=bool(young), missing_rate=float(p_missing),
                   pixel_spacing_mm=sp_mm, midline_x=float(g["xc"]))
+    if missing_set or crowding or rotation_deg:  # only then, so default params stay as they were
+        params.update(missing_teeth=sorted(missing_set), crowding=crowding, rotation_deg=rotation_deg)
     return SyntheticOPG(image=vol, teeth=teeth, tooth_labels=vol.with_array(labels[None]),
                         caries_mask=vol.with_array(caries[None]), anomaly_mask=vol.with_array(anomaly_m[None]),
                         params=params)

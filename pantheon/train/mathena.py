@@ -46,6 +46,13 @@ Metrics (:func:`evaluate`, spec 5.4), conventions recorded in the result under `
   ``anomaly_auroc`` (:func:`auroc` of sigmoid(anomaly_score) over all GT teeth);
   ``anomaly_auroc_mask_max`` ranks teeth by their maximum pixel anomaly probability instead.
 - ``stage_accuracy`` and ``stage_macro_f1`` (sklearn, over the stages present in the GT).
+- What a dentist sees (:func:`numbering_scores`, :func:`summarize_numbering`): the teeth
+  ToothAnalysis shows (:func:`detect_numbered`: one box per tooth, FDI numbers assigned along the
+  arch, score >= ``NUMBERING_SCORE_THRESH``) matched class-agnostically to GT teeth at IoU >= 0.5:
+  ``numbering_accuracy`` (correctly numbered / GT teeth, mean per image; ``_detected``: / shown
+  teeth), ``duplicate_numbers_per_image``, ``invented_teeth_per_image`` (shown teeth matching no
+  GT tooth), ``missed_teeth_per_image``, ``map50_numbered``. Per-class NMS and per-class AP do not
+  see one tooth carrying two numbers; these do.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ DEFAULT_DETECTOR = dict(in_channels=1, widths=[16, 32, 64, 128, 256], neck_chann
                         bifpn_repeats=1, head_convs=2)
 DEFAULT_HENA = dict(in_channels=1, embed_dim=24, depths=[1, 1, 1, 1], d_state=8, ssm_ratio=1.0)
 DEFAULT_LR = {"detector": 2e-3, "carseg": 2e-3, "ad": 2e-3, "dds": 1e-2}
+#: Detection score threshold of the numbering metrics: ToothAnalysis's default (pipelines.mathena).
+NUMBERING_SCORE_THRESH = 0.3
 
 
 # ============================================================================ data
@@ -277,6 +286,10 @@ def _lr_factor(step: int, steps: int, warmup: int, time_fraction: float = 0.0) -
 
 def _build(stage: str, out_dir: Path, model_kw: Optional[dict], init=None):
     if stage == "detector":
+        if init:  # fine-tune an existing detector (its own architecture; model_kw is not used)
+            if not Path(init).is_file():
+                raise CheckpointError(f"The detector to start from, {init}, does not exist.")
+            return load_mathena(init, kind="MATHEDetector")
         return MATHEDetector(**{**DEFAULT_DETECTOR, **(model_kw or {})})
     if stage == "carseg":
         return HENA(**{**DEFAULT_HENA, **(model_kw or {})})
@@ -458,12 +471,12 @@ def _fit_probe(model: HENA, data: "CropData", seed: int, steps: int, l2: float, 
 
 # ============================================================================ metrics
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, m) IoU of x0 y0 x1 y1 boxes (pixel edges), MONAI ``box_iou`` in float64."""
+    from monai.data.box_utils import box_iou as _iou
     a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), -1)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-12)
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    return np.asarray(_iou(a, b), np.float64)
 
 
 def map50(predictions: Sequence[dict], ground_truth: Sequence[dict], iou_thresh: float = 0.5) -> dict:
@@ -507,6 +520,60 @@ def map50(predictions: Sequence[dict], ground_truth: Sequence[dict], iou_thresh:
         per_class[c] = float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
     return {"map50": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
             "per_class": per_class}
+
+
+def numbering_scores(prediction: dict, ground_truth: dict, iou_thresh: float = 0.5) -> dict:
+    """What a dentist sees on one image: detections (``{"boxes", "scores", "labels"}``, labels FDI)
+    against the ground truth (``{"boxes", "labels"}``).
+
+    Detections, best score first, are matched class-agnostically to the unmatched GT tooth of
+    highest IoU >= ``iou_thresh``. ``correct``: matched and with the GT's FDI number;
+    ``accuracy_gt`` = correct / GT teeth; ``accuracy_detected`` = correct / detections (NaN
+    without detections); ``duplicates``: detections repeating an FDI number given in the image;
+    ``invented``: detections matching no GT tooth (``double_boxes`` of them overlap, IoU >=
+    ``iou_thresh``, a tooth another detection already took: one tooth counted twice);
+    ``missed``: GT teeth no detection matched."""
+    from ..models.mathena.numbering import duplicate_numbers
+    pb = np.asarray(prediction["boxes"], np.float64).reshape(-1, 4)
+    ps = np.asarray(prediction["scores"], np.float64).reshape(-1)
+    pl = np.asarray(prediction["labels"]).reshape(-1).astype(np.int64)
+    gb = np.asarray(ground_truth["boxes"], np.float64).reshape(-1, 4)
+    gl = np.asarray(ground_truth["labels"]).reshape(-1).astype(np.int64)
+    iou = box_iou(pb, gb)
+    taken = np.zeros(len(gb), bool)
+    correct = matched = double = 0
+    for i in np.argsort(-ps, kind="stable"):
+        if not len(gb):
+            break
+        cand = np.where(taken, -1.0, iou[i])
+        j = int(np.argmax(cand))
+        if cand[j] >= iou_thresh:
+            taken[j] = True
+            matched += 1
+            correct += int(pl[i] == gl[j])
+        elif iou[i].max() >= iou_thresh:
+            double += 1
+    n_det, n_gt = len(pb), len(gb)
+    return {"gt": n_gt, "detected": n_det, "matched": matched, "correct": correct,
+            "accuracy_gt": correct / n_gt if n_gt else float("nan"),
+            "accuracy_detected": correct / n_det if n_det else float("nan"),
+            "duplicates": duplicate_numbers(pl), "invented": n_det - matched, "double_boxes": double,
+            "missed": n_gt - matched}
+
+
+def summarize_numbering(per_image: Sequence[dict]) -> dict:
+    """Means per image of :func:`numbering_scores` (``numbering_accuracy`` = mean of
+    ``accuracy_gt``, ``numbering_accuracy_detected`` = mean of ``accuracy_detected``), the pooled
+    accuracy (all images' correct / all GT teeth) and the worst image's accuracy."""
+    if not per_image:
+        return {}
+    mean = lambda k: float(np.nanmean([r[k] for r in per_image]))  # noqa: E731
+    return {"numbering_accuracy": mean("accuracy_gt"), "numbering_accuracy_detected": mean("accuracy_detected"),
+            "numbering_accuracy_pooled": sum(r["correct"] for r in per_image) / max(1, sum(r["gt"] for r in per_image)),
+            "numbering_accuracy_worst_image": float(np.nanmin([r["accuracy_gt"] for r in per_image])),
+            "duplicate_numbers_per_image": mean("duplicates"), "invented_teeth_per_image": mean("invented"),
+            "double_boxes_per_image": mean("double_boxes"), "missed_teeth_per_image": mean("missed"),
+            "images_with_duplicates": int(sum(r["duplicates"] > 0 for r in per_image))}
 
 
 def dice_scores(pred_masks, gt_masks) -> dict:
@@ -576,10 +643,23 @@ def predict_crops(hena: HENA, crops: np.ndarray, batch_size: int = 64) -> dict:
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
+@torch.no_grad()
+def detect_numbered(detector: MATHEDetector, image2d: np.ndarray, input_hw=DETECTOR_INPUT_HW,
+                    score_thresh: float = NUMBERING_SCORE_THRESH) -> dict:
+    """What ToothAnalysis shows: one box per tooth, FDI numbers assigned along the arch
+    (:func:`~pantheon.models.mathena.numbering.detect_and_number`), boxes in source pixels."""
+    from ..models.mathena.numbering import detect_and_number
+    d = detect_and_number(detector, image2d, score_thresh, input_hw)
+    return {k: d[k] for k in ("boxes", "scores", "labels")}
+
+
 def evaluate(detector: Optional[MATHEDetector], hena: Optional[HENA], opgs, input_hw=DETECTOR_INPUT_HW,
-             crop_size: int = CROP_SIZE) -> dict:
-    """Held-out metrics (module docstring): mAP@50 of ``detector`` on the images; caries / anomaly
-    Dice, anomaly image-level accuracy, stage accuracy / macro-F1 of ``hena`` on ground-truth crops."""
+             crop_size: int = CROP_SIZE, score_thresh: float = NUMBERING_SCORE_THRESH,
+             numbering_only: bool = False) -> dict:
+    """Held-out metrics (module docstring): mAP@50 of ``detector`` on the images and the numbering
+    a dentist sees (:func:`numbering_scores` of :func:`detect_numbered` at ``score_thresh``, the
+    pipeline's default); caries / anomaly Dice, anomaly image-level accuracy, stage accuracy /
+    macro-F1 of ``hena`` on ground-truth crops. ``numbering_only``: skip the mAP passes."""
     samples = load_data(opgs, input_hw)
     out: Dict[str, object] = {"images": len(samples), "teeth": sum(len(s.teeth) for s in samples),
                               "conventions": {
@@ -589,12 +669,27 @@ def evaluate(detector: Optional[MATHEDetector], hena: Optional[HENA], opgs, inpu
                                           "over crops with non-empty GT, 'pooled' = Dice over all crops' pixels",
                                   "anomaly_image": "per tooth (GT-box crop): sigmoid(anomaly_score) vs 'tooth "
                                                    "has an anomaly'; accuracy at 0.5, AUROC (ties count 1/2)",
-                                  "stage": "top-1 accuracy and sklearn macro-F1 over stages present in the GT"}}
+                                  "stage": "top-1 accuracy and sklearn macro-F1 over stages present in the GT",
+                                  "numbering": "the pipeline's teeth (one box per tooth, numbered along the arch, "
+                                               f"score >= {score_thresh:g}) matched class-agnostically to GT "
+                                               "teeth at IoU >= 0.5, best score first; numbering_accuracy = "
+                                               "correctly numbered / GT teeth, _detected = / detections, mean "
+                                               "per image; duplicates = detections repeating a number in the "
+                                               "image; invented = detections matching no GT tooth; missed = "
+                                               "GT teeth no detection matched; all per image",
+                                  "map50_numbered": "map50 of the numbered teeth (what is shown), same rules"}}
     if detector is not None:
         detector.eval()
-        preds = [detect(detector, s.image, input_hw) for s in samples]
         gts = [{"boxes": np.array([t["box"] for t in s.teeth]).reshape(-1, 4),
                 "labels": np.array([t["fdi"] for t in s.teeth])} for s in samples]
+        numbered = [detect_numbered(detector, s.image, input_hw, score_thresh) for s in samples]
+        per = [numbering_scores(p, g) for p, g in zip(numbered, gts)]
+        out.update(summarize_numbering(per))
+        out["map50_numbered"] = map50(numbered, gts)["map50"]
+        out["numbering_per_image"] = [{"image": s.name, **{k: (round(v, 4) if isinstance(v, float) else v)
+                                                           for k, v in r.items()}} for s, r in zip(samples, per)]
+    if detector is not None and not numbering_only:
+        preds = [detect(detector, s.image, input_hw) for s in samples]
         m = map50(preds, gts)
         out["map50"] = m["map50"]
         out["ap50_per_fdi"] = {str(k): round(v, 4) for k, v in m["per_class"].items()}

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -72,13 +72,45 @@ def sample_superpatches(arrays: Sequence[np.ndarray], size, count: int, rng: np.
     return np.stack(out)[:, None]
 
 
+def held_out_superpatches(volumes: Sequence[Volume], size, count: int, seed: int = 0, min_foreground: float = 0.05,
+                          window=HU_WINDOW, orientation=DEFAULT_ORIENTATION) -> np.ndarray:
+    """(count, 1, D, H, W) superpatches drawn as in pretraining (same foreground rule) from ``volumes``."""
+    arrays = [prepare_ct(v, window, orientation).model_array for v in volumes]
+    return sample_superpatches(arrays, tuple(size), count, np.random.default_rng(seed), min_foreground)
+
+
+def evaluate_reconstruction(model: NemesisMAE, superpatches: np.ndarray, mask_ratio=(0.5, 0.5),
+                            noise_std: float = 0.0, seed: int = 0, batch_size: int = 8) -> dict:
+    """Mean over superpatches of the reconstruction metrics of
+    :func:`pantheon.models.nemesis.reconstruction.reconstruction_metrics` (eval mode, seeded masks)."""
+    from ..models.nemesis.reconstruction import reconstruction_metrics
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    parts = []
+    with torch.no_grad():
+        for first in range(0, len(superpatches), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(superpatches[first:first + batch_size])).to(device)
+            out = model.reconstruct(x, mask_ratio=mask_ratio, noise_std=noise_std, generator=gen)
+            parts.append(reconstruction_metrics(out.volume, x, out.model_input, out.mask, model.grid,
+                                                model.patch_size))
+    model.train(was_training)
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    def finite_mean(v):  # NaN when no superpatch has the figure (no masked voxel, say)
+        v = v[np.isfinite(v)]
+        return float(np.mean(v)) if v.size else float("nan")
+    return {k: finite_mean(v) for k, v in merged.items()} | {"superpatches": len(superpatches)}
+
+
 def pretrain(volumes: Sequence[Volume], out_dir, cfg: PretrainConfig = PretrainConfig(), resume: bool = True,
              window=HU_WINDOW, orientation=DEFAULT_ORIENTATION, device="cpu", progress=None, cancel=None,
-             log=print) -> Path:
+             log=print, validate: Optional[Callable[[NemesisMAE], dict]] = None) -> Path:
     """Pretrain a NEMESIS MAE on CT volumes; returns the path of the final safetensors weights.
 
     ``out_dir/checkpoint.pt`` is written every ``checkpoint_every`` steps (atomically); rerunning
     with ``resume=True`` continues from it with identical batches (the sampler is seeded per step).
+    ``validate(model)`` (e.g. held-out reconstruction PSNR) is logged at every checkpoint.
     """
     rep = Reporter(progress, cancel)
     out_dir = Path(out_dir)
@@ -129,8 +161,11 @@ def pretrain(volumes: Sequence[Volume], out_dir, cfg: PretrainConfig = PretrainC
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint()
             recent = float(np.mean(history[-cfg.checkpoint_every:]))
+            checked = ""
+            if validate is not None:
+                checked = "  " + "  ".join(f"{k} {v:.4g}" for k, v in validate(model).items())
             log(f"step {step}/{cfg.steps}  masked-patch MSE {recent:.5f}  lr {sched.get_last_lr()[0]:.2e}  "
-                f"{time.perf_counter() - t0:.0f}s")
+                f"{time.perf_counter() - t0:.0f}s{checked}")
     model.eval()
     weights = out_dir / "nemesis.safetensors"
     save_nemesis(model, weights, {"demo": "true", "steps": str(step), "window": json.dumps(list(window)),

@@ -35,12 +35,14 @@ def available_pipelines():
 # ------------------------------------------------------------------------------ helpers
 from ..outputs import json_safe  # noqa: E402
 
-def write_outputs(result, out_dir, extra_notes=None):
+def write_outputs(result, out_dir, extra_notes=None, progress=None):
     """Write a Result as uncompressed NRRD + result.json (files live for seconds in a private
-    folder; uncompressed is several times faster to write and for Slicer to read)."""
+    folder; uncompressed is several times faster to write and for Slicer to read). Heatmaps keep
+    every computed digit (``compact=False``): NRRD has no value scaling Slicer would apply, and
+    compacting saves nothing on files that are deleted once Slicer has read them."""
     from ..outputs import write_result
     result.notes.update(extra_notes or {})
-    write_result(result, out_dir, "nrrd", preview=False, compress=False)
+    write_result(result, out_dir, "nrrd", preview=False, compress=False, compact=False, progress=progress)
     doc = json.loads((Path(out_dir) / "result.json").read_text())
     doc["output_dir"] = str(Path(out_dir).resolve())
     return doc
@@ -186,7 +188,7 @@ def _feature_task(ctx, run):
         fg = get_features(ctx, engine, vol, vhash, _sub(ctx, 0.05, 0.85))
         res = run(vol, engine, fg, _sub(ctx, 0.85, 0.95))
     ctx.progress(0.95, "Writing results")
-    doc = write_outputs(res, ctx.output_dir, ctx.notes)
+    doc = write_outputs(res, ctx.output_dir, ctx.notes, _sub(ctx, 0.95, 1.0))
     ctx.progress(1.0, "Done")
     return doc
 
@@ -237,7 +239,7 @@ def task_reconstruct(ctx):
         res = nem.reconstruct(vol, engine, point, ratio, float(ctx.params.get("noise_std", 0.0) or 0.0),
                               int(ctx.params.get("seed", 0) or 0), progress=_sub(ctx, 0.05, 0.9), cancel=ctx.cancel)
     ctx.progress(0.9, "Writing results")
-    doc = write_outputs(res, ctx.output_dir, ctx.notes)
+    doc = write_outputs(res, ctx.output_dir, ctx.notes, _sub(ctx, 0.9, 1.0))
     ctx.progress(1.0, "Done")
     return doc
 

@@ -353,19 +353,34 @@ class MATHEDetector(nn.Module):
 
         Score = sqrt(sigmoid(cls) * sigmoid(centre-ness)) (FCOS); candidates above ``score_thresh``
         (top ``pre_nms_topk``), clipped to ``image_size`` = (H, W) with MONAI
-        ``clip_boxes_to_image`` (empty boxes dropped), then MONAI ``batched_nms`` per class (or
-        ``non_max_suppression`` over all classes with ``class_agnostic``), at most ``max_det``.
+        ``clip_boxes_to_image`` (empty boxes dropped), at most ``max_det`` kept.
+
+        - Per class (default): a candidate is a (location, class) pair; MONAI ``batched_nms`` per
+          class. One tooth can come out twice with neighbouring numbers (per-class NMS does not see
+          that 16 and 17 sit on the same box), which is what mAP is computed on.
+        - ``class_agnostic``: one candidate per location (its best class), MONAI
+          ``non_max_suppression`` over all classes: one box per tooth. The result also has
+          ``"class_scores"`` (n, num_classes): per class, the score-weighted mean of sigmoid(cls)
+          over the locations the kept box suppressed (IoU > ``nms_thresh``, itself included), i.e.
+          every location that saw this tooth votes for its number; ``labels`` is their argmax.
+          The numbering step (:func:`~.numbering.number_teeth`) turns these into FDI numbers.
         """
-        from monai.data.box_utils import batched_nms, clip_boxes_to_image, non_max_suppression
+        from monai.data.box_utils import batched_nms, box_iou, clip_boxes_to_image, non_max_suppression
         H, W = int(image_size[0]), int(image_size[1])
         cls, reg, ctr, points, _, _ = self._flatten(outputs)
-        scores_all = torch.sqrt(torch.sigmoid(cls.float()) * torch.sigmoid(ctr.float())[..., None])
+        probs_all = torch.sigmoid(cls.float())
+        scores_all = torch.sqrt(probs_all * torch.sigmoid(ctr.float())[..., None])
         results = []
         for b in range(cls.shape[0]):
             s = scores_all[b]
-            cand = (s > score_thresh).nonzero()
-            pt_idx, labels = cand[:, 0], cand[:, 1]
-            scores = s[pt_idx, labels]
+            if class_agnostic:
+                best, best_lab = s.max(dim=1)
+                pt_idx = (best > score_thresh).nonzero()[:, 0]
+                labels, scores = best_lab[pt_idx], best[pt_idx]
+            else:
+                cand = (s > score_thresh).nonzero()
+                pt_idx, labels = cand[:, 0], cand[:, 1]
+                scores = s[pt_idx, labels]
             if scores.numel() > pre_nms_topk:
                 scores, top = scores.topk(pre_nms_topk)
                 pt_idx, labels = pt_idx[top], labels[top]
@@ -373,15 +388,26 @@ class MATHEDetector(nn.Module):
             if boxes.numel():
                 # MONAI clips coordinate axis i to spatial_size[i]: boxes are (x, y) so pass (W, H).
                 boxes, keep = clip_boxes_to_image(boxes, (W, H), remove_empty=True)
-                scores, labels = scores[keep], labels[keep]
+                scores, labels, pt_idx = scores[keep], labels[keep], pt_idx[keep]
+            probs = probs_all[b, pt_idx]
+            cand_boxes, cand_scores, cand_probs = boxes, scores, probs
             if boxes.numel():
                 if class_agnostic:
                     keep = non_max_suppression(boxes, scores, nms_thresh, max_det)
                 else:
                     keep = batched_nms(boxes, scores, labels, nms_thresh, max_det)
                 keep = keep.long()
-                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            results.append({"boxes": boxes.reshape(-1, 4), "scores": scores, "labels": labels.long()})
+                boxes, scores, labels, probs = boxes[keep], scores[keep], labels[keep], probs[keep]
+            out = {"boxes": boxes.reshape(-1, 4), "scores": scores, "labels": labels.long()}
+            if class_agnostic:
+                if len(boxes):
+                    w = (box_iou(boxes, cand_boxes) > nms_thresh).float() * cand_scores[None]
+                    w[torch.arange(len(boxes)), keep] = scores  # a kept box always votes for itself
+                    probs = (w @ cand_probs) / w.sum(1, keepdim=True)
+                    labels = probs.argmax(1)
+                out["class_scores"] = probs.reshape(-1, self.num_classes)
+                out["labels"] = labels.long()
+            results.append(out)
         return results
 
     # -- training ---------------------------------------------------------------------------------
