@@ -22,7 +22,7 @@ import json
 import math
 import re
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -552,6 +552,9 @@ def organ_maps(volume: Volume, engine: NemesisEngine, probe: OrganProbe, organs:
     if body_hu is not None:
         rep(0.8, "Finding the body")
         body = prepared.undo(prepared.canonical.with_array(body_mask(prepared.canonical.array, body_hu))).array
+    # From here on the maps need only the model grid's shape and geometry: let the model-space copy
+    # of the CT go (0.27 GB for a 512 x 512 x 256 CT), the maps are about to take eight of those.
+    prepared = replace(prepared, model_array=np.broadcast_to(np.float32(0), prepared.model_array.shape))
     block = _fmt_block(block_size_mm(prepared, fg.superpatch_size))
     voxels = " x ".join(map(str, fg.superpatch_size))
     outside = "; 0 outside the body" if body is not None else ""
