@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 
 import qt
 import slicer
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -30,7 +31,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 
 def _addPantheonPackageToPath():
@@ -47,8 +47,9 @@ def _addPantheonPackageToPath():
 
 _addPantheonPackageToPath()
 
-from NemesisSlicerLib import core as lib
-from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin, selftest_skip_reason
+from NemesisSlicerLib import core as lib  # noqa: E402 - needs the path set up above
+
+from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin, selftest_skip_reason  # noqa: E402 - needs the path set up above
 
 log = logging.getLogger("NemesisSlicer")
 
@@ -68,14 +69,17 @@ class NemesisSlicer(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["Pantheon developers"]
         self.parent.helpText = _("""
-<p>NEMESIS, a self-supervised masked-autoencoder foundation model for 3D CT (superpatch encoder features, reconstruction and downstream heads).</p>
-<p>Paper: NEMESIS: Noise-suppressed Efficient MAE with Enhanced Superpatch Integration Strategy. arXiv:2604.01612; IEEE AICAS 2026.
+<p>NEMESIS, a self-supervised masked-autoencoder foundation model for 3D CT (superpatch encoder features, """
+"""reconstruction and downstream heads).</p>
+<p>Paper: NEMESIS: Noise-suppressed Efficient MAE with Enhanced Superpatch Integration Strategy. """
+"""arXiv:2604.01612; IEEE AICAS 2026.
 <a href="https://arxiv.org/abs/2604.01612">https://arxiv.org/abs/2604.01612</a></p>
 <p>Organ maps, a reconstruction explorer (mask ratio and noise at the crosshair), a feature PCA map,
 point similarity (move the point: the map updates from cached features) and training an organ probe
 from segmentations in the scene. Computation runs in a separate worker process; its Python needs
 PyTorch and MONAI, which the module offers to install on first use (never silently).</p>
-<p>The published NEMESIS MAE checkpoints can be used (downloaded only after you agree); small demo weights trained on synthetic phantoms are also provided and are labelled as such.</p>
+<p>The published NEMESIS MAE checkpoints can be used (downloaded only after you agree); small demo weights """
+"""trained on synthetic phantoms are also provided and are labelled as such.</p>
 <p>For research use only; not for clinical decisions.</p>
 """)
         self.parent.acknowledgementText = _("""
@@ -119,8 +123,8 @@ class NemesisSlicerParameterNode:
     organLiver: Annotated[bool, Default(True)]
     organStomach: Annotated[bool, Default(True)]
     organPancreas: Annotated[bool, Default(True)]
-    maskRatioPlane: Annotated[float, WithinRange(0.0, 0.95), Default(0.5)]
-    maskRatioAxis: Annotated[float, WithinRange(0.0, 0.95), Default(0.5)]
+    maskRatioPlane: Annotated[float, WithinRange(0.0, 0.95), Default(lib.DEFAULT_MASK_RATIO[0])]
+    maskRatioAxis: Annotated[float, WithinRange(0.0, 0.95), Default(lib.DEFAULT_MASK_RATIO[1])]
     noiseStd: Annotated[float, WithinRange(0.0, 1.0), Default(0.0)]
     similarityPoint: vtkMRMLMarkupsFiducialNode
     similarityAutoUpdate: Annotated[bool, Default(True)]
@@ -510,7 +514,8 @@ class NemesisSlicerLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
 
     def process(self, action, inputVolumeNode, progress=None, cancel=None, timeout=None, show=True, params=None, **kw):
         """Blocking: export, run in the worker, import the results; returns the ImportedResult."""
-        return self.wait(self.submit(action, inputVolumeNode, params=params, show=show, **kw), progress, cancel, timeout)
+        return self.wait(self.submit(action, inputVolumeNode, params=params, show=show, **kw),
+                         progress, cancel, timeout)
 
     def trainProbe(self, pairs, weights=None, device="auto", epochs=100, holdout_fraction=0.2, outputFolder=None,
                    blocking=True, progress=None, cancel=None):
@@ -561,7 +566,8 @@ class NemesisSlicerLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
         tags = [markupsNode.AddObserver(markupsNode.PointModifiedEvent,
                                         lambda caller, event: self._onSimilarityPointEvent(caller, False))]
         for event in (markupsNode.PointEndInteractionEvent, markupsNode.PointPositionDefinedEvent):
-            tags.append(markupsNode.AddObserver(event, lambda caller, event: self._onSimilarityPointEvent(caller, True)))
+            tags.append(markupsNode.AddObserver(event,
+                                                lambda caller, event: self._onSimilarityPointEvent(caller, True)))
         self._similarity = (markupsNode, inputVolumeNode, dict(params or {}), tags)
         self._similarityDebouncer.delay_s = delay_s
 

@@ -12,7 +12,7 @@ Scripting (Slicer's Python console), blocking::
     result = logic.process(mriNode, segmentationNode, "tumour")   # your tumour segment
     result.scalars["pni_probability"], result.nodes["tumour"], result.nodes["pni_attention"],
     result.nodes["crop_box"]                             # the markups ROI of the crop
-    patch = logic.synthesize(segmentationNode, mriNode, steps=20, seed=0, pni=1)
+    patch = logic.synthesize(segmentationNode, mriNode, steps=50, seed=0, pni=1)
 """
 
 import logging
@@ -22,6 +22,7 @@ from typing import Annotated, Optional
 
 import qt
 import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -31,7 +32,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 
 def _addPantheonPackageToPath():
@@ -48,8 +48,9 @@ def _addPantheonPackageToPath():
 
 _addPantheonPackageToPath()
 
-from PNIPredictLib import core as lib
-from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin, selftest_skip_reason
+from PNIPredictLib import core as lib  # noqa: E402 - needs the path set up above
+
+from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin, selftest_skip_reason  # noqa: E402 - needs the path set up above
 
 log = logging.getLogger("PNIPredict")
 
@@ -71,8 +72,10 @@ class PNIPredict(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["Pantheon developers"]
         self.parent.helpText = _("""
-<p>NeoNet, prediction of perineural invasion (PNI) in cholangiocarcinoma from 3D MRI with generation-driven classification.</p>
-<p>Paper: NeoNet: An End-to-End 3D MRI-Based Deep Learning Framework for Non-Invasive Prediction of Perineural Invasion via Generation-Driven Classification. arXiv:2603.29449.
+<p>NeoNet, prediction of perineural invasion (PNI) in cholangiocarcinoma from 3D MRI with """
+"""generation-driven classification.</p>
+<p>Paper: NeoNet: An End-to-End 3D MRI-Based Deep Learning Framework for Non-Invasive Prediction of """
+"""Perineural Invasion via Generation-Driven Classification. arXiv:2603.29449.
 <a href="https://arxiv.org/abs/2603.29449">https://arxiv.org/abs/2603.29449</a></p>
 <p><b>Predict PNI</b>: choose a hepatobiliary-phase liver MRI and, optionally, your tumour segment (otherwise
 NeoSeg segments liver and tumour). The crop around the tumour (TLCR) is classified by PattenNet. You get the

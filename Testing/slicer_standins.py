@@ -128,9 +128,10 @@ def worker_unavailable():
     """Why the module tests cannot drive the real worker here (None when they can): the bridge, the
     worker client and torch (for the worker's Python, which is this one) must import."""
     try:
+        import torch  # noqa: F401
+
         import pantheon.slicerbridge  # noqa: F401
         import pantheon.worker.client  # noqa: F401
-        import torch  # noqa: F401
     except ImportError as exc:
         return str(exc)
     return None

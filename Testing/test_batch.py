@@ -52,6 +52,7 @@ def _summary(out: Path):
         return {r["case_id"]: r for r in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_kill_9_mid_batch_then_rerun_finishes_every_case_exactly_once(six, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pantheon", "batch", "nemesis-organs", "--input", str(six), "--output", str(out),
@@ -100,6 +101,7 @@ def test_kill_9_mid_batch_then_rerun_finishes_every_case_exactly_once(six, tmp_p
     assert "thumbnail.png" in (out / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_failed_cases_are_recorded_the_rest_completes_and_a_rerun_redoes_them(six, tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
@@ -134,6 +136,7 @@ def test_failed_cases_are_recorded_the_rest_completes_and_a_rerun_redoes_them(si
     assert {c["case_id"]: c["attempts"] for c in _manifest(out)["cases"]}["photo"] == 2
 
 
+@pytest.mark.slow
 def test_csv_input_two_workers_equal_one_worker_and_outputs_keep_the_input_geometry(six, tmp_path, capsys):
     table = tmp_path / "cases.csv"
     table.write_text("case_id,image\nA,%s\nB,%s\n,%s\n" % (six / "ct00.nii.gz", six / "ct02.nii.gz",
@@ -155,7 +158,8 @@ def test_csv_input_two_workers_equal_one_worker_and_outputs_keep_the_input_geome
             np.testing.assert_allclose(a.array, b.array, atol=1e-5)
     f1 = {c["case_id"]: c["findings"] for c in _manifest(outs[1])["cases"]}
     f2 = {c["case_id"]: c["findings"] for c in _manifest(outs[2])["cases"]}
-    assert f1.keys() == f2.keys() and all(np.allclose(list(f1[k].values()), list(f2[k].values()), atol=1e-4) for k in f1)
+    assert f1.keys() == f2.keys() and all(np.allclose(list(f1[k].values()), list(f2[k].values()), atol=1e-4)
+                                          for k in f1)
 
 
 def test_case_discovery_and_refusals(tmp_path):

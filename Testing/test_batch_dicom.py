@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pydicom
 import pytest
+from test_export_dicom_seg import _label_map, ct_series  # noqa: F401  (module fixture)
 
 from pantheon.anatomy import BTCV_ORGANS
 from pantheon.batch import pipelines, worker
 from pantheon.results import LabelOutput, Result, Segment
-from test_export_dicom_seg import ct_series, _label_map  # noqa: F401  (module fixture)
 
 
 @pytest.fixture
@@ -28,6 +28,7 @@ def label_pipeline(monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_dicom_input_with_labels_writes_dicom_seg_and_seg_nrrd(ct_series, label_pipeline, tmp_path):  # noqa: F811
     folder, geometry = ct_series
     res = worker.process_case({"output": str(tmp_path), "case_id": "ct", "attempt": 1, "input": str(folder),
@@ -59,9 +60,10 @@ def test_file_input_gets_no_dicom_seg(label_pipeline, tmp_path):
 def test_a_seg_that_cannot_be_written_costs_the_case_nothing_else(label_pipeline, tmp_path):
     """No FrameOfReferenceUID (mandatory for CT): no valid SEG can reference the series. The case is
     done with its NIfTI and .seg.nrrd, and a one-sentence note (case.json, log) says why no SEG."""
-    from pantheon.io import Volume, read_volume
     from test_io_files import _write_dicom_series
     from test_io_support import random_rotation
+
+    from pantheon.io import Volume, read_volume
     vol = Volume(np.zeros((12, 20, 24), np.int16), (0.7, 0.9, 2.5), (1, 2, 3), random_rotation(2))
     _write_dicom_series(tmp_path / "ct", vol, "1.2.826.0.1.3680043.2.1125.4244.1")  # this writer sets no FoR
     res = worker.process_case({"output": str(tmp_path / "out"), "case_id": "ct", "attempt": 1,

@@ -46,6 +46,7 @@ def _leftovers(out: Path):
     return [p.name for p in out.rglob("*") if p.name.startswith((".partial", ".trash", ".pantheon-partial"))]
 
 
+@pytest.mark.slow
 def test_ray_engine_equals_the_local_engine_records_failures_and_a_rerun_skips_done_cases(ray_session, four_phantom_cts,
                                                                                          tmp_path, capsys):
     src = tmp_path / "in"  # the 4 phantoms and a truncated file, one batch (Ray starts actors once)

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
+from test_terminology import SlicerLists
 
 from pantheon.anatomy import BTCV_ORGANS
 from pantheon.batch.segnrrd import write_seg_nrrd
 from pantheon.results import LabelOutput, Segment
 from pantheon.slicerbridge.terms import parse_terminology, terminology_string
 from pantheon.synth import make_abdomen_phantom
-from test_terminology import SlicerLists
 
 
 def test_seg_nrrd_loads_in_slicer_with_names_colours_terms_and_voxels_on_the_oblique_grid(tmp_path, mrml_scene):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-
 pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
-              pytest.mark.timeout(300)]
+              pytest.mark.timeout(300),
+              pytest.mark.slow]  # every test runs whole batches in child processes (9-15 s each)
 PANTHEON = [sys.executable, "-m", "pantheon"]
 
 

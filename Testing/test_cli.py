@@ -7,15 +7,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import NEMESIS_FIXTURES
+from test_nemesis_pipelines import ct_volume
 
 from pantheon.cli import main
 from pantheon.io import Volume, read_volume, write_volume
 from pantheon.models.nemesis import OrganProbe
+from pantheon.models.nemesis.probe import save_probe
 from pantheon.registry import sha256_file
-from pantheon.train.nemesis import save_probe
-
-from conftest import NEMESIS_FIXTURES
-from test_nemesis_pipelines import ct_volume
 
 FIXTURE_WEIGHTS = str(NEMESIS_FIXTURES / "checkpoint.pt")
 
@@ -35,7 +34,8 @@ def run(argv, capsys):
 
 def test_pca_writes_volumes_json_and_preview_in_input_geometry(ct_file, tmp_path, capsys):
     out = tmp_path / "pca"
-    code, stdout, err = run(["nemesis", "pca", str(ct_file), "-o", str(out), "--weights", FIXTURE_WEIGHTS, "--quiet"], capsys)
+    code, stdout, err = run(["nemesis", "pca", str(ct_file), "-o", str(out), "--weights", FIXTURE_WEIGHTS, "--quiet"],
+                            capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["pca.nii.gz", "preview.png", "result.json"]
     vol, pca = read_volume(ct_file), read_volume(out / "pca.nii.gz")
@@ -45,6 +45,7 @@ def test_pca_writes_volumes_json_and_preview_in_input_geometry(ct_file, tmp_path
     assert json.loads(stdout)["files"]
 
 
+@pytest.mark.slow
 def test_similar_with_a_ras_point_and_reconstruct_with_a_voxel(ct_file, tmp_path, capsys):
     vol = read_volume(ct_file)
     lps = vol.ijk_to_world([[20, 18, 12]])[0]
@@ -87,7 +88,8 @@ def test_features_npz(ct_file, tmp_path, capsys):
 def _bad_inputs(tmp):
     import SimpleITK as sitk
     png = tmp / "xray.png"
-    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8)), str(png))
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8)),
+                    str(png))
     nan = tmp / "nan.nii.gz"
     arr = ct_volume().array.copy()
     arr[3, 4, 5] = np.nan
@@ -106,7 +108,8 @@ def _bad_inputs(tmp):
 def test_bad_input_one_sentence_nonzero_exit_no_output(problem, tmp_path, capsys):
     bad = _bad_inputs(tmp_path)[problem]
     out = tmp_path / "out"
-    code, stdout, err = run(["nemesis", "pca", str(bad), "-o", str(out), "--weights", FIXTURE_WEIGHTS, "--quiet"], capsys)
+    code, stdout, err = run(["nemesis", "pca", str(bad), "-o", str(out), "--weights", FIXTURE_WEIGHTS, "--quiet"],
+                            capsys)
     assert code == 2
     lines = [l for l in err.strip().splitlines() if l]
     assert len(lines) == 1 and lines[0].startswith("pantheon: error:")
@@ -123,7 +126,8 @@ def test_checkpoint_that_is_not_nemesis(ct_file, tmp_path, capsys):
     code, _, err = run(["nemesis", "pca", str(ct_file), "-o", str(out), "--weights", str(other), "--quiet"], capsys)
     assert code == 2 and "not a NEMESIS checkpoint" in err
     assert not out.exists() or not any(out.iterdir())
-    code, _, err = run(["nemesis", "pca", str(ct_file), "-o", str(out), "--weights", str(tmp_path / "missing.pt")], capsys)
+    code, _, err = run(["nemesis", "pca", str(ct_file), "-o", str(out), "--weights", str(tmp_path / "missing.pt")],
+                       capsys)
     assert code == 2 and "does not exist" in err
 
 
@@ -147,14 +151,17 @@ def test_failure_midway_leaves_existing_outputs_untouched(ct_file, tmp_path, cap
 
 
 def test_help_lists_every_action():
-    out = subprocess.run([sys.executable, "-m", "pantheon", "nemesis", "--help"], capture_output=True, text=True, encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "pantheon", "nemesis", "--help"], capture_output=True, text=True,
+                         encoding="utf-8")
     assert out.returncode == 0
     for action in ["features", "reconstruct", "organs", "pca", "similar", "train-probe", "pretrain"]:
         assert action in out.stdout
-    out = subprocess.run([sys.executable, "-m", "pantheon", "nemesis", "reconstruct", "--help"], capture_output=True, text=True, encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "pantheon", "nemesis", "reconstruct", "--help"], capture_output=True,
+                         text=True, encoding="utf-8")
     assert "--mask-ratio" in out.stdout and "RAS" in out.stdout
 
 
+@pytest.mark.slow
 def test_pretrain_resumes_where_it_stopped(tmp_path, capsys):
     args = ["nemesis", "pretrain", "--phantoms", "1", "--batch-size", "1", "--embed-dim", "32", "--superpatch", "32",
             "--checkpoint-every", "1", "-o", str(tmp_path / "run"), "--quiet", "--device", "cpu"]
@@ -180,10 +187,11 @@ def test_pretrain_resumes_where_it_stopped(tmp_path, capsys):
     assert torch.load(ckpt, weights_only=True)["step"] == 1
 
 
+@pytest.mark.slow
 def test_train_probe_from_a_folder_writes_probe_card_and_metrics(tmp_path, capsys):
+    from pantheon.models.nemesis.probe import load_probe
     from pantheon.registry import load_card
     from pantheon.synth import make_abdomen_phantom
-    from pantheon.train.nemesis import load_probe
     for sub in ("images", "labels"):
         (tmp_path / "data" / sub).mkdir(parents=True)
     for n in range(3):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import NEMESIS_FIXTURES
 
 FIXTURE_WEIGHTS = str(NEMESIS_FIXTURES / "checkpoint.pt")
@@ -99,6 +98,7 @@ def test_an_output_that_is_a_file_is_refused_in_one_sentence(command, inputs, tm
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.slow
 def test_an_output_in_a_read_only_folder_is_refused_in_one_sentence(command, inputs, tmp_path):
     ro = tmp_path / "read-only"
     ro.mkdir()
@@ -130,6 +130,7 @@ def test_device_gpu_is_refused_in_one_sentence(command, inputs, tmp_path):
     assert time.monotonic() - t0 < 60
 
 
+@pytest.mark.slow
 def test_cuda_without_a_gpu_is_one_sentence_for_pretrain(inputs, tmp_path):
     import torch
     if torch.cuda.is_available():
@@ -141,6 +142,7 @@ def test_cuda_without_a_gpu_is_one_sentence_for_pretrain(inputs, tmp_path):
 
 
 # ---------------------------------------------------------------------------- training data
+@pytest.mark.slow
 def test_train_probe_on_an_empty_data_folder_is_one_sentence(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -161,6 +163,7 @@ def test_train_probe_on_an_empty_data_folder_is_one_sentence(tmp_path):
     assert "image" in line and "label" in line and not out.exists()
 
 
+@pytest.mark.slow
 def test_pretrain_on_an_empty_data_folder_is_one_sentence(tmp_path):
     data = tmp_path / "cts"
     data.mkdir()
@@ -198,6 +201,7 @@ def test_impossible_numbers_are_refused_by_the_command_line(command, args, optio
     assert time.monotonic() - t0 < 30  # refused before any model is loaded
 
 
+@pytest.mark.slow
 def test_a_point_outside_the_image_is_in_the_users_own_coordinates(inputs, tmp_path):
     out = tmp_path / "out"
     ct = inputs / "ct.nii.gz"
@@ -211,8 +215,10 @@ def test_a_point_outside_the_image_is_in_the_users_own_coordinates(inputs, tmp_p
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_diffusion_steps_beyond_the_schedule_name_the_option(tmp_path):
     import test_neonet_pipeline as tnp
+
     from pantheon.io import write_volume
     from pantheon.models.neonet import save_neonet_component
     _, labels, _ = tnp.tiny_phantom(5)
@@ -227,6 +233,7 @@ def test_diffusion_steps_beyond_the_schedule_name_the_option(tmp_path):
 
 
 # ---------------------------------------------------------------------------- checkpoints
+@pytest.mark.slow
 def test_a_random_bytes_checkpoint_is_our_sentence_not_pytorchs_advice(inputs, tmp_path):
     bad = tmp_path / "random.pt"
     bad.write_bytes(np.random.default_rng(0).bytes(5000))
@@ -272,6 +279,7 @@ def test_checkpoints_translate_torch_load_failures(tmp_path):
 
 
 # ---------------------------------------------------------------------------- broken pipes
+@pytest.mark.slow
 def test_a_closed_stdout_is_no_traceback(inputs, tmp_path):
     # `pantheon ... | head -c 10` where head has gone before pantheon prints: EPIPE on stdout
     proc = subprocess.Popen(PANTHEON + ["nemesis", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

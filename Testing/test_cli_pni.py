@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 import test_neonet_pipeline as tnp
+
 from pantheon.cli import main
 from pantheon.io import read_volume, write_volume
 from pantheon.io.volume import Volume
@@ -107,8 +107,9 @@ def test_train_calls_train_stage(monkeypatch, capsys, tmp_path):
     seen = {}
 
     def fake(stage, data, out_dir, steps=200, resume=True, progress=None, log=print, **kw):
+        from pantheon.train.loop import TrainResult
         seen.update(stage=stage, data=data, out_dir=str(out_dir), steps=steps, resume=resume, **kw)
-        return tmp_path / "w.safetensors"
+        return TrainResult(tmp_path / "w.safetensors", steps)
 
     monkeypatch.setattr(tn, "train_stage", fake)
     assert main(["pni", "train", "--stage", "cls", "--phantoms", "3", "--seed", "10", "-o", str(tmp_path),
@@ -116,12 +117,12 @@ def test_train_calls_train_stage(monkeypatch, capsys, tmp_path):
     assert seen["stage"] == "cls" and seen["data"] == [10, 11, 12] and seen["steps"] == 7 and not seen["resume"]
     assert seen["neoseg"] is None
     assert json.loads(capsys.readouterr().out)["weights"].endswith("w.safetensors")
-    assert main(["pni", "train", "--stage", "cls", "--phantoms", "3", "-o", str(tmp_path), "--neoseg", "seg.safetensors",
-                 "--quiet"]) == 0
+    assert main(["pni", "train", "--stage", "cls", "--phantoms", "3", "-o", str(tmp_path), "--neoseg",
+                 "seg.safetensors", "--quiet"]) == 0
     assert seen["neoseg"] == "seg.safetensors"  # the classifier also learns NeoSeg's crops
     capsys.readouterr()
-    assert main(["pni", "train", "--stage", "vae", "--phantoms", "3", "-o", str(tmp_path), "--neoseg", "seg.safetensors",
-                 "--quiet"]) == 0
+    assert main(["pni", "train", "--stage", "vae", "--phantoms", "3", "-o", str(tmp_path), "--neoseg",
+                 "seg.safetensors", "--quiet"]) == 0
     assert seen["neoseg"] is None  # only the classifier stage reads it
 
 

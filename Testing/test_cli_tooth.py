@@ -23,12 +23,14 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def opg_png(tmp_path_factory):
     from PIL import Image
+
     from pantheon.synth.opg import make_opg
     p = tmp_path_factory.mktemp("tooth-cli-in") / "opg.png"
     Image.fromarray(make_opg(2, size=(256, 512)).image.array[0]).convert("RGB").save(p)  # RGB on purpose
     return p
 
 
+@pytest.mark.slow
 def test_analyze_writes_outputs(weights, opg_png, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["tooth", "analyze", str(opg_png), "-o", str(out), "--detector", weights[0], "--hena", weights[1],
@@ -49,6 +51,7 @@ def test_analyze_writes_outputs(weights, opg_png, tmp_path, capsys):
 
 def test_analyze_bad_inputs_exit_2(weights, opg_png, tmp_path, capsys):
     from PIL import Image
+
     from pantheon.io import write_volume
     from pantheon.io.volume import Volume
     tiny = tmp_path / "tiny.png"
@@ -67,8 +70,8 @@ def test_analyze_bad_inputs_exit_2(weights, opg_png, tmp_path, capsys):
         assert words in err and err.count("\n") == 1, err
         assert not out.exists() or not any(out.iterdir())
     # a missing weights file is one sentence too
-    rc = main(["tooth", "analyze", str(opg_png), "-o", str(tmp_path / "o2"), "--detector", str(tmp_path / "x.safetensors"),
-               "--quiet"])
+    rc = main(["tooth", "analyze", str(opg_png), "-o", str(tmp_path / "o2"), "--detector",
+               str(tmp_path / "x.safetensors"), "--quiet"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
 
 

@@ -14,15 +14,14 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_io_support import random_volume
+from test_nemesis_pipelines import ct_volume, engine  # noqa: F401 (the fixture checkpoint's engine)
 
 from pantheon.io import Volume, read_volume, write_volume
 from pantheon.models.nemesis import OrganProbe
 from pantheon.outputs import heatmap_codes, heatmap_step, write_result
 from pantheon.pipelines import nemesis as nem
 from pantheon.results import HeatmapOutput, Result
-
-from test_io_support import random_volume
-from test_nemesis_pipelines import ct_volume, engine  # noqa: F401 (the fixture checkpoint's engine)
 
 STEP = 1.0 / 255  # a probability's step; read-back values are within STEP / 2
 
@@ -82,6 +81,7 @@ def test_organ_maps_are_zero_outside_the_body_and_say_what_they_mean(engine):  #
     assert raw.heatmaps["liver"].label.endswith("block here)")
 
 
+@pytest.mark.slow
 def test_demo_phantom_liver_map_no_longer_lights_up_the_air():
     """The figures of the issue, on the demo phantom with the bundled weights."""
     from pantheon.synth import make_abdomen_phantom
@@ -249,13 +249,13 @@ def test_preview_slices_match_the_canonical_volume_without_copying_it():
 
 # ---------------------------------------------------------------------------- progress
 def test_the_bar_reaches_100_percent_when_the_last_file_is_written(tmp_path, monkeypatch, capsys):
+    from conftest import NEMESIS_FIXTURES
+
     import pantheon.cli as cli
     import pantheon.outputs as outputs
+    from pantheon.models.nemesis.probe import save_probe
     from pantheon.progress import WRITE_SHARE
     from pantheon.registry import sha256_file
-    from pantheon.train.nemesis import save_probe
-
-    from conftest import NEMESIS_FIXTURES
     weights = str(NEMESIS_FIXTURES / "checkpoint.pt")
     probe = tmp_path / "probe.safetensors"
     save_probe(OrganProbe(64), probe, sha256_file(weights))

@@ -13,14 +13,14 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
+from test_io_files import _write_dicom_series
+from test_io_support import random_rotation
 
 from pantheon.anatomy import BTCV_ORGANS
 from pantheon.errors import InputError
 from pantheon.export import read_dicom_seg_as_label, write_dicom_seg
 from pantheon.io import Volume, read_volume
 from pantheon.results import LabelOutput, Segment
-from test_io_files import _write_dicom_series
-from test_io_support import random_rotation
 
 SERIES_UID = "1.2.826.0.1.3680043.2.1125.4242.1"
 FOR_UID = "1.2.826.0.1.3680043.2.1125.4242.9"

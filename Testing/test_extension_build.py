@@ -15,7 +15,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from extension_build import build_and_install, configure, skip_or_fail_without_tools
 from test_extension_layout import MODULES, read_cmake
 
@@ -36,6 +35,7 @@ def _source_files(folder: Path, skip_dirs=("Testing",)) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("module", MODULES)
+@pytest.mark.slow
 def test_install_tree_has_every_module_file(extension_install, module):
     installed = extension_install.modules_dir
     expected = _source_files(REPO / module)
@@ -48,6 +48,7 @@ def test_install_tree_has_every_module_file(extension_install, module):
     assert (installed / f"{module}.pyc").is_file(), "scripts are byte-compiled as Slicer does"
 
 
+@pytest.mark.slow
 def test_install_tree_has_the_pantheon_package_with_cards_and_weights(extension_install):
     installed = extension_install.modules_dir / "pantheon"
     expected = _source_files(REPO / "pantheon", skip_dirs=())
@@ -61,6 +62,7 @@ def test_install_tree_has_the_pantheon_package_with_cards_and_weights(extension_
         assert dest.read_bytes() == src.read_bytes(), f"installed pantheon/{rel} differs from the source"
 
 
+@pytest.mark.slow
 def test_install_tree_holds_nothing_else(extension_install):
     """Every installed file comes from a module folder or the package (plus the .pyc and the
     extension description), so no build or test file leaks into the package."""
@@ -103,6 +105,7 @@ print(json.dumps({"pantheon": pantheon.__file__, "demo": [c.id for c in list_car
 '''
 
 
+@pytest.mark.slow
 def test_slicer_side_imports_and_finds_weights_from_the_install_tree(installed_modules_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PANTHEON_", "PYTHON"))}
     env.update(PANTHEON_CACHE_DIR=str(tmp_path / "empty-cache"), HOME=str(tmp_path))
@@ -125,6 +128,7 @@ def test_slicer_side_imports_and_finds_weights_from_the_install_tree(installed_m
         assert card_id not in got["demo"] and "not available locally" in message
 
 
+@pytest.mark.slow
 def test_module_tests_are_registered_with_ctest(extension_install):
     proc = subprocess.run(["ctest", "-N"], cwd=extension_install.build_dir, capture_output=True,
                           text=True, timeout=120)
@@ -143,6 +147,7 @@ def _s4ext(path: Path) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 def test_extension_description_carries_the_cmake_metadata(extension_install):
     values = {c.args[0]: c.args[1:] for c in read_cmake(REPO / "CMakeLists.txt") if c.name == "set" and c.args}
     desc = _s4ext(extension_install.description_file)

@@ -16,7 +16,6 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-
 from test_extension_layout import MODULES, _png_size, find, read_cmake
 
 try:

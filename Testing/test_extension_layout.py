@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import py_compile
 import re
 import struct
@@ -27,10 +26,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = None
 
+from pantheon.plugins import plugins  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-MODULES = ("NemesisSlicer", "ToothAnalysis", "PNIPredict")
-# Paper reference each module's help text must cite.
-PAPER_IDS = {"NemesisSlicer": "2604.01612", "ToothAnalysis": "2604.00537", "PNIPredict": "2603.29449"}
+# One Slicer module per model plug-in (pantheon/models/<model>/plugin.py), and the paper its help cites.
+MODULES = tuple(p.slicer_module for p in plugins() if p.slicer_module)
+PAPER_IDS = {p.slicer_module: re.search(r"\d{4}\.\d{4,5}", p.paper).group(0) for p in plugins() if p.slicer_module}
 EXTENSION_VARS = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
                   "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
                   "EXTENSION_DEPENDS")
@@ -236,14 +237,27 @@ def test_root_cmake_metadata(root_cmds):
     assert _png_size(REPO / "Resources" / "Icons" / "Pantheon.png") == (128, 128)
 
 
-def test_root_cmake_adds_every_module(root_cmds):
+def module_folders(root: Path = REPO) -> set[str]:
+    """What the root CMakeLists.txt builds: folders <Name>/ with <Name>.py and a CMakeLists.txt."""
+    return {p.name for p in root.iterdir() if p.is_dir() and (p / f"{p.name}.py").is_file()
+            and (p / "CMakeLists.txt").is_file()}
+
+
+def test_root_cmake_adds_every_module_folder(root_cmds):
+    """The root adds module folders by a glob (a new model edits nothing there); the folders it
+    finds are exactly the plug-ins' Slicer modules. The extension build (test_extension_build.py)
+    runs the glob in CMake itself."""
+    globs = [c for c in find(root_cmds, "file") if c.args and c.args[0] == "GLOB"]
+    assert any(a.endswith("/*/CMakeLists.txt") for c in globs for a in c.args), "no glob over module folders"
+    loops = find(root_cmds, "foreach")
+    assert loops, "no loop over the globbed module folders"
     subdirs = [c.args[0] for c in find(root_cmds, "add_subdirectory")]
-    assert sorted(subdirs) == sorted(set(subdirs)), "a module is added twice"
-    for module in MODULES:
-        assert module in subdirs, f"add_subdirectory({module}) missing in CMakeLists.txt"
-    # Any folder that looks like a scripted module (<Dir>/<Dir>.py) must be built.
-    found = {p.name for p in REPO.iterdir() if p.is_dir() and (p / f"{p.name}.py").is_file()}
-    assert found <= set(subdirs), f"module folders not in CMakeLists.txt: {found - set(subdirs)}"
+    assert subdirs == ["${module_name}"], f"modules must not be listed by hand: {subdirs}"
+    conditions = [c.conditions for c in find(root_cmds, "add_subdirectory")][0]
+    assert any("${module_name}.py" in cond for cond in conditions)
+    assert module_folders() == set(MODULES), "module folders and the plug-ins' Slicer modules differ"
+    for stray in ("Testing", "docs", "Resources", "pantheon", "ExtensionsIndex"):
+        assert stray not in module_folders()
 
 
 def test_root_cmake_ships_core_package(root_cmds):
@@ -271,7 +285,9 @@ def test_root_cmake_ships_core_package(root_cmds):
 
 
 def test_every_add_subdirectory_has_a_cmakelists():
-    todo, seen = [REPO], set()
+    """Every folder added (the root's globbed module folders, then their own add_subdirectory
+    calls) has a CMakeLists.txt, down to each module's Testing/Python."""
+    todo, seen = [REPO / m for m in sorted(module_folders())], set()
     while todo:
         d = todo.pop()
         seen.add(d)
@@ -485,7 +501,7 @@ def test_module_py_never_imports_torch(module):
 
 # --- module .py runs against Slicer stand-ins ------------------------------------------------
 
-_STUB_RUNNER = r'''
+_STUB_RUNNER = (r'''
 import importlib.abc, importlib.util, json, os, sys, types, unittest
 from unittest import mock
 
@@ -567,7 +583,8 @@ class ScriptedLoadableModuleLogic:
 class ScriptedLoadableModuleTest(unittest.TestCase):
     def delayDisplay(self, message, requestedDelay=None, msec=None): pass
     def takeScreenshot(self, *a, **k): pass
-for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest):
+for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, '''
+                r'''ScriptedLoadableModuleTest):
     setattr(slm, cls.__name__, cls)
 slm.__all__ = [c.__name__ for c in (ScriptedLoadableModule, ScriptedLoadableModuleWidget,
                                     ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest)]
@@ -592,7 +609,7 @@ print(json.dumps({
     "sceneCleared": slicer.mrmlScene.Clear.called, "loadedUI": loaded_ui,
     "heavyLoaded": sorted(n for n in sys.modules if n.split(".")[0] in HEAVY),
 }))
-'''
+''')
 
 
 @pytest.mark.parametrize("module", MODULES)

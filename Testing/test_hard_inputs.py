@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import NEMESIS_FIXTURES
 from PIL import Image
+from test_io_hard_inputs import _png_bomb
+from test_mathena_pipeline import StubDetector, StubHENA
 
 from pantheon.cli import main
 from pantheon.errors import InputError, InvalidParameter
@@ -22,10 +25,6 @@ from pantheon.pipelines import mathena as mt
 from pantheon.pipelines import nemesis as nem
 from pantheon.pipelines import neonet
 from pantheon.synth.opg import make_opg
-
-from conftest import NEMESIS_FIXTURES
-from test_io_hard_inputs import _png_bomb
-from test_mathena_pipeline import StubDetector, StubHENA
 
 FIXTURE_WEIGHTS = str(NEMESIS_FIXTURES / "checkpoint.pt")
 SAMPLES = Path(__file__).resolve().parents[1] / "pantheon" / "sampledata" / "data"
@@ -148,6 +147,7 @@ def test_dental_teeth_out_of_arch_order_are_flagged():
     assert mt.arch_order([]) [1] == 0
 
 
+@pytest.mark.slow
 def test_dental_demo_detector_flags_noise_but_not_an_opg():
     try:
         models = mt.load_mathena_models()
@@ -162,6 +162,7 @@ def test_dental_demo_detector_flags_noise_but_not_an_opg():
             "detected: unless this is a panoramic dental X-ray" in res.notes["input_warning"]
 
 
+@pytest.mark.slow
 def test_dental_cli_warns_in_one_line_when_the_teeth_are_implausible(tmp_path, capsys):
     try:
         mt.load_mathena_models()
@@ -178,6 +179,7 @@ def test_dental_cli_warns_in_one_line_when_the_teeth_are_implausible(tmp_path, c
             or "not in the order of a dental arch" in err[0] and "findings are unreliable" in err[0]), err
 
 
+@pytest.mark.slow
 def test_dental_cli_refuses_ct_dicom_photo_ct_slice_and_bomb(tmp_path, capsys):
     inputs = {
         "ct.dcm": (_dicom_2d(tmp_path / "ct.dcm", _opg_array(), "CT"), "Modality CT"),
@@ -342,6 +344,7 @@ def test_nemesis_cli_noise_batch_size_and_point(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def pni_files(tmp_path_factory):
     from test_neonet_pipeline import tiny_components, tiny_phantom
+
     from pantheon.models.neonet import save_neonet_component
     d = tmp_path_factory.mktemp("pni-hard")
     mri, lab, _ = tiny_phantom(5)
@@ -378,6 +381,7 @@ def test_pni_synthesize_limit(liver_case):
 
 
 # =========================================================================== --max-pixels on the command line
+@pytest.mark.slow
 def test_max_pixels_option_bounds_every_command(tmp_path, capsys, pni_files):
     """The stated per-command limit is the default; ``--max-pixels N`` lowers it, checked from the
     header before the model loads; 0 lifts it. The batch applies it per case."""

@@ -339,3 +339,116 @@ def test_slicer_side_modules_import_without_torch(module):
 
 def test_child_script_is_valid_python():
     compile(textwrap.dedent(_CHILD), "<child>", "exec")
+
+
+# --------------------------------------------------------------------------------------------
+# Layering: no import cycles, no private names across modules
+# --------------------------------------------------------------------------------------------
+
+
+def _module_name(path: Path, top: Path) -> str:
+    parts = list(path.relative_to(top).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under ``if TYPE_CHECKING:`` (imports for type hints only)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                todo.extend(child.orelse)
+                continue
+            todo.append(child)
+
+
+def _pantheon_imports(path: Path, top: Path):
+    """(imported pantheon module, imported names) pairs of one file, wherever the import statement
+    is (module level or inside a function: a lazy import is still a dependency)."""
+    me = _module_name(path, top)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target == "pantheon" or target.startswith("pantheon."):
+                yield target, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pantheon"):
+                    yield alias.name, []
+
+
+def import_graph(root: Path = PACKAGE_DIR):
+    modules = {_module_name(p, root.parent): p for p in root.rglob("*.py") if "__pycache__" not in p.parts}
+    graph, private = {m: set() for m in modules}, []
+    for module, path in modules.items():
+        for target, names in _pantheon_imports(path, root.parent):
+            for name in names or [None]:
+                full = f"{target}.{name}" if name else target
+                dep = full if full in modules else target
+                if dep in modules and dep != module:
+                    graph[module].add(dep)
+                if name and name.startswith("_") and not name.startswith("__") and dep != module:
+                    private.append(f"{module} imports {name} from {target}")
+    return graph, private
+
+
+def cycles(graph):
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_lazy_cycle(tmp_path):
+    pkg = tmp_path / "pantheon"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "__init__.py").write_text("")
+    (pkg / "a" / "y.py").write_text("from . import x\nfrom ..a.x import _hidden\n")
+    (pkg / "a" / "z.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .x import f\n")
+    (pkg / "a" / "x.py").write_text("def f():\n    from .y import g\n    from .z import h\n")
+    graph, private = import_graph(pkg)
+    graph = {k.split("pantheon.", 1)[-1]: {d.split("pantheon.", 1)[-1] for d in v} for k, v in graph.items()}
+    assert cycles(graph) == [["a.x", "a.y"]]
+    assert private and "_hidden" in private[0]
+
+
+def test_no_import_cycles_and_no_private_names_across_modules():
+    """A module imports another's public names only, and no two modules need each other, even
+    through imports inside functions: the layers run one way (io < models < pipelines < train,
+    worker, batch, cli), and a model's plug-in is reached by name (pantheon.plugins)."""
+    graph, private = import_graph()
+    assert cycles(graph) == []
+    assert private == []

@@ -9,8 +9,14 @@ import types
 import pytest
 
 from pantheon.slicerbridge import install, panel
-from pantheon.slicerbridge.install import (TORCH_CPU_INDEX, TORCH_CUDA_INDEX, cuda_advice, detect_nvidia_driver,
-                                           install_plan, torch_index_for_driver)
+from pantheon.slicerbridge.install import (
+    TORCH_CPU_INDEX,
+    TORCH_CUDA_INDEX,
+    cuda_advice,
+    detect_nvidia_driver,
+    install_plan,
+    torch_index_for_driver,
+)
 from pantheon.worker import requirements as reqs
 
 SMI_TWO_GPUS = "550.54.14\n550.54.14\n"
@@ -171,7 +177,8 @@ def test_torch_report_lists_the_gpus(monkeypatch):
     rep = reqs.torch_report(check_kernels=True)
     assert rep["torch_cuda"] == "12.8" and rep["cuda"] is True
     assert [(d["device"], d["name"], d["memory_bytes"], d["capability"], d["usable"]) for d in rep["cuda_devices"]] == [
-        ("cuda:0", "NVIDIA RTX A6000", 48 << 30, "8.6", True), ("cuda:1", "NVIDIA GeForce RTX 5090", 32 << 30, "12.0", False)]
+        ("cuda:0", "NVIDIA RTX A6000", 48 << 30, "8.6", True),
+        ("cuda:1", "NVIDIA GeForce RTX 5090", 32 << 30, "12.0", False)]
     assert "cuda:1" in rep["cuda_error"] and "no kernel image" in rep["cuda_error"]
     assert reqs.device_choices(rep) == ["auto", "cpu", "cuda:0"]
     assert reqs.torch_report(check_kernels=False)["cuda_devices"][1]["usable"] is True  # not tried: unknown
@@ -199,7 +206,7 @@ def two_gpus(monkeypatch):
 
 
 def test_pick_device_accepts_each_gpu(two_gpus):
-    from pantheon.pipelines.nemesis import pick_device
+    from pantheon.runtime import pick_device
     torch = two_gpus
     assert pick_device("cuda:0") == torch.device("cuda", 0)
     assert pick_device("cuda:1") == torch.device("cuda", 1)
@@ -210,7 +217,7 @@ def test_pick_device_accepts_each_gpu(two_gpus):
 
 def test_pick_device_names_a_missing_gpu_in_one_sentence(two_gpus):
     from pantheon.errors import PantheonError
-    from pantheon.pipelines.nemesis import pick_device
+    from pantheon.runtime import pick_device
     with pytest.raises(PantheonError) as e:
         pick_device("cuda:2")
     assert str(e.value) == "GPU cuda:2 does not exist: PyTorch sees 2 CUDA devices here (cuda:0 to cuda:1)."
@@ -224,7 +231,7 @@ def test_pick_device_without_cuda_says_why(monkeypatch):
     import torch
 
     from pantheon.errors import PantheonError
-    from pantheon.pipelines.nemesis import pick_device
+    from pantheon.runtime import pick_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
     assert pick_device("auto").type == "cpu"
@@ -237,8 +244,8 @@ def test_pick_device_without_cuda_says_why(monkeypatch):
 
 def test_worker_job_with_a_missing_gpu_fails_with_that_sentence(two_gpus):
     """Through a worker task, the sentence reaches the client as an input error, no traceback."""
+    from pantheon.models.neonet.tasks import _device
     from pantheon.worker.server import JobContext, LRUCache
-    from pantheon.worker.tasks_neonet import _device
 
     class Server:
         cache = LRUCache(1 << 20)

@@ -18,7 +18,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from qt_harness.fixtures import skip_without_harness
 
 REPO = Path(__file__).resolve().parents[1]

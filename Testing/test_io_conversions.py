@@ -8,11 +8,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_io_support import (
+    WORLD_ATOL_MM,
+    assert_same_voxels,
+    random_rotation,
+    random_volume,
+    voxel_indices,
+    voxel_values,
+)
 
 from pantheon.errors import InputError
 from pantheon.io import Volume
-from test_io_support import (WORLD_ATOL_MM, assert_same_voxels, random_rotation, random_volume,
-                             voxel_indices, voxel_values)
 
 CASES = [(seed, lh) for seed in (0, 1, 2) for lh in (False, True)]
 IDS = [f"seed{s}-{'left' if lh else 'right'}" for s, lh in CASES]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from PIL import Image
+from test_io_support import random_volume
 
 import pantheon.io.readers as readers
 from pantheon.errors import InputError
 from pantheon.io import read_volume, write_volume
-from test_io_support import random_volume
 
 
 def _read_error(path, match=None) -> str:
@@ -33,13 +33,15 @@ def test_unsupported_extension(tmp_path, name):
     _read_error(tmp_path / name, match="unsupported file type")
 
 
-@pytest.mark.parametrize("ext", [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".bmp", ".tif", ".dcm"])
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".bmp", ".tif",
+                                 ".dcm"])
 def test_empty_file(tmp_path, ext):
     (tmp_path / f"empty{ext}").write_bytes(b"")
     _read_error(tmp_path / f"empty{ext}", match="empty")
 
 
-@pytest.mark.parametrize("ext", [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".bmp", ".tif", ".dcm"])
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".bmp", ".tif",
+                                 ".dcm"])
 def test_garbage_file(tmp_path, ext):
     (tmp_path / f"junk{ext}").write_bytes(b"this is not an image at all\n" * 20)
     _read_error(tmp_path / f"junk{ext}")

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from PIL import Image
+from test_io_support import assert_matches_reference, assert_same_voxels, random_rotation, random_volume
 
 from pantheon.errors import InputError
 from pantheon.io import Volume, read_volume, write_volume
-from test_io_support import assert_matches_reference, assert_same_voxels, random_rotation, random_volume
 
 VOLUME_EXTS = [".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"]
 

@@ -21,11 +21,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_io_support import assert_same_voxels, random_rotation
 
 from pantheon.errors import InputError
 from pantheon.io import Volume, read_volume, write_volume
 from pantheon.io.readers import quiet_native_output
-from test_io_support import assert_same_voxels, random_rotation
 
 
 # =========================================================================== NIfTI qform / sform

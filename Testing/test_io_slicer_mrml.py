@@ -9,13 +9,19 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without the Slicer app) is not installed")
 try:  # the PyPI package provides MRML and slicer.util; skip cleanly if this build lacks them
-    from slicer import vtkMRMLScalarVolumeNode, vtkMRMLScene, vtkMRMLVectorVolumeNode, vtkMRMLVolumeArchetypeStorageNode
     import vtk
+    from slicer import (
+        vtkMRMLScalarVolumeNode,
+        vtkMRMLScene,  # noqa: F401 -- availability check: skip the module if this build lacks it
+        vtkMRMLVectorVolumeNode,
+        vtkMRMLVolumeArchetypeStorageNode,
+    )
 except ImportError as exc:  # pragma: no cover
     pytest.skip(f"slicer-core lacks MRML volume classes: {exc}", allow_module_level=True)
 
-from pantheon.io import Volume, read_volume, write_volume  # noqa: E402
 from test_io_support import assert_same_voxels, random_volume, voxel_indices  # noqa: E402
+
+from pantheon.io import Volume, read_volume, write_volume  # noqa: E402
 
 
 @pytest.fixture

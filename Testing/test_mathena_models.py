@@ -11,8 +11,20 @@ import pytest
 import torch
 
 from pantheon.errors import CheckpointError
-from pantheon.models.mathena import (ALL_FDI, HENA, PERMANENT_FDI, SS2D, MATHEDetector, VSSBlock, class_to_fdi,
-                                     fdi_mirror, fdi_to_class, load_mathena, save_mathena, set_scan_backend)
+from pantheon.models.mathena import (
+    ALL_FDI,
+    HENA,
+    PERMANENT_FDI,
+    SS2D,
+    MATHEDetector,
+    VSSBlock,
+    class_to_fdi,
+    fdi_mirror,
+    fdi_to_class,
+    load_mathena,
+    save_mathena,
+    set_scan_backend,
+)
 from pantheon.models.ssm import cross_merge, cross_scan
 
 
@@ -146,6 +158,7 @@ def test_decode_nms_removes_duplicates():
     assert len(loose["boxes"]) == 4
 
 
+@pytest.mark.slow
 def test_detector_loss_finite_with_gradients_everywhere():
     torch.manual_seed(0)
     det = tiny_detector(size_ranges=((0, 32), (32, 64), (64, float("inf")))).train()
@@ -182,6 +195,7 @@ def test_hena_shapes():
         model(torch.randn(1, 1, 60, 64))
 
 
+@pytest.mark.slow
 def test_gcst_switch_changes_parameters_and_output():
     torch.manual_seed(0)
     on = tiny_hena(use_gcst=True).eval()
@@ -199,6 +213,7 @@ def test_gcst_switch_changes_parameters_and_output():
     assert not torch.allclose(a.caries, b.caries, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_hena_staged_training_and_freezing():
     torch.manual_seed(0)
     model = tiny_hena()
@@ -236,6 +251,7 @@ def test_hena_staged_training_and_freezing():
         model.trainable_parameters("detector")
 
 
+@pytest.mark.slow
 def test_ad_branch_starts_as_the_shared_decoder_and_trains_alone():
     torch.manual_seed(0)
     model = tiny_hena()
@@ -270,8 +286,9 @@ def test_ad_branch_starts_as_the_shared_decoder_and_trains_alone():
 
 
 def test_ad_loss_dice_only_on_anomalous_crops_and_logit_offset():
-    from pantheon.models.mathena.hena import HENAOutput
     import torch.nn.functional as F
+
+    from pantheon.models.mathena.hena import HENAOutput
     torch.manual_seed(1)
     logits = torch.randn(2, 1, 4, 4)
     mask = torch.zeros(2, 1, 4, 4)
@@ -331,8 +348,8 @@ def test_checkpoint_round_trip(tmp_path, make):
 
 
 def test_checkpoint_mismatch_names_keys(tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
     path = tmp_path / "h.safetensors"
     save_mathena(tiny_hena(), path)
     state = load_file(str(path))

@@ -16,8 +16,14 @@ import pytest
 import torch
 
 from pantheon.models.mathena import PERMANENT_FDI, MATHEDetector
-from pantheon.models.mathena.numbering import (TOOTH_WIDTH_MM, arch_axis, duplicate_numbers, number_teeth,
-                                               ordered_assignment, tooth_evidence)
+from pantheon.models.mathena.numbering import (
+    TOOTH_WIDTH_MM,
+    arch_axis,
+    duplicate_numbers,
+    number_teeth,
+    ordered_assignment,
+    tooth_evidence,
+)
 from pantheon.synth.opg import make_opg
 from pantheon.train.mathena import numbering_scores, summarize_numbering
 
@@ -256,6 +262,7 @@ NUMBERING_FLOOR, WORST_IMAGE_FLOOR, INVENTED_CEILING = 0.85, 0.45, 0.6
 LARGE_OPG_FLOOR = 0.9
 
 
+@pytest.mark.slow
 def test_demo_weights_number_held_out_opgs(demo_models):
     from pantheon.train.mathena import evaluate
     from pantheon.train.mathena_demo import numbering_benchmark
@@ -270,11 +277,12 @@ def test_demo_weights_number_held_out_opgs(demo_models):
     assert m["invented_teeth_per_image"] <= INVENTED_CEILING, per
 
 
+@pytest.mark.slow
 def test_analyze_large_opg_one_number_per_tooth(demo_models, tmp_path):
     """The reported case: a 1400 x 2800 OPG (teeth used to come out twice with neighbouring
     numbers). Every FDI number at most once, no tooth box twice, the chart written."""
+    from pantheon.metrics import box_iou
     from pantheon.pipelines import mathena as mt
-    from pantheon.train.mathena import box_iou
     torch.set_num_threads(1)
     o = make_opg(41_003 + 18, size=(1400, 2800))  # numbering benchmark case 21 (crowded), uncrowded here
     res = mt.analyze(o.image, demo_models, None)
@@ -287,7 +295,8 @@ def test_analyze_large_opg_one_number_per_tooth(demo_models, tmp_path):
     assert iou.max() < 0.6
     gt = {t["fdi"]: t["box"] for t in o.teeth}
     right = sum(1 for r in rows if r["tooth"] in gt and box_iou(np.array([[r["box_x0"], r["box_y0"], r["box_x1"],
-                                                                          r["box_y1"]]]), np.array([gt[r["tooth"]]]))[0, 0] >= 0.5)
+                                                                          r["box_y1"]]]),
+                                                                np.array([gt[r["tooth"]]]))[0, 0] >= 0.5)
     assert right >= LARGE_OPG_FLOOR * len(o.teeth), (right, len(o.teeth), fdis)
     assert all(0 < r["number_probability"] <= 1 for r in rows)
     assert "numbering" in res.notes and "input_warning" not in res.notes

@@ -1,6 +1,5 @@
 """ToothAnalysis pipeline (pantheon.pipelines.mathena) and the dental chart (pantheon.chart)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -9,8 +9,7 @@ import torch
 
 from pantheon.errors import InputError
 from pantheon.models.mathena import HENA
-from pantheon.models.mathena.preprocess import (CROP_SIZE, DETECTOR_INPUT_HW, crop_tooth, letterbox,
-                                                to_grayscale_float)
+from pantheon.models.mathena.preprocess import CROP_SIZE, DETECTOR_INPUT_HW, crop_tooth, letterbox, to_grayscale_float
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DET = dict(widths=[8, 8, 16, 16, 32], neck_channels=16, num_vss=1, d_state=4, bifpn_repeats=1, head_convs=1)
@@ -94,10 +93,10 @@ def test_detector_stage_resumes(tiny_samples, tmp_path):
     from pantheon.train.mathena import train_stage
     r2 = train_stage("detector", tiny_samples, tmp_path, steps=2, **_kw("detector"))
     ckpt = tmp_path / "detector" / "checkpoint.pt"
-    assert r2["step"] == 2 and ckpt.is_file() and Path(r2["weights"]).is_file()
+    assert r2.steps == 2 and ckpt.is_file() and Path(r2.weights).is_file()
     assert torch.load(ckpt, weights_only=True)["step"] == 2
     r3 = train_stage("detector", tiny_samples, tmp_path, steps=3, resume=True, **_kw("detector"))
-    assert r3["step"] == 3 and r3["history"][:2] == r2["history"] and len(r3["history"]) == 3
+    assert r3.steps == 3 and r3.history[:2] == r2.history and len(r3.history) == 3
 
 
 def test_hena_stages_freeze_shared(tiny_samples, tmp_path):
@@ -106,11 +105,11 @@ def test_hena_stages_freeze_shared(tiny_samples, tmp_path):
     with pytest.raises(Exception, match="carseg"):
         train_stage("ad", tiny_samples, tmp_path, steps=1, **_kw("ad"))
     rc = train_stage("carseg", tiny_samples, tmp_path, steps=2, **_kw("carseg"))
-    assert (tmp_path / "carseg" / "checkpoint.pt").is_file() and rc["step"] == 2
-    carseg = load_mathena(rc["weights"])
+    assert (tmp_path / "carseg" / "checkpoint.pt").is_file() and rc.steps == 2
+    carseg = load_mathena(rc.weights)
     ra = train_stage("ad", tiny_samples, tmp_path, steps=2, **_kw("ad"))
     rd = train_stage("dds", tiny_samples, tmp_path, steps=2, **_kw("dds"))
-    ad, dds = load_mathena(ra["weights"]), load_mathena(rd["weights"])
+    ad, dds = load_mathena(ra.weights), load_mathena(rd.weights)
     s0, sa, sd = carseg.state_dict(), ad.state_dict(), dds.state_dict()
     shared = [k for k in s0 if k.split(".")[0] in HENA._SHARED + ("caries_head",)]
     assert shared and all(torch.equal(s0[k], sa[k]) and torch.equal(s0[k], sd[k]) for k in shared)
@@ -119,7 +118,7 @@ def test_hena_stages_freeze_shared(tiny_samples, tmp_path):
     assert not torch.equal(sa["stage_probe.weight"], sd["stage_probe.weight"])
     branch = [k for k in s0 if k.startswith("ad_branch.")]
     assert branch and float(sa["ad_branch.ready"]) == 1 and all(torch.equal(sa[k], sd[k]) for k in branch)
-    assert rd["history"][-1] < rd["history"][0]  # the probe fit lowered its loss from the all-zero start
+    assert rd.history[-1] < rd.history[0]  # the probe fit lowered its loss from the all-zero start
     m = evaluate(None, dds, tiny_samples, input_hw=TINY_HW, crop_size=TINY_CROP)
     for k in ("caries_dice_positive", "caries_dice_pooled", "anomaly_dice_pooled", "anomaly_auroc", "stage_accuracy",
               "stage_macro_f1"):
@@ -140,7 +139,7 @@ def test_dentex_json_data(tmp_path):
 
 # ----------------------------------------------------------------------------------- metrics
 def test_map50_hand_computed():
-    from pantheon.train.mathena import map50
+    from pantheon.metrics import map50
     gt = [{"boxes": np.array([[0, 0, 10, 10], [20, 0, 30, 10]]), "labels": np.array([11, 12])}]
     # class 11 found exactly; class 12 missed (its only detection is far away) -> AP 1 and 0
     pred = [{"boxes": np.array([[0, 0, 10, 10], [50, 50, 60, 60]]), "scores": np.array([0.9, 0.8]),
@@ -159,7 +158,8 @@ def test_map50_hand_computed():
 
 
 def test_dice_conventions_hand_computed():
-    from pantheon.train.mathena import dice_scores, stage_scores
+    from pantheon.metrics import dice_scores
+    from pantheon.train.mathena import stage_scores
     gt = np.zeros((3, 4, 4), bool)
     pr = np.zeros((3, 4, 4), bool)
     gt[0, :2] = True          # 8 px
@@ -174,7 +174,7 @@ def test_dice_conventions_hand_computed():
 
 
 def test_auroc_hand_computed():
-    from pantheon.train.mathena import auroc
+    from pantheon.metrics import auroc
     # pairs (pos, neg): (0.35, 0.1) win, (0.35, 0.4) loss, (0.8, *) two wins -> 3/4
     assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     assert auroc([0.5, 0.5, 0.9], [1, 0, 0]) == pytest.approx(0.25)  # one tie (1/2), one loss
@@ -189,6 +189,7 @@ def test_auroc_hand_computed():
 def test_ad_logit_offset_calibrates_the_image_probability():
     """Batches with ``pos_fraction`` anomalous crops, trained with the offset, give back the real prevalence."""
     import math
+
     from pantheon.models.mathena.hena import HENAOutput
     from pantheon.train.mathena import CropData
     data = CropData.__new__(CropData)

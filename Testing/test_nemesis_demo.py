@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from pantheon.cli import main
@@ -29,10 +28,11 @@ def test_demo_cards_point_at_verified_bundled_files(tmp_path, monkeypatch):
 
 
 def test_demo_engine_is_labelled_as_demo(demo_engine):
-    notes = nem._notes(demo_engine)
+    notes = nem.run_notes(demo_engine)
     assert "demo" in notes["weights"] and "not for clinical use" in notes["warning"]
 
 
+@pytest.mark.slow
 def test_demo_probe_separates_organs_on_unseen_phantoms(demo_engine):
     from pantheon.synth import make_abdomen_phantom
     from pantheon.train.nemesis import extract_probe_samples, per_organ_auroc
@@ -45,6 +45,7 @@ def test_demo_probe_separates_organs_on_unseen_phantoms(demo_engine):
         assert metrics[name]["auroc"] > 0.75, (name, metrics[name])
 
 
+@pytest.mark.slow
 def test_demo_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--quiet", "--seed", "7"]) == 0
@@ -64,15 +65,16 @@ def test_demo_command_end_to_end(tmp_path, capsys):
         assert img.size[0] > 800 and img.size[1] > 300
 
 
+@pytest.mark.slow
 def test_demo_weight_builder_writes_loadable_weights_and_valid_cards(tmp_path):
     from pantheon.models.nemesis import load_nemesis
+    from pantheon.models.nemesis.probe import load_probe
     from pantheon.registry import load_card
     from pantheon.train.demo_weights import build_demo_weights
-    from pantheon.train.nemesis import load_probe
     cards = tmp_path / "cards"
     cards.mkdir()
-    summary = build_demo_weights(tmp_path / "w", steps=2, cases=3, pretrain_phantoms=1, phantom_shape=(40, 64, 64), cards_dir=cards, log=lambda m: None,
-                                 recon_superpatches=2)
+    summary = build_demo_weights(tmp_path / "w", steps=2, cases=3, pretrain_phantoms=1, phantom_shape=(40, 64, 64),
+                                 cards_dir=cards, log=lambda m: None, recon_superpatches=2)
     enc, probe = load_card(cards / "nemesis-demo.json"), load_card(cards / "nemesis-demo-probe.json")
     assert enc.demo and probe.demo
     assert sha256_file(tmp_path / "w" / enc.file) == enc.sha256

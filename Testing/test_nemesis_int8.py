@@ -46,6 +46,7 @@ def held_out():
     return [make_abdomen_phantom(s, shape=(96, 144, 144)) for s in HELD_OUT_SEEDS]
 
 
+@pytest.mark.slow
 def test_int8_tokens_match_fp32(engines, held_out):
     from pantheon.train.nemesis import held_out_superpatches
     fp32, q = engines
@@ -64,6 +65,7 @@ def test_int8_tokens_match_fp32(engines, held_out):
     assert q.precision == "int8" and q.device.type == "cpu"
 
 
+@pytest.mark.slow
 def test_int8_probe_auroc_and_maps_pass_the_gates(engines, held_out):
     fp32, q = engines
     probe = nem.load_probe_for(fp32)
@@ -112,6 +114,7 @@ def test_int8_is_a_cpu_path(monkeypatch):
         nem.NemesisEngine(model, "cuda:0", "int8")
 
 
+@pytest.mark.slow
 def test_cli_and_batch_take_precision_int8(tmp_path, capsys):
     ct, _ = make_abdomen_phantom(HELD_OUT_SEEDS[0], shape=(48, 80, 80))
     (tmp_path / "in").mkdir()
@@ -130,8 +133,9 @@ def test_cli_and_batch_take_precision_int8(tmp_path, capsys):
 
 
 def test_panel_parameters_offer_int8_on_the_cpu_only():
-    from conftest import REPO_ROOT
     import sys
+
+    from conftest import REPO_ROOT
     sys.path.insert(0, str(REPO_ROOT / "NemesisSlicer"))
     try:
         import NemesisSlicerLib as lib

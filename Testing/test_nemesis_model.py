@@ -7,11 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import NEMESIS_FIXTURES
 
 from pantheon.errors import CheckpointError
 from pantheon.models.nemesis import NemesisMAE, load_nemesis, read_checkpoint, save_nemesis, sinusoidal_position_codes
-
-from conftest import NEMESIS_FIXTURES
 
 CKPT = NEMESIS_FIXTURES / "checkpoint.pt"
 
@@ -93,9 +92,12 @@ def test_dual_masking_counts_and_order(fixture_model, ratio, plane_kept, axis_ke
 def test_masking_reproducible_with_generator(fixture_model, golden):
     x = torch.from_numpy(golden["input"])
     with torch.no_grad():
-        a = fixture_model.reconstruct(x, mask_ratio=(0.5, 0.5), noise_std=0.03, generator=torch.Generator().manual_seed(7))
-        b = fixture_model.reconstruct(x, mask_ratio=(0.5, 0.5), noise_std=0.03, generator=torch.Generator().manual_seed(7))
-        c = fixture_model.reconstruct(x, mask_ratio=(0.5, 0.5), noise_std=0.03, generator=torch.Generator().manual_seed(8))
+        a = fixture_model.reconstruct(x, mask_ratio=(0.5, 0.5), noise_std=0.03,
+                                      generator=torch.Generator().manual_seed(7))
+        b = fixture_model.reconstruct(x, mask_ratio=(0.5, 0.5), noise_std=0.03,
+                                      generator=torch.Generator().manual_seed(7))
+        c = fixture_model.reconstruct(x, mask_ratio=(0.5, 0.5), noise_std=0.03,
+                                      generator=torch.Generator().manual_seed(8))
     assert torch.equal(a.mask, b.mask) and torch.equal(a.volume, b.volume)
     assert not torch.equal(a.mask, c.mask)
     assert a.mask.float().mean().item() == pytest.approx(0.75)

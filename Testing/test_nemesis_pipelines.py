@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import NEMESIS_FIXTURES
 from scipy.spatial.transform import Rotation
 
 from pantheon.errors import Cancelled, InputError
@@ -12,8 +13,6 @@ from pantheon.io import Volume
 from pantheon.models.nemesis import OrganProbe, load_nemesis
 from pantheon.pipelines import nemesis as nem
 from pantheon.train.nemesis import probe_targets, train_probe
-
-from conftest import NEMESIS_FIXTURES
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +116,8 @@ def test_overlapping_tiles_are_averaged(engine):
     prepared = nem.prepare_ct(vol)
     fg = nem.compute_features(prepared, engine, stride=16)
     arr = prepared.model_array
-    # token (0, 2, 0) in model axes lies in tiles starting at h = 0 and h = 16 (w tiles 0 and 16 too: w=0 only in tile 0)
+    # token (0, 2, 0) in model axes lies in tiles starting at h = 0 and h = 16 (w tiles 0 and 16 too: w=0 only in
+    # tile 0)
     tiles = [(0, 0, 0), (0, 16, 0)]
     with torch.no_grad():
         toks = [engine.model.encode(torch.from_numpy(nem.crop_padded(arr, t, (32,) * 3)[None, None])).numpy()[0]
@@ -252,8 +252,8 @@ def test_progress_is_ordered_and_cancel_stops(engine):
 
 # ---------------------------------------------------------------- probe training
 def test_train_probe_on_phantoms(engine, tmp_path):
+    from pantheon.models.nemesis.probe import load_probe
     from pantheon.synth import make_abdomen_phantom
-    from pantheon.train.nemesis import load_probe
     pairs = [make_abdomen_phantom(s, shape=(40, 64, 64)) for s in range(4)]
     probe, metrics = train_probe(pairs, engine, tmp_path / "probe.safetensors", holdout_fraction=0.25, epochs=50)
     assert metrics["cases"] == {"train": 3, "held_out": 1}

@@ -2,19 +2,17 @@
 MAE papers show it), metrics over named voxels on the [0, 1] window scale, the bundled demo weights
 really inpainting held-out phantoms, and the four-panel preview at one grey window."""
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import NEMESIS_FIXTURES
 
 from pantheon.io import Volume
 from pantheon.models.nemesis import NemesisMAE, load_nemesis
 from pantheon.models.nemesis.reconstruction import paste_visible, reconstruction_metrics, voxel_mask
 from pantheon.pipelines import nemesis as nem
-
-from conftest import NEMESIS_FIXTURES
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +147,7 @@ def demo_engine():
     return nem.load_engine(device="cpu", batch_size=8)
 
 
+@pytest.mark.slow
 def test_demo_weights_inpaint_held_out_phantoms(demo_engine):
     """Phantoms never seen in pretraining, the paper's 0.5/0.5 masking, the sampler of pretraining."""
     from pantheon.synth import make_abdomen_phantom
@@ -168,6 +167,7 @@ PINNED_WHOLE_SSIM = 0.38
 
 
 # ---------------------------------------------------------------- the preview
+@pytest.mark.slow
 def test_reconstruction_panel_four_panels_one_window_box_on_the_superpatch(fixture_engine, tmp_path):
     from pantheon.preview import reconstruction_panel
     vol = _ct()

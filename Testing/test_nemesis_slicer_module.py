@@ -16,8 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from slicer_standins import (ScriptedJob, archetype_load_volume, bound_parameters, custom_widgets_declared, has_section, ijk_to_ras, module_lib, needs_worker, parameter_node_fields, slicer_module, ui_widgets, used_ui_names, worker_logic)
+from slicer_standins import (
+    ScriptedJob,
+    archetype_load_volume,
+    bound_parameters,
+    custom_widgets_declared,
+    has_section,
+    ijk_to_ras,
+    module_lib,
+    needs_worker,
+    parameter_node_fields,
+    slicer_module,
+    ui_widgets,
+    used_ui_names,
+    worker_logic,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "NemesisSlicer"
@@ -314,6 +327,7 @@ def logic(nem):
 
 def _phantom_node(seed, oblique=True, shape=(40, 56, 56), name="phantom"):
     import slicer
+
     from pantheon.synth import make_abdomen_phantom
     ct, lab = make_abdomen_phantom(seed, shape=shape, oblique=12.0 if oblique else False)
     arr, m = ct.to_slicer()
@@ -325,6 +339,7 @@ _matrix = ijk_to_ras
 
 
 @needs_worker
+@pytest.mark.slow
 def test_process_organs_on_oblique_volume(nem, logic, scene):
     import slicer
     node, ct, _ = _phantom_node(0)
@@ -351,6 +366,7 @@ def test_process_organs_on_oblique_volume(nem, logic, scene):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_similarity_point_moves_reuse_cached_features(nem, logic, scene):
     import slicer
     node, ct, _ = _phantom_node(1, shape=(40, 48, 48))
@@ -380,6 +396,7 @@ def test_similarity_point_moves_reuse_cached_features(nem, logic, scene):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_reconstruct_at_crosshair(nem, logic, scene):
     node, ct, _ = _phantom_node(1, shape=(40, 48, 48))
     crosshair = scene.AddNewNodeByClass("vtkMRMLCrosshairNode")
@@ -393,6 +410,7 @@ def test_reconstruct_at_crosshair(nem, logic, scene):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_cancel_leaves_no_files(nem, logic, scene):
     node, _, _ = _phantom_node(5, shape=(64, 80, 80))
     task = logic.submit("pca", node, device="cpu")
@@ -405,9 +423,11 @@ def test_cancel_leaves_no_files(nem, logic, scene):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_train_probe_from_segmentations(nem, logic, scene, tmp_path):
     import slicer
     import vtk
+
     from pantheon.slicerbridge.scene import _ensure_converters
     from pantheon.synth import BTCV_LABELS
     _ensure_converters()  # slicer-core does not register the segmentation converters (the app does)
@@ -440,6 +460,7 @@ def test_train_probe_from_segmentations(nem, logic, scene, tmp_path):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_self_test_runs_against_the_real_scene(nem, scene, monkeypatch):
     """NemesisSlicerTest with the demo weights; loadVolume is the one slicer.util call that needs
     the application, so it is replaced by the same reader Slicer uses (archetype storage node)."""

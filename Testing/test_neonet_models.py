@@ -13,8 +13,16 @@ import pytest
 import torch
 
 from pantheon.errors import Cancelled, CheckpointError, InputError
-from pantheon.models.neonet import (NeoGen, NeoSeg, PattenNet, attention_to_image, build_neoseg,
-                                    load_neonet_component, masks_from_labels, save_neonet_component)
+from pantheon.models.neonet import (
+    NeoGen,
+    NeoSeg,
+    PattenNet,
+    attention_to_image,
+    build_neoseg,
+    load_neonet_component,
+    masks_from_labels,
+    save_neonet_component,
+)
 
 PATCH = (32, 32, 16)
 TINY_GEN = dict(patch_size=PATCH, ae_channels=(8, 16), ae_num_res_blocks=1, latent_channels=3, ae_norm_num_groups=4,
@@ -165,6 +173,7 @@ def test_generate_reproducible_counts_steps_and_reports(gen, batch):
     assert not torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_generate_guided_start_skips_noisy_steps(gen, batch):
     """init_strength < 1 starts from the noised latent of the mask-painted guide image and runs only
     the DDIM steps at or below that noise level; 1.0 is the plain sampler."""

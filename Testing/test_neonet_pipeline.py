@@ -139,8 +139,11 @@ def test_tumour_at_volume_edge_is_padded(models, phantom):
     mri, lab, _ = phantom
     kji = np.argwhere(lab.array == 2).mean(0).round().astype(int)
     start = np.array([0, 0, kji[2]])  # cut the i axis through the tumour centre
-    sub = lambda v: Volume(v.array[:, :, start[2]:].copy(), v.spacing, tuple(v.ijk_to_world(start[::-1])[0]),
-                           v.direction)
+
+    def sub(v):
+        return Volume(v.array[:, :, start[2]:].copy(), v.spacing, tuple(v.ijk_to_world(start[::-1])[0]),
+                      v.direction)
+
     mri_e, lab_e = sub(mri), sub(lab)
     res = predict(mri_e, models, tumour_mask=lab_e)
     heat = res.heatmaps["pni_attention"].volume

@@ -9,8 +9,7 @@ import torch
 
 from pantheon.errors import InputError
 from pantheon.io.volume import Volume
-from pantheon.models.neonet.preprocess import (MODEL_SPACING, PATCH_SHAPE, check_mri, normalize_mri,
-                                               resample_to_model)
+from pantheon.models.neonet.preprocess import MODEL_SPACING, PATCH_SHAPE, check_mri, normalize_mri, resample_to_model
 from pantheon.synth.mri_phantom import make_liver_mri_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,10 +85,11 @@ def trained(cases, tmp_path_factory):
     from pantheon.train.neonet import STAGES, train_stage
     out = tmp_path_factory.mktemp("neonet")
     paths = {st: train_stage(st, cases[:4], out, steps=2, resume=True, log=None, configs=TINY, checkpoint_every=1,
-                             num_inference_steps=2, batch_size=1) for st in STAGES}
+                             num_inference_steps=2, batch_size=1).weights for st in STAGES}
     return out, paths
 
 
+@pytest.mark.slow
 def test_each_stage_writes_checkpoint_and_weights(trained):
     from pantheon.models.neonet import load_neonet_component
     out, paths = trained
@@ -101,6 +101,7 @@ def test_each_stage_writes_checkpoint_and_weights(trained):
 
 
 @pytest.mark.parametrize("stage", ["seg", "ldm", "cls"])
+@pytest.mark.slow
 def test_resume_continues(trained, cases, stage):
     from pantheon.train.neonet import train_stage
     out, _ = trained
@@ -111,6 +112,7 @@ def test_resume_continues(trained, cases, stage):
     assert ck["step"] == 3 and ck["history"][:2] == before and len(ck["history"]) == 3
 
 
+@pytest.mark.slow
 def test_cls_with_neoseg_adds_segmented_training_crops(trained, cases, tmp_path):
     from pantheon.train.neonet import train_stage
     out, paths = trained
@@ -121,6 +123,7 @@ def test_cls_with_neoseg_adds_segmented_training_crops(trained, cases, tmp_path)
     assert "Classifier training set: 8 real + 0 synthetic samples" in logs
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted(trained, cases, tmp_path):
     from pantheon.train.neonet import train_stage
     out, _ = trained
@@ -131,6 +134,7 @@ def test_resume_matches_uninterrupted(trained, cases, tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_cross_validation_patient_level_stratified_synthetic_only_in_training(trained, cases, tmp_path):
     from pantheon.train import neonet as tn
     calls = []
@@ -203,7 +207,8 @@ def test_cv_splits_groups_and_ratio():
 
 
 def test_binary_metrics_hand_computed():
-    from pantheon.train.neonet import binary_metrics, mean_sd
+    from pantheon.metrics import binary_metrics
+    from pantheon.train.neonet import mean_sd
     y = [1, 1, 1, 0, 0, 0, 0]
     s = [0.9, 0.6, 0.3, 0.7, 0.2, 0.1, 0.3]
     m = binary_metrics(y, s)
@@ -219,7 +224,8 @@ def test_binary_metrics_hand_computed():
 
 
 def test_auc_confidence_interval_hanley_mcneil():
-    from pantheon.train.neonet import auc_confidence_interval, binary_metrics
+    from pantheon.metrics import auroc_confidence_interval as auc_confidence_interval
+    from pantheon.metrics import binary_metrics
     # by hand for AUC 0.8, 30 + 30 cases: Q1 = 0.8 / 1.2, Q2 = 1.28 / 1.8,
     # var = (0.16 + 29 (Q1 - 0.64) + 29 (Q2 - 0.64)) / 900 = 0.0033284, SE 0.057692
     lo, hi = auc_confidence_interval(0.8, 30, 30)
@@ -298,6 +304,7 @@ def test_balanced_batches():
     assert len(balanced_batch(only_neg, np.random.default_rng(0), 3)) == 3
 
 
+@pytest.mark.slow
 def test_cls_keeps_best_validation_checkpoint(trained, cases, tmp_path):
     """With validation samples the classifier stage keeps the weights of its best validation AUC and
     can stop early; the chosen step is recorded in the weights' metadata."""
@@ -308,7 +315,7 @@ def test_cls_keeps_best_validation_checkpoint(trained, cases, tmp_path):
     lines = []
     path = train_stage("cls", cases[:4], tmp_path, steps=6, resume=True, log=lines.append, configs=TINY,
                        neogen=paths["controlnet"], synthesize=False, batch_size=2, val_samples=val, eval_every=2,
-                       patience=2)
+                       patience=2).weights
     _, meta = read_neonet_checkpoint(path)
     assert int(meta["best_step"]) in (2, 4, 6) and 0.0 <= float(meta["validation_auc"]) <= 1.0
     assert any("validation AUC" in ln for ln in lines)
@@ -316,6 +323,7 @@ def test_cls_keeps_best_validation_checkpoint(trained, cases, tmp_path):
     assert ck["best_step"] == int(meta["best_step"]) and ck["best_state"] is not None
 
 
+@pytest.mark.slow
 def test_demo_classifier_separates_fresh_phantoms():
     """The bundled demo PattenNet ranks PNI+ above PNI- on phantoms it has never seen (seeds outside
     the demo's training, validation and held-out ranges; ground-truth TLCR crops)."""
@@ -336,6 +344,7 @@ def test_demo_classifier_separates_fresh_phantoms():
     assert res["auc"] >= 0.75, res["cases"]
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_beats_chance_on_fresh_phantoms():
     """End to end (NeoSeg's tumour, TLCR crop on it, PattenNet on NeoSeg's probability) the bundled
     demo models rank PNI+ above PNI- on 24 phantoms outside every demo seed range."""

@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import NEMESIS_FIXTURES
+from test_nemesis_pipelines import ct_volume
 
 from pantheon.cli import build_parser, main
 from pantheon.errors import PantheonError
 from pantheon.io import write_volume
 from pantheon.outputs import FileLock, OutputFolder
-
-from conftest import NEMESIS_FIXTURES
-from test_nemesis_pipelines import ct_volume
 
 WEIGHTS = str(NEMESIS_FIXTURES / "checkpoint.pt")
 REPO = Path(__file__).resolve().parents[1]
@@ -61,11 +60,11 @@ def one_line(capsys) -> str:
 
 def no_model(monkeypatch):
     """Refusals come before any work: loading the model fails the test."""
-    import pantheon.cli as cli
+    import pantheon.models.nemesis.cli as nemesis_cli
 
     def boom(*a, **k):
         raise AssertionError("the model was loaded before the output folder was checked")
-    monkeypatch.setattr(cli, "_engine", boom)
+    monkeypatch.setattr(nemesis_cli, "_engine", boom)
 
 
 # ---------------------------------------------------------------------------- refusing and replacing

@@ -73,6 +73,7 @@ def installed(wheel, tmp_path_factory) -> Path:
     return venv
 
 
+@pytest.mark.slow  # builds the wheel
 def test_wheel_carries_cards_weights_license_and_typing(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "pantheon/py.typed" in names

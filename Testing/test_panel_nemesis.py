@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from qt_harness.fixtures import assert_unload_ends_the_worker, lib_fixture, panel_fixture, screenshot_dir, wait_idle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +41,7 @@ def _segmentation(phantom, name):
     """The label map as an annotator's segmentation: one segment per BTCV structure, named as BTCV names them."""
     import slicer
     import vtk
+
     from pantheon.synth.ct_phantom import BTCV_LABELS
     labels = slicer.util.loadVolume(phantom[1], {"name": "labels", "labelmap": True, "show": False})
     present = sorted(int(v) for v in np.unique(slicer.util.arrayFromVolume(labels)) if v)
@@ -92,6 +92,7 @@ def test_panel_opens_and_radio_choices_are_separate(harness, panel):
 def test_organ_maps_pca_and_reconstruction(harness, panel):
     """On the sample CT a user gets from Sample Data (the screenshot in the README)."""
     import slicer
+
     from pantheon.sampledata import DATA_DIR
     ui = panel.ui
     harness.close_scene()
@@ -125,7 +126,8 @@ def test_organ_maps_pca_and_reconstruction(harness, panel):
     ui.pcaCollapsibleButton.collapsed = False
     ui.pcaApplyButton.click()
     wait_idle(harness, panel)
-    pca = next(n for n in slicer.util.getNodesByClass("vtkMRMLVectorVolumeNode") if n.GetAttribute("Pantheon.Action") == "pca")
+    pca = next(n for n in slicer.util.getNodesByClass("vtkMRMLVectorVolumeNode")
+               if n.GetAttribute("Pantheon.Action") == "pca")
     assert pca.GetImageData().GetNumberOfScalarComponents() == 3
     assert pca.GetImageData().GetDimensions() == ct.GetImageData().GetDimensions()
 
@@ -305,6 +307,7 @@ def test_self_test_runs_inside_the_harness(harness, panel):
     assert any("Test passed" in m for m in harness.messages)
 
 
+@pytest.mark.slow  # starts a worker (15-20 s) unless an earlier slow test left one running
 def test_leave_reenter_and_unload(harness, panel):
     ui = panel.ui
     harness.leave_module()

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from qt_harness.fixtures import assert_unload_ends_the_worker, lib_fixture, panel_fixture, screenshot_dir, wait_idle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +95,7 @@ def test_synthesis_reference_follows_the_chosen_mri(harness, panel, phantom):
 def test_predict_with_neoseg_then_with_my_segmentation(harness, panel, lib):
     """On the sample MRI a user gets from Sample Data (the screenshot in the README)."""
     import slicer
+
     from pantheon import slicerbridge as bridge
     from pantheon.sampledata import DATA_DIR
     ui = panel.ui
@@ -230,5 +230,6 @@ def test_leave_and_reenter(harness, panel):
     assert panel._parameterNode.showHeatmap
 
 
+@pytest.mark.slow  # starts a worker (15-20 s) unless an earlier slow test left one running
 def test_unload_shuts_the_worker_down(harness, panel):
     assert_unload_ends_the_worker(harness, MODULE, panel.logic)

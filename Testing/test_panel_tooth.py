@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from qt_harness.fixtures import assert_unload_ends_the_worker, lib_fixture, panel_fixture, screenshot_dir, wait_idle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +68,7 @@ def test_weights_and_worker_radios_are_separate_choices(harness, panel):
 def test_analyze_through_the_panel(harness, panel, lib):
     """On the sample X-ray a user gets from Sample Data (the screenshot in the README)."""
     import slicer
+
     from pantheon.sampledata import DATA_DIR
     ui = panel.ui
     harness.close_scene()
@@ -174,5 +174,6 @@ def test_self_test_runs_inside_the_harness(harness, panel):
     assert any("Test passed" in m for m in harness.messages)
 
 
+@pytest.mark.slow  # starts a worker (15-20 s) unless an earlier slow test left one running
 def test_unload_shuts_the_worker_down(harness, panel):
     assert_unload_ends_the_worker(harness, MODULE, panel.logic)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "ToothAnalysis"
 
@@ -95,7 +94,8 @@ def test_missing_package_is_offered_installed_and_then_the_action_runs(harness, 
     question = harness.dialogs.shown[-1]
     assert "einops" in question["text"] and "Install now?" in question["text"]
     assert not question["under_wait_cursor"]
-    assert [cmd[-1] for cmd, _main in pip] == ["einops>=0.7"] and not any(main for _cmd, main in pip)  # off the GUI thread
+    # off the GUI thread
+    assert [cmd[-1] for cmd, _main in pip] == ["einops>=0.7"] and not any(main for _cmd, main in pip)
     assert panel.started == ["analyze"] and ScriptedClient.pings == 1
     # the check found two GPUs: they are the device choices, and picking one reaches the parameter node
     items = [ui.deviceComboBox.itemText(i) for i in range(ui.deviceComboBox.count)]
@@ -145,6 +145,7 @@ def test_the_check_can_be_cancelled_and_says_a_gpu_would_go_unused(harness, pane
 def test_modules_register_the_sample_data_at_startup(harness, monkeypatch):
     """Each module connects to startupCompleted(); the three register Pantheon's cases once."""
     import sys
+
     from test_sampledata import make_sample_data_standin
     sample_data = make_sample_data_standin()
     monkeypatch.setitem(sys.modules, "SampleData", sample_data)
@@ -153,7 +154,8 @@ def test_modules_register_the_sample_data_at_startup(harness, monkeypatch):
     try:
         harness.finish_startup()
         names = [s.sampleName for s in sample_data.registry.get("Pantheon", [])]
-        assert sorted(names) == ["PantheonAbdominalCTPhantom", "PantheonLiverMRIPhantom", "PantheonPanoramicXrayPhantom"]
+        assert sorted(names) == ["PantheonAbdominalCTPhantom", "PantheonLiverMRIPhantom",
+                                 "PantheonPanoramicXrayPhantom"]
     finally:
         for name in ("NemesisSlicer", "ToothAnalysis", "PNIPredict"):
             harness.unload_module(name)

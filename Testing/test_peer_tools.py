@@ -22,23 +22,24 @@ it fails on the defect it is there for. Missing tools skip with the reason, or f
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
+import peer_tools as pt
 import pydicom
 import pytest
-
-import peer_tools as pt
 from dicom_cases import write_dx, write_series
+from test_terminology import SlicerLists
+
 from pantheon import anatomy
 from pantheon.batch import pipelines, run_batch, runner, worker
 from pantheon.io import read_volume
 from pantheon.results import LabelOutput, Result, Segment
 from pantheon.slicerbridge import terms
 from pantheon.synth import make_abdomen_phantom
-from test_terminology import SlicerLists
+
+# every test reads the outputs of one module-scoped batch run (about 40 s on 2 cores)
+pytestmark = pytest.mark.slow
 
 MR_SLICE_MM = 4.16
 ORGAN_SEGMENTS = [Segment(idx, name, rgb, ("SCT", code, meaning))

@@ -15,11 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from slicer_standins import (archetype_load_volume, bound_parameters,
-                             custom_widgets_declared, has_section, ijk_to_ras, module_lib,
-                             needs_worker, parameter_node_fields, slicer_module, ui_widgets,
-                             used_ui_names, worker_logic)
+from slicer_standins import (
+    archetype_load_volume,
+    bound_parameters,
+    custom_widgets_declared,
+    has_section,
+    ijk_to_ras,
+    module_lib,
+    needs_worker,
+    parameter_node_fields,
+    slicer_module,
+    ui_widgets,
+    used_ui_names,
+    worker_logic,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "PNIPredict"
@@ -171,6 +180,7 @@ GRIDS = {  # make_liver_mri_phantom grid arguments: shape (K, J, I), spacing (si
 
 def _phantom(name, seed=3):
     import slicer
+
     from pantheon.synth.mri_phantom import make_liver_mri_phantom
     mri, lab, info = make_liver_mri_phantom(seed, **GRIDS[name])
     arr, m = mri.to_slicer()
@@ -182,6 +192,7 @@ def _segmentation(lab, scene, keep=((1, "liver"), (2, "tumour"))):
     """A segmentation node made from a phantom label map (as an annotator's would be)."""
     import slicer
     import vtk
+
     from pantheon.slicerbridge.scene import _ensure_converters
     _ensure_converters()  # the Segmentations module does this in Slicer
     arr, m = lab.to_slicer()
@@ -210,6 +221,7 @@ def _same_grid(out, node):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_predict_with_neoseg(pni, logic, scene):
     import slicer
     node, mri, _, _ = _phantom("oblique-LPI-aniso")
@@ -243,9 +255,11 @@ def test_predict_with_neoseg(pni, logic, scene):
 
 @needs_worker
 @pytest.mark.parametrize("grid", sorted(GRIDS))
+@pytest.mark.slow
 def test_predict_with_tumour_segmentation_roi_on_crop(pni, logic, scene, grid, tmp_path):
     """The ROI's 8 corners are the TLCR crop's corners computed from the image geometry."""
     import slicer
+
     from pantheon import slicerbridge as bridge
     from pantheon.models.neonet.tlcr import tlcr_box
     node, mri, lab, info = _phantom(grid)
@@ -283,6 +297,7 @@ def test_predict_with_tumour_segmentation_roi_on_crop(pni, logic, scene, grid, t
 
 
 @needs_worker
+@pytest.mark.slow
 def test_segment_choice_and_input_errors(pni, logic, scene):
     import slicer
     node, mri, lab, _ = _phantom("RAS-aniso")
@@ -307,6 +322,7 @@ def test_segment_choice_and_input_errors(pni, logic, scene):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_synthesize_puts_a_patch_on_the_mask_grid(pni, logic, scene):
     import slicer
     node, mri, lab, _ = _phantom("permuted-ASL-oblique")
@@ -337,6 +353,7 @@ def test_synthesize_puts_a_patch_on_the_mask_grid(pni, logic, scene):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_cancel_synthesis_leaves_no_files(pni, logic, scene):
     node, mri, lab, _ = _phantom("RAS-aniso")
     seg = _segmentation(lab, scene)
@@ -350,6 +367,7 @@ def test_cancel_synthesis_leaves_no_files(pni, logic, scene):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_self_test_runs_against_the_real_scene(pni, scene, monkeypatch):
     """PNIPredictTest with the demo weights; loadVolume (which needs the application) is replaced
     by the reader Slicer uses (archetype storage node)."""

@@ -185,12 +185,13 @@ def _ui(body: str, connections: str = "") -> str:
 
 
 def test_loader_applies_standin_properties_and_connections(qt):
-    body = """<item><widget class="qMRMLNodeComboBox" name="inputSelector">
+    body = ("""<item><widget class="qMRMLNodeComboBox" name="inputSelector">
       <property name="nodeTypes"><stringlist><string>vtkMRMLScalarVolumeNode</string></stringlist></property>
       <property name="noneEnabled"><bool>true</bool></property>
       <property name="SlicerParameterName" stdset="0"><string>inputVolume</string></property></widget></item>
      <item><widget class="ctkPathLineEdit" name="pathEdit">
-      <property name="filters"><set>ctkPathLineEdit::Files|ctkPathLineEdit::Executable</set></property></widget></item>"""
+      <property name="filters"><set>ctkPathLineEdit::Files|ctkPathLineEdit::Executable</set></property>"""
+            """</widget></item>""")
     connections = """<connections><connection><sender>Test</sender><signal>mrmlSceneChanged(vtkMRMLScene*)</signal>
       <receiver>inputSelector</receiver><slot>setMRMLScene(vtkMRMLScene*)</slot></connection></connections>"""
     top = _load(qt, _ui(body, connections))

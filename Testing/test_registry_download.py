@@ -9,8 +9,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pantheon.errors import Cancelled, CheckpointError, DownloadError, RegistryError
-from pantheon.registry import (ModelCard, cached_path, default_cache_dir, download,
-                               resolve_weights, save_card, sidecar_path)
+from pantheon.registry import (
+    ModelCard,
+    cached_path,
+    default_cache_dir,
+    download,
+    resolve_weights,
+    save_card,
+    sidecar_path,
+)
 
 DATA = bytes(range(256)) * 1200  # 307,200 bytes: several chunks
 SHA = hashlib.sha256(DATA).hexdigest()

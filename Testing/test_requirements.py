@@ -78,6 +78,12 @@ def imports_of(path):
             if mod == "pantheon" or mod.startswith("pantheon."):
                 for alias in node.names:
                     internal.add(f"{mod}.{alias.name}")
+        elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+              and any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets)):
+            # a package's lazy exports (pantheon.models.lazy_exports): {"name": ".submodule"}
+            for value in node.value.values:
+                if isinstance(value, ast.Constant) and str(value.value).startswith("."):
+                    internal.add(f"{package}{value.value}")
     return internal, external
 
 
@@ -103,9 +109,19 @@ def reachable_imports(start_files):
     return external, files
 
 
+def plugin_files(plugin):
+    """The module of a model plug-in's worker tasks (what the worker imports of it) and its declaration."""
+    modules = {plugin.worker_tasks.partition(":")[0]} if plugin.worker_tasks else set()
+    return sorted(_module_file(m) for m in modules | {f"pantheon.models.{plugin.name}.plugin"})
+
+
 def worker_entry_files():
+    """The worker's own modules and every model plug-in's (found through pantheon.plugins at run
+    time, by name, so an import scan would not see them)."""
+    from pantheon.plugins import plugins
     worker = PACKAGE / "worker"
-    return sorted(worker.glob("tasks*.py")) + [worker / "server.py", worker / "__main__.py"]
+    files = [worker / "tasks.py", worker / "server.py", worker / "__main__.py"]
+    return files + [f for p in plugins() for f in plugin_files(p)]
 
 
 def third_party(names):
@@ -115,8 +131,9 @@ def third_party(names):
 def test_the_scan_sees_through_functions_and_relative_imports(tmp_path, monkeypatch):
     # a synthetic check that the scanner would catch what it must catch
     pkg = REPO / "pantheon"
-    internal, external = imports_of(pkg / "worker" / "tasks_neonet.py")
-    assert "pantheon.pipelines.nemesis" in internal  # "from ..pipelines.nemesis import pick_device" in a function
+    internal, external = imports_of(pkg / "models" / "neonet" / "tasks.py")
+    assert "pantheon.pipelines.neonet" in internal  # "from ...pipelines.neonet import ..." in a function
+    assert "pantheon.worker.tasks" in internal  # a relative import three levels up
     found, files = reachable_imports(worker_entry_files())
     names = third_party(found)
     for expected in ("torch", "numpy", "monai", "scipy", "SimpleITK", "sklearn", "PIL", "safetensors", "mamba_ssm"):
@@ -136,6 +153,24 @@ def test_every_package_the_worker_imports_is_a_requirement():
                          f"or to OPTIONAL in this test when they are an optional extra.")
 
 
+def test_each_model_declares_what_its_code_imports():
+    """A model plug-in's ``requirements`` name what its modules import beyond the worker's own
+    (reading, writing, the worker loop), and every one of them is a declared dependency."""
+    from pantheon.plugins import plugins
+    worker = PACKAGE / "worker"
+    core = set(third_party(reachable_imports([worker / "tasks.py", worker / "server.py"])[0]))
+    declared = {r.module.split(".")[0]: r.name for r in reqs.worker_requirements()}
+    for plugin in plugins():
+        found = set(third_party(reachable_imports(plugin_files(plugin))[0])) - set(OPTIONAL)
+        mine = {reqs.import_name(n) for n in plugin.requirements}
+        assert found - core <= mine, f"{plugin.name} imports {sorted(found - core - mine)} without declaring them"
+        assert {reqs.normalize(n) for n in plugin.requirements} <= {reqs.normalize(n) for n in declared.values()}, \
+            f"{plugin.name} requires something pyproject.toml does not declare: {plugin.requirements}"
+        unused = mine - found - {reqs.import_name(n) for n in RUNTIME_ONLY}
+        assert not unused, f"{plugin.name} declares {sorted(unused)} but none of its modules imports them"
+
+
+@pytest.mark.slow
 def test_no_requirement_is_left_unused():
     """The other direction, over the whole package (the command line and batch export need some,
     e.g. highdicom): a declared requirement nothing imports is stale, unless RUNTIME_ONLY says why."""
@@ -187,7 +222,8 @@ def test_pyproject_scanner_without_tomllib_agrees_with_tomllib():
     assert reqs._scan_pyproject(text) == tomllib.loads(text)["project"]["dependencies"]
     tricky = ('[build-system]\nrequires = ["setuptools"]\n[project]\nname = "pantheon"\n'
               'dependencies = [\n  "a[x,y]>=1",  # comment with ] and "quotes"\n'
-              "  'b; python_version < \"3.11\"',\n  \"c \\\"q\\\"\",\n]\n[project.optional-dependencies]\nz = [\"z\"]\n")
+              "  'b; python_version < \"3.11\"',\n  \"c \\\"q\\\"\",\n]\n"
+              "[project.optional-dependencies]\nz = [\"z\"]\n")
     assert reqs._scan_pyproject(tricky) == tomllib.loads(tricky)["project"]["dependencies"]
     assert reqs._scan_pyproject('[project]\nname = "other"\ndependencies = ["x"]\n') is None
 
@@ -203,8 +239,8 @@ def test_parse_requirement_and_import_names():
     assert reqs.parse_requirement('ray>=2.9; extra == "ray"') is None
     assert reqs.parse_requirement('pywin32>=300; sys_platform == "win32"') is (
         None if sys.platform != "win32" else reqs.parse_requirement('pywin32>=300; sys_platform == "win32"'))
-    assert reqs.parse_requirement('tomli>=2; python_version < "3.11"') is (None if sys.version_info >= (3, 11) else
-                                                                         reqs.parse_requirement('tomli>=2; python_version < "3.11"'))
+    assert reqs.parse_requirement('tomli>=2; python_version < "3.11"') is (
+        None if sys.version_info >= (3, 11) else reqs.parse_requirement('tomli>=2; python_version < "3.11"'))
     assert reqs.version_tuple("2.13.0+cpu") == (2, 13) and reqs.version_tuple("1.3") == reqs.version_tuple("1.3.0")
 
 
@@ -252,6 +288,7 @@ def test_probe_runs_as_a_script_and_tells_missing_outdated_broken(tmp_path):
     assert got["ready"] is False and got["torch"] is None and got["cuda"] is None  # torch was not asked for
 
 
+@pytest.mark.slow
 def test_check_environment_probes_every_requirement():
     c = WorkerClient()
     env = c.check_environment(import_modules=False)

@@ -134,10 +134,12 @@ def test_files_exist_are_small_and_match_the_manifest():
     assert {c.sample_name for c in sd.CASES} == set(manifest["cases"])
 
 
+@pytest.mark.slow
 def test_rebuild_is_bit_exact():
     assert build.check() == []
 
 
+@pytest.mark.slow
 def test_rebuild_check_can_fail(tmp_path):
     for p in sd.DATA_DIR.iterdir():
         shutil.copy2(p, tmp_path / p.name)
@@ -308,7 +310,6 @@ def _segment_voxels(segment):
 def test_click_copies_verifies_and_loads_every_file(tmp_path, mrml_scene):
     import slicer
     import slicer.util
-
     from slicer_standins import archetype_load_volume
 
     mod = make_sample_data_standin()
@@ -379,6 +380,7 @@ def test_case_contents_are_what_the_modules_expect():
 # --------------------------------------------------------------------------------------------
 # Each case through its model (bundled demo weights)
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ct_case_organ_maps_find_the_organs():
     from sklearn.metrics import roc_auc_score
 

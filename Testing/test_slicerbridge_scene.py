@@ -1,11 +1,11 @@
 """pantheon.slicerbridge against Slicer's real MRML library (PyPI slicer-core), in plain Python.
 
 Input volume nodes have oblique, anisotropic, mirrored IJKToRAS matrices; results are written as the
-worker writes them (pantheon.worker.tasks.write_outputs) in the input's geometry, imported through the bridge, and every voxel
-of every output node is checked to sit at the input voxel's RAS position with the expected value.
+worker writes them (pantheon.worker.tasks.write_outputs) in the input's geometry, imported through the
+bridge, and every voxel of every output node is checked to sit at the input voxel's RAS position with
+the expected value.
 """
 
-import json
 
 import numpy as np
 import pytest
@@ -17,12 +17,13 @@ try:
 except ImportError as exc:  # pragma: no cover
     pytest.skip(f"slicer-core lacks MRML classes: {exc}", allow_module_level=True)
 
+from test_io_support import assert_same_voxels, random_volume  # noqa: E402
+
 from pantheon import slicerbridge as sb  # noqa: E402
 from pantheon.errors import InputError  # noqa: E402
 from pantheon.io import Volume, read_volume  # noqa: E402
 from pantheon.results import HeatmapOutput, LabelOutput, Result, Segment  # noqa: E402
 from pantheon.slicerbridge import terms  # noqa: E402
-from test_io_support import assert_same_voxels, random_volume  # noqa: E402
 
 BTCV_VALUES = [o[1] for o in terms.BTCV_ORGANS]
 

@@ -69,7 +69,8 @@ def test_unknown_segments_are_listed():
 
 
 def test_explicit_label_values_ignore_the_rest():
-    segs = [("a", "Tumour", ""), ("b", "liver", ""), ("c", "x", terms.terminology_string(("SCT", "78961009", "Spleen")))]
+    segs = [("a", "Tumour", ""), ("b", "liver", ""),
+            ("c", "x", terms.terminology_string(("SCT", "78961009", "Spleen")))]
     assert terms.resolve_label_values(segs, {"tumour": 5, "78961009": 9}) == {"a": 5, "c": 9}
     with pytest.raises(InputError):
         terms.resolve_label_values(segs, {"tumour": 0})

@@ -7,9 +7,17 @@ import math
 import pytest
 import torch
 
-from pantheon.models.ssm import (BACKENDS, SelectiveScan, cross_merge, cross_scan, cuda_kernel_available,
-                                 default_chunk_size, selective_scan_chunked, selective_scan_fn,
-                                 selective_scan_ref)
+from pantheon.models.ssm import (
+    BACKENDS,
+    SelectiveScan,
+    cross_merge,
+    cross_scan,
+    cuda_kernel_available,
+    default_chunk_size,
+    selective_scan_chunked,
+    selective_scan_fn,
+    selective_scan_ref,
+)
 
 LN2 = math.log(2.0)
 

@@ -61,6 +61,7 @@ def random_phantoms():
 
 
 # ----------------------------------------------------------------------------- basics
+@pytest.mark.slow
 def test_deterministic_by_seed():
     a_ct, a_lab = make_abdomen_phantom(123, shape=(48, 80, 80))
     b_ct, b_lab = make_abdomen_phantom(123, shape=(48, 80, 80))
@@ -78,6 +79,7 @@ def test_deterministic_by_seed():
                           sample_phantom_on_grid(patient, *grid)[0].array)
 
 
+@pytest.mark.slow
 def test_dtypes_geometry_and_label_set(random_phantoms):
     for ct, lab in random_phantoms:
         assert ct.array.dtype == np.int16
@@ -92,6 +94,7 @@ def test_dtypes_geometry_and_label_set(random_phantoms):
     assert lab.array.dtype == np.uint8 and ct.same_geometry(lab)
 
 
+@pytest.mark.slow
 def test_shape_spacing_and_orientation_options():
     ct, lab = make_abdomen_phantom(1, shape=(96, 160, 160))
     assert ct.shape == lab.shape == (96, 160, 160)
@@ -116,6 +119,7 @@ def test_shape_spacing_and_orientation_options():
         assert sorted(extent)[-1] > 300
 
 
+@pytest.mark.slow
 def test_no_nan_and_air_outside(random_phantoms):
     for ct, _ in random_phantoms:
         a = ct.array.astype(np.float32)
@@ -142,6 +146,7 @@ HU_RANGE = {
 }
 
 
+@pytest.mark.slow
 def test_all_organs_present_with_plausible_volumes(whole_patients, random_phantoms):
     for ct, lab in whole_patients:
         for name, (lo, hi) in VOLUME_ML.items():
@@ -153,6 +158,7 @@ def test_all_organs_present_with_plausible_volumes(whole_patients, random_phanto
         assert {LABEL_OF[n] for n in REQUIRED} <= present
 
 
+@pytest.mark.slow
 def test_hu_statistics(whole_patients):
     for ct, lab in whole_patients:
         a = ct.array.astype(np.float32)
@@ -192,10 +198,11 @@ def test_noise_level():
     assert 10 < stds[15.0] < 25
 
 
+@pytest.mark.slow
 def test_anatomical_sides_in_world_coordinates(random_phantoms, whole_patients):
     """Left/right and front/back in LPS world coordinates, whatever the storage orientation."""
     for ct, lab in list(random_phantoms) + list(whole_patients):
-        a, l = ct.array, lab.array
+        a, _ = ct.array, lab.array
         body = _world_centroid(ct, a > -500)
         c = _label_centroids(lab, ("liver", "spleen", "right_kidney", "left_kidney", "aorta",
                                    "inferior_vena_cava", "stomach", "gallbladder"))
@@ -213,6 +220,7 @@ def test_anatomical_sides_in_world_coordinates(random_phantoms, whole_patients):
         assert abs(bone[0] - body[0]) < 25
 
 
+@pytest.mark.slow
 def test_same_patient_any_grid_same_world_anatomy():
     """Identity grid vs flipped / permuted / oblique anisotropic grids: same world anatomy."""
     patient = random_patient(7)
@@ -243,6 +251,7 @@ def test_same_patient_any_grid_same_world_anatomy():
         assert ref_lab.array[k, j, i] == liver
 
 
+@pytest.mark.slow
 def test_speed_128x192x192():
     make_abdomen_phantom(0, shape=(32, 48, 48))  # warm-up (imports, caches)
     t = time.perf_counter()
@@ -253,6 +262,7 @@ def test_speed_128x192x192():
 
 
 # ----------------------------------------------------------------------------- dataset
+@pytest.mark.slow
 def test_dataset_iterator_and_files(tmp_path):
     import SimpleITK as sitk
 

@@ -38,6 +38,7 @@ def phantoms():
     return out
 
 
+@pytest.mark.slow
 def test_deterministic_and_seed_dependent():
     a = make_liver_mri_phantom(5)
     b = make_liver_mri_phantom(5)

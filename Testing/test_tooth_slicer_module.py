@@ -18,10 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from slicer_standins import (archetype_load_volume, bound_parameters, custom_widgets_declared, has_section,
-                             ijk_to_ras, module_lib, needs_worker, parameter_node_fields, slicer_module, ui_widgets,
-                             used_ui_names, worker_logic)
+from slicer_standins import (
+    archetype_load_volume,
+    bound_parameters,
+    custom_widgets_declared,
+    has_section,
+    ijk_to_ras,
+    module_lib,
+    needs_worker,
+    parameter_node_fields,
+    slicer_module,
+    ui_widgets,
+    used_ui_names,
+    worker_logic,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "ToothAnalysis"
@@ -45,7 +55,8 @@ def test_weights_choice_mapping(tmp_path):
     det, hena = tmp_path / "det.safetensors", tmp_path / "hena.safetensors"
     det.write_bytes(b"x")
     hena.write_bytes(b"y")
-    assert lib.weights_params("file", str(det), str(hena)) == {"detector": str(det.resolve()), "hena": str(hena.resolve())}
+    assert lib.weights_params("file", str(det), str(hena)) == {"detector": str(det.resolve()),
+                                                                "hena": str(hena.resolve())}
     with pytest.raises(ValueError, match="HENA checkpoint file .* does not exist"):
         lib.weights_params("file", str(det), str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="Choose the tooth detector"):
@@ -65,7 +76,7 @@ def test_build_params():
 
 
 def test_names_match_the_worker_and_pipeline():
-    from pantheon.worker.tasks_mathena import MATHENA_PIPELINES
+    from pantheon.models.mathena.tasks import TASKS as MATHENA_PIPELINES
     assert lib.PIPELINE in MATHENA_PIPELINES and lib.ACTIONS == {"analyze": "mathena.analyze"}
     pytest.importorskip("torch")
     from pantheon.pipelines import mathena as mt
@@ -104,6 +115,7 @@ def test_chart_path_from_result(tmp_path):
     assert lib.chart_path_from_result({"outputs": {}}) is None and lib.chart_path_from_result(None) is None
 
 
+@pytest.mark.slow
 def test_make_opg_file_runs_in_a_separate_python(tmp_path):
     from pantheon.io import read_volume
     path = lib.make_opg_file(str(tmp_path / "opg.nrrd"), sys.executable, seed=1, size=(96, 192), oblique_deg=30.0,
@@ -192,6 +204,7 @@ def test_findings_table_rows_and_view_centring(tooth, scene):
     """A known row: the table round-trips through MRML, the views centre on the row's RAS point,
     views showing the image plane zoom to the tooth, and a parent transform is applied."""
     import slicer
+
     from pantheon import slicerbridge as bridge
     logic = tooth.ToothAnalysisLogic()
     node = slicer.util.addVolumeFromArray(np.zeros((1, 80, 120), np.uint8), name="opg")
@@ -276,8 +289,10 @@ def _box_pixels(row):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_analyze_oblique_opg_end_to_end(tooth, logic, scene, opg_file):
     import slicer
+
     from pantheon.slicerbridge import ATTR_INPUT
     from pantheon.slicerbridge.scene import _ensure_converters
     _ensure_converters()
@@ -345,9 +360,11 @@ def test_analyze_oblique_opg_end_to_end(tooth, logic, scene, opg_file):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_rgb_vector_volume_lands_on_the_same_pixels(tooth, logic, scene, opg_file):
     """An RGB (vector) volume of the same picture on the same oblique grid gives the same teeth."""
     import slicer
+
     from pantheon.slicerbridge.scene import _ensure_converters
     _ensure_converters()
     gray = _load(scene, opg_file, "gray")
@@ -374,6 +391,7 @@ def test_rgb_vector_volume_lands_on_the_same_pixels(tooth, logic, scene, opg_fil
 
 
 @needs_worker
+@pytest.mark.slow
 def test_cancel_and_input_errors(tooth, logic, scene, opg_file):
     import slicer
     node = _load(scene, opg_file, "opg")
@@ -393,6 +411,7 @@ def test_cancel_and_input_errors(tooth, logic, scene, opg_file):
 
 
 @needs_worker
+@pytest.mark.slow
 def test_self_test_runs_against_the_real_scene(tooth, scene, monkeypatch):
     """ToothAnalysisTest with the demo weights; loadVolume (which needs the application) is replaced
     by the reader Slicer uses."""

@@ -16,11 +16,12 @@ import pytest
 
 pytest.importorskip("torch")
 
+from slicer_standins import worker_client  # noqa: E402
+
 from pantheon.io import Volume, read_volume, write_volume  # noqa: E402
+from pantheon.models.mathena.tasks import add_tooth_geometry  # noqa: E402
 from pantheon.synth.opg import make_opg  # noqa: E402
 from pantheon.worker.client import WorkerError  # noqa: E402
-from pantheon.worker.tasks_mathena import add_tooth_geometry  # noqa: E402
-from slicer_standins import worker_client  # noqa: E402
 
 PIPELINE = "mathena.analyze"
 
@@ -72,6 +73,7 @@ def test_tooth_geometry_helper():
     assert add_tooth_geometry(vol, []) == []
 
 
+@pytest.mark.slow
 def test_outputs_on_the_input_geometry(first_run, opg):
     doc, events, _ = first_run
     _, vol = opg["gray"]
@@ -94,6 +96,7 @@ def test_outputs_on_the_input_geometry(first_run, opg):
     assert "warning" in doc["notes"] or "demo" not in doc["notes"].get("detector", "")
 
 
+@pytest.mark.slow
 def test_findings_match_segments_and_centres(first_run, opg):
     doc, _, _ = first_run
     _, vol = opg["gray"]
@@ -119,6 +122,7 @@ def test_findings_match_segments_and_centres(first_run, opg):
     assert doc["scalars"]["n_teeth"] == len(rows)
 
 
+@pytest.mark.slow
 def test_chart_and_result_json(first_run):
     doc, _, _ = first_run
     chart = Path(doc["output_dir"]) / doc["files"]["chart"]
@@ -128,6 +132,7 @@ def test_chart_and_result_json(first_run):
     assert on_disk["tables"]["findings"] == doc["tables"]["findings"]
 
 
+@pytest.mark.slow
 def test_rgb_input_and_model_cache(client, first_run, opg):
     doc, _, first_s = first_run
     assert doc["notes"]["model_cache"] == "miss"
@@ -145,6 +150,7 @@ def test_rgb_input_and_model_cache(client, first_run, opg):
     client.release(again)
 
 
+@pytest.mark.slow
 def test_input_errors(client, opg, tmp_path):
     d = tmp_path
     ct = write_volume(Volume(np.random.default_rng(0).integers(0, 255, (6, 128, 128)).astype(np.uint8)), d / "ct.nrrd")
@@ -167,6 +173,7 @@ def test_input_errors(client, opg, tmp_path):
     assert e.value.kind == "checkpoint"
 
 
+@pytest.mark.slow
 def test_cancel(client, opg):
     path, _ = opg["gray"]
     job = client.submit(PIPELINE, {"device": "cpu", "score_thresh": 0.0}, {"volume": str(path)})

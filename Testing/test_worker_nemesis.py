@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from slicer_standins import worker_client
 
 from pantheon.io import read_volume, write_volume
 from pantheon.synth import make_abdomen_phantom
 from pantheon.worker.client import WorkerError
-from slicer_standins import worker_client
+
+# every test talks to one module-scoped worker that preloads torch and the model (about 20 s to start)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

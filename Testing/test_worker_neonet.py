@@ -21,6 +21,9 @@ from pantheon.io.volume import Volume
 from pantheon.synth.mri_phantom import make_liver_mri_phantom
 from pantheon.worker.client import WorkerClient, WorkerError
 
+# every test talks to one module-scoped worker running the NeoNet models (about 40 s in all)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def client():

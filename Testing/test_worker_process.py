@@ -92,6 +92,7 @@ def start_tree(client):
 
 
 # ------------------------------------------------------------------------------------ A: dies whole
+@pytest.mark.slow
 def test_kill_ends_launcher_interpreter_and_children_at_once(launcher):
     c = WorkerClient(python=launcher, env=ENV, preload=False)
     try:
@@ -118,6 +119,7 @@ def test_shutdown_ends_the_whole_tree(launcher):
     assert not any(alive(p) for p in members)
 
 
+@pytest.mark.slow
 def test_interpreter_crash_is_noticed_and_its_tree_ended(launcher):
     c = WorkerClient(python=launcher, env=ENV, preload=False)
     try:
@@ -233,6 +235,7 @@ def launcher_env(tmp_path):
     return startup, launched
 
 
+@pytest.mark.slow
 def test_other_python_fails_with_the_launcher_environment(other_python, launcher_env):
     _, launched = launcher_env
     c = WorkerClient(python=other_python, env=ENV, preload=False, base_env=launched, startup_timeout=60)
@@ -250,6 +253,7 @@ def test_other_python_fails_with_the_launcher_environment(other_python, launcher
         c.shutdown()
 
 
+@pytest.mark.slow
 def test_other_python_runs_with_the_startup_environment(other_python, launcher_env):
     startup, _ = launcher_env
     c = WorkerClient(python=other_python, env=ENV, preload=False, base_env=startup, startup_timeout=60)
@@ -292,6 +296,7 @@ def test_package_root_is_on_the_worker_pythonpath(tmp_path):
     assert env["TMPDIR"] == str(tmp_path)
 
 
+@pytest.mark.slow
 def test_info_reports_the_cuda_devices():
     c = WorkerClient(env=ENV, preload=False)
     try:
@@ -299,7 +304,8 @@ def test_info_reports_the_cuda_devices():
         import torch
         assert info["torch"] == torch.__version__
         if torch.cuda.is_available():
-            assert [d["device"] for d in info["cuda_devices"]] == [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            assert [d["device"] for d in info["cuda_devices"]] == [f"cuda:{i}"
+                                                                   for i in range(torch.cuda.device_count())]
             assert info["cuda"] is True and all(d["memory_bytes"] > 0 and d["name"] for d in info["cuda_devices"])
         else:
             assert info["cuda"] is False and info["cuda_devices"] == [] and info["device_names"] == ["cpu"]

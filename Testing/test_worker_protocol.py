@@ -139,8 +139,10 @@ def test_malformed_requests_get_error_answers(client):
     assert client.send_raw(b"[1, 2, 3]")["kind"] == "protocol"
     assert client.send_raw(b'{"op": "submit"}')["kind"] == "protocol"  # no id
     assert client.send_raw(b'{"op": "explode", "id": "a"}')["kind"] == "protocol"
-    assert client.send_raw(b'{"op": "submit", "id": "b", "pipeline": "x", "params": 3, "output_dir": "/tmp"}')["kind"] == "input"
-    assert client.send_raw(b'{"op": "submit", "id": "c", "pipeline": "system.sleep", "params": [], "output_dir": "/tmp"}')["kind"] == "protocol"
+    assert client.send_raw(b'{"op": "submit", "id": "b", "pipeline": "x", "params": 3, '
+                           b'"output_dir": "/tmp"}')["kind"] == "input"
+    assert client.send_raw(b'{"op": "submit", "id": "c", "pipeline": "system.sleep", "params": [], '
+                           b'"output_dir": "/tmp"}')["kind"] == "protocol"
     assert client.send_raw(b"\xff\xfe garbage")["kind"] == "protocol"
     err = client.send_raw(b'{"op": "hello", "id": "d", "pad": "' + b"x" * (MAX_REQUEST_BYTES + 10) + b'"}')
     assert err["kind"] == "protocol" and "limit" in err["message"]
@@ -180,8 +182,8 @@ def test_two_clients(tmp_path):
         results = {}
 
         def go(name, c):
-            results[name] = c.run("system.sleep", {"seconds": 0.3, "steps": 3, "write": True}, {}, output_dir=str(tmp_path / name),
-                                  timeout=30)
+            results[name] = c.run("system.sleep", {"seconds": 0.3, "steps": 3, "write": True}, {},
+                                  output_dir=str(tmp_path / name), timeout=30)
         threads = [threading.Thread(target=go, args=(n, c)) for n, c in (("a", a), ("b", b))]
         [t.start() for t in threads]
         [t.join(30) for t in threads]
@@ -194,6 +196,7 @@ def test_two_clients(tmp_path):
     assert (tmp_path / "a" / "result.json").is_file()  # caller-given output folders are never removed
 
 
+@pytest.mark.slow
 def test_kill_9_mid_job_reports_crash_then_restarts():
     logs = []
     c = WorkerClient(env=ENV, preload=False, log_callback=logs.append)

@@ -33,6 +33,7 @@ from typing import Annotated, Optional, Union
 
 import qt
 import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -42,7 +43,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
 
 
 def _addPantheonPackageToPath():
@@ -59,8 +59,9 @@ def _addPantheonPackageToPath():
 
 _addPantheonPackageToPath()
 
-from ToothAnalysisLib import core as lib
-from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin, selftest_skip_reason
+from ToothAnalysisLib import core as lib  # noqa: E402 - needs the path set up above
+
+from pantheon.slicerbridge.panel import PanelWidgetMixin, WorkerLogicMixin, selftest_skip_reason  # noqa: E402 - needs the path set up above
 
 log = logging.getLogger("ToothAnalysis")
 
@@ -82,8 +83,10 @@ class ToothAnalysis(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["Pantheon developers"]
         self.parent.helpText = _("""
-<p>MATHENA, dental panoramic X-ray (orthopantomogram) analysis: tooth detection and numbering, caries segmentation, anomaly detection and dental developmental staging.</p>
-<p>Paper: MATHENA: Mamba-based Architectural Tooth Hierarchical Estimator and Holistic Evaluation Network for Anatomy. arXiv:2604.00537.
+<p>MATHENA, dental panoramic X-ray (orthopantomogram) analysis: tooth detection and numbering, """
+"""caries segmentation, anomaly detection and dental developmental staging.</p>
+<p>Paper: MATHENA: Mamba-based Architectural Tooth Hierarchical Estimator and Holistic Evaluation Network """
+"""for Anatomy. arXiv:2604.00537.
 <a href="https://arxiv.org/abs/2604.00537">https://arxiv.org/abs/2604.00537</a></p>
 <p>Choose a 2D panoramic X-ray (grayscale or RGB, e.g. a PNG loaded with Add Data) and click Analyze.
 The results land on the image's pixels: a segmentation with one segment per detected tooth named by
@@ -261,7 +264,8 @@ class ToothAnalysisWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             self.ui.chartLabel.toolTip = chartPath
         else:
             self.ui.chartLabel.clear()
-            self.ui.chartLabel.text = _("No dental chart yet.") if tableNode is None else _("The dental chart is not available.")
+            self.ui.chartLabel.text = (_("No dental chart yet.") if tableNode is None
+                                       else _("The dental chart is not available."))
 
     def onFindingClicked(self, row, column=0) -> None:
         self.onFindingSelected(row)

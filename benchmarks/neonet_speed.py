@@ -6,7 +6,7 @@
    else random-init models of the demo size (``pantheon.train.neonet.default_configs("demo")``;
    NeoSeg's tumour logit is then biased up so the run goes end to end). Target: <= 30 s on 2 cores.
 2. DDIM sampling (50 steps + decode) of one 96 x 96 x 48 patch (the paper-size TLCR crop) with
-   the default-size NeoGen (``--size default``: ``NeoGen()``, the spec §3.3 MAISI-like sizes, random
+   the default-size NeoGen (``--size default``: ``NeoGen()``, the MAISI-like default sizes, random
    init, timing only) and with the demo NeoGen (``--size demo``: the bundled demo weights when their
    card resolves, else random init of ``default_configs("demo")``). Always the full schedule from
    pure noise (init strength 1), so every step counted is run; a guided start (init strength s < 1)
@@ -38,6 +38,7 @@ def _demo_or_random_models():
         return load_neonet_models(components=("neoseg", "pattennet")), "demo weights"
     except Exception as exc:  # no demo cards/weights yet: random init of the same size
         import torch
+
         from pantheon.models.neonet import NeoGen, NeoSeg, PattenNet
         from pantheon.train.neonet import default_configs
         cfg = default_configs("demo")
@@ -76,10 +77,11 @@ def part_predict(repeats: int) -> dict:
 
 def _neogen(size: str):
     import torch
+
     from pantheon.models.neonet import NeoGen
     torch.manual_seed(0)
     if size == "default":
-        return NeoGen().eval(), "default-size NeoGen, random init"  # spec sizes
+        return NeoGen().eval(), "default-size NeoGen, random init"  # MAISI-like default sizes
     try:
         from pantheon.pipelines.neonet import load_neonet_models
         return load_neonet_models(components=("neogen",)).neogen.eval(), "demo weights"
@@ -90,6 +92,7 @@ def _neogen(size: str):
 
 def part_synth(steps: int, size: str = "default") -> dict:
     import torch
+
     from pantheon.models.neonet import masks_from_labels
     gen, which = _neogen(size)
     lab = torch.zeros((48, 96, 96), dtype=torch.long)

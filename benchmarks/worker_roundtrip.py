@@ -9,7 +9,6 @@ heatmap of that size back <= 1 s each way (NRRD files in the client's private te
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 

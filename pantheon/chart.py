@@ -76,7 +76,8 @@ def dental_chart(result: Result, path, title: str = "MATHENA dental chart") -> P
     ax.text(0.0, 5.5, "patient's right", fontsize=8, color="#444444")
     ax.text(16.0, 5.5, "patient's left", fontsize=8, color="#444444", ha="right")
     n = len(rows)
-    ax.set_title(f"{title}: {n} {'tooth' if n == 1 else 'teeth'} detected, {n_caries} with caries, {n_anomaly} with an anomaly\n"
+    ax.set_title(f"{title}: {n} {'tooth' if n == 1 else 'teeth'} detected, {n_caries} with caries, "
+                 f"{n_anomaly} with an anomaly\n"
                  "number = FDI tooth, small grey number = detection score, letter = Demirjian stage "
                  "(with probability)", fontsize=10)
     legend = [Patch(facecolor=COLORS["healthy"], edgecolor="#333333", label="healthy"),

@@ -159,7 +159,8 @@ def write_result(result: Result, out_dir, fmt: str = "nii.gz", source: Optional[
         raise ValueError(f"output format must be one of {', '.join(VOLUME_FORMATS)}, got {fmt!r}")
     rep = Reporter(progress)
     draw = preview and source is not None and bool(result.heatmaps or result.volumes)
-    jobs = ([("heatmap", n, o) for n, o in result.heatmaps.items()] + [("volume", n, v) for n, v in result.volumes.items()]
+    jobs = ([("heatmap", n, o) for n, o in result.heatmaps.items()]
+            + [("volume", n, v) for n, v in result.volumes.items()]
             + [("labels", n, lab) for n, lab in result.labels.items()])
 
     def weight(kind, item):

@@ -59,7 +59,7 @@ def _canonical_view(volume: Volume, code: str = "LPS"):
     return a, spacing, to_index
 
 
-def _display_slices(volume: Volume, centre_lps=None) -> Tuple[List[np.ndarray], List[float]]:
+def display_slices(volume: Volume, centre_lps=None) -> Tuple[List[np.ndarray], List[float]]:
     """Axial and coronal slices through ``centre_lps`` (default: the middle), and their aspect ratios."""
     a, (si, sj, sk), to_index = _canonical_view(volume)  # i -> patient left (picture right), j -> posterior
     K, J, I = a.shape[:3]
@@ -155,7 +155,7 @@ def build_preview(source: Volume, result: Result, max_maps: int = 8, window: Opt
     panels = [("input", None, None, None, None)] + maps + [(n, v, "rgb", None, None) for n, v in rgb]
     win, win_kind = (tuple(window), "given") if window is not None else display_window(source)
     centre, centre_from = _centre(source, result)
-    base, aspects = _display_slices(source, centre)
+    base, aspects = display_slices(source, centre)
     labels = [(name, lab.volume, lab.segments) for name, lab in result.labels.items()]
 
     panel_w = 3.2
@@ -170,7 +170,7 @@ def build_preview(source: Volume, result: Result, max_maps: int = 8, window: Opt
     axes = np.array([[fig.add_subplot(grid[row, col]) for col in range(len(panels))] for row in range(2)])
     colorbars, bar_labels = 0, []
     for col, (name, vol, cmap, vrange, description) in enumerate(panels):
-        over = _display_slices(vol, centre)[0] if vol is not None else [None, None]
+        over = display_slices(vol, centre)[0] if vol is not None else [None, None]
         image = None
         for row in range(2):
             ax = axes[row, col]
@@ -183,7 +183,7 @@ def build_preview(source: Volume, result: Result, max_maps: int = 8, window: Opt
                                       aspect=aspects[row], interpolation="bilinear")
             if col == 0:  # label maps as outlines on the input
                 for _lname, lvol, segments in labels:
-                    lab = _display_slices(lvol, centre)[0][row]
+                    lab = display_slices(lvol, centre)[0][row]
                     for seg in segments:
                         mask = np.asarray(lab) == seg.value
                         if mask.any():
@@ -282,9 +282,9 @@ def reconstruction_panel(source: Volume, result: Result, path=None, window: Opti
     centre, _why = _centre(source, result)
     if centre is None:  # no point: the superpatch's centre
         centre = recon.ijk_to_world(np.array([[(I - 1) / 2, (J - 1) / 2, (K - 1) / 2]]))[0]
-    context, aspects = _display_slices(source, centre)
+    context, aspects = display_slices(source, centre)
     ctx_win, ctx_kind = display_window(source)
-    sub = {name: _display_slices(vol, centre)[0] for name, vol in
+    sub = {name: display_slices(vol, centre)[0] for name, vol in
            (("input", crop_vol), ("masked input", masked), ("reconstruction", recon), ("error", err.volume))}
 
     # where the superpatch lies in the context slices (voxel edges, canonical LPS pixel coordinates)

@@ -11,17 +11,32 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Sequence
 
-from pantheon.slicerbridge.panel import (check_device, REQUIREMENT_SPECS, TORCH_CPU_INDEX, TORCH_CUDA_INDEX, Debouncer,  # noqa: F401
-                                   InstallPlan, InstallStep, TaskError, ThreadTask, environment_text,
-                                   install_plan, lps_to_ras, private_temp_dir, ras_to_lps, remove_tree,
-                                   run_worker_python)
+from pantheon.defaults import NEMESIS_DEMO_CARD, NEMESIS_DEMO_PROBE_CARD, NEMESIS_MASK_RATIO
+from pantheon.slicerbridge.panel import (  # noqa: F401
+    REQUIREMENT_SPECS,
+    TORCH_CPU_INDEX,
+    TORCH_CUDA_INDEX,
+    Debouncer,
+    InstallPlan,
+    InstallStep,
+    TaskError,
+    ThreadTask,
+    check_device,
+    environment_text,
+    install_plan,
+    lps_to_ras,
+    private_temp_dir,
+    ras_to_lps,
+    remove_tree,
+    run_worker_python,
+)
 from pantheon.slicerbridge.panel import WorkerTask as NemesisTask  # noqa: F401
 
 __all__ = [
     "MIN_PROBE_CASES",
     "ACTIONS", "ORGANS", "ORGAN_NAMES", "DEVICES", "PRECISIONS",
     "WEIGHTS_DEMO", "WEIGHTS_OFFICIAL", "WEIGHTS_FILE", "WEIGHTS_CHOICES",
-    "DEMO_CARD", "DEMO_PROBE_CARD", "OFFICIAL_CARD", "OFFICIAL_SIZE_TEXT",
+    "DEMO_CARD", "DEMO_PROBE_CARD", "DEFAULT_MASK_RATIO", "OFFICIAL_CARD", "OFFICIAL_SIZE_TEXT",
     "ras_to_lps", "lps_to_ras", "weights_params", "probe_params", "build_params",
     "REQUIREMENT_SPECS", "TORCH_CPU_INDEX", "TORCH_CUDA_INDEX", "InstallStep", "InstallPlan",
     "install_plan", "Debouncer", "NemesisTask", "private_temp_dir", "remove_tree",
@@ -65,8 +80,10 @@ WEIGHTS_OFFICIAL = "official"
 WEIGHTS_FILE = "file"
 WEIGHTS_CHOICES = (WEIGHTS_DEMO, WEIGHTS_OFFICIAL, WEIGHTS_FILE)
 
-DEMO_CARD = "nemesis-demo"
-DEMO_PROBE_CARD = "nemesis-demo-probe"
+# The pipeline's own demo cards and reconstruction default (pantheon.defaults: torch-free).
+DEMO_CARD = NEMESIS_DEMO_CARD
+DEMO_PROBE_CARD = NEMESIS_DEMO_PROBE_CARD
+DEFAULT_MASK_RATIO = NEMESIS_MASK_RATIO
 OFFICIAL_CARD = "nemesis-mae-768"
 OFFICIAL_SIZE_TEXT = "about 1.3 GB"
 
@@ -110,7 +127,7 @@ def probe_params(path: Optional[str]) -> Dict[str, object]:
 
 def build_params(action: str, *, weights: Optional[Dict[str, object]] = None, device: str = "auto",
                  precision: str = "fp32", stride: Optional[int] = None, organs: Optional[Sequence[str]] = None,
-                 probe: Optional[str] = None, point_lps=None, mask_ratio=(0.5, 0.5), noise_std: float = 0.0,
+                 probe: Optional[str] = None, point_lps=None, mask_ratio=DEFAULT_MASK_RATIO, noise_std: float = 0.0,
                  seed: int = 0, **extra) -> Dict[str, object]:
     """Worker parameters for one action (only the keys that pipeline takes)."""
     if action not in ACTIONS:

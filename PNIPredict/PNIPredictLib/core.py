@@ -13,16 +13,28 @@ import math
 import os
 from typing import Dict, Mapping, Optional, Sequence
 
-from pantheon.slicerbridge.panel import (check_device, TaskError, ThreadTask, WorkerTask, environment_text,  # noqa: F401
-                                         install_plan, lps_to_ras, poll_task, private_temp_dir, ras_to_lps,
-                                         remove_tree, run_worker_python)
+from pantheon.defaults import NEOGEN_DDIM_STEPS, NEOGEN_MAX_DDIM_STEPS, NEOGEN_MAX_PATCHES, NEONET_DEMO_CARDS
+from pantheon.slicerbridge.panel import (  # noqa: F401
+    TaskError,
+    ThreadTask,
+    WorkerTask,
+    check_device,
+    environment_text,
+    install_plan,
+    lps_to_ras,
+    poll_task,
+    private_temp_dir,
+    ras_to_lps,
+    remove_tree,
+    run_worker_python,
+)
 
 __all__ = [
     "ACTIONS", "DEVICES", "COMPONENTS", "WEIGHTS_DEMO", "WEIGHTS_FILE", "WEIGHTS_CHOICES", "DEMO_CARDS",
     "DEFAULT_STEPS", "MAX_STEPS", "TUMOUR_VALUE", "LIVER_VALUE", "AUTO_SYNTHESIS_LABELS",
-    "weights_params", "build_params", "probability_text", "probability_html", "prediction_text", "caveats_text", "crop_box_of",
-    "crop_box_text", "tumour_label_values", "synthesis_label_values", "PHANTOM_SCRIPT", "make_phantom_files",
-    "TaskError", "WorkerTask", "ThreadTask", "environment_text", "install_plan", "poll_task",
+    "weights_params", "build_params", "probability_text", "probability_html", "prediction_text", "caveats_text",
+    "crop_box_of", "crop_box_text", "tumour_label_values", "synthesis_label_values", "PHANTOM_SCRIPT",
+    "make_phantom_files", "TaskError", "WorkerTask", "ThreadTask", "environment_text", "install_plan", "poll_task",
     "private_temp_dir", "remove_tree", "run_worker_python", "ras_to_lps", "lps_to_ras",
 ]
 
@@ -35,12 +47,13 @@ COMPONENTS = ("neoseg", "pattennet", "neogen")
 WEIGHTS_DEMO = "demo"
 WEIGHTS_FILE = "file"
 WEIGHTS_CHOICES = (WEIGHTS_DEMO, WEIGHTS_FILE)
-DEMO_CARDS = {"neoseg": "neonet-demo-neoseg", "pattennet": "neonet-demo-pattennet", "neogen": "neonet-demo-neogen"}
-#: DDIM steps offered by default in the panel (the pipeline's own default is 50; the demo NeoGen on a
-#: CPU takes about a second per step).
-DEFAULT_STEPS = 20
-MAX_STEPS = 1000
-MAX_PATCHES = 16
+# The pipeline's own demo cards, DDIM steps and limits (pantheon.defaults: torch-free).
+DEMO_CARDS = dict(NEONET_DEMO_CARDS)
+#: DDIM steps offered by default in the panel: the worker's and command line's default too (the
+#: demo NeoGen on a CPU takes about a second per step; fewer is the user's choice).
+DEFAULT_STEPS = NEOGEN_DDIM_STEPS
+MAX_STEPS = NEOGEN_MAX_DDIM_STEPS
+MAX_PATCHES = NEOGEN_MAX_PATCHES
 
 #: Label values of the masks the worker reads (NeoSeg ids).
 LIVER_VALUE, TUMOUR_VALUE = 1, 2

@@ -426,9 +426,10 @@ class SlicerHarness:
         reason = unavailable_reason()
         if reason:
             raise RuntimeError(reason)
-        from . import standins  # noqa: F401 - registers the widget stand-ins
         import slicer
         import slicer.util
+
+        from . import standins  # noqa: F401 - registers the widget stand-ins
 
         saved_modules = {n: sys.modules.get(n) for n in ("qt", "ctk")}
         sys.modules["qt"] = qt_module()

@@ -41,6 +41,7 @@ def main(argv) -> int:
     report["modules"] = sorted(harness.app._h_module_manager.modulesNames())
 
     import slicer
+
     from pantheon.synth.opg import make_opg
     widget = harness.show_module("ToothAnalysis")
     array, ijk_to_ras = make_opg(2, size=(256, 512)).image.to_slicer()

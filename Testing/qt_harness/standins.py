@@ -46,6 +46,7 @@ def _observe(widget, vtk_object, event, method_name: str):
     widget's C++ object lives (the real widgets remove their observers in their destructors).
     Returns ``(vtk_object, tag)`` for RemoveObserver."""
     import weakref
+
     from shiboken6 import Shiboken
     ref = weakref.ref(widget)
     tag_box = []
@@ -628,7 +629,8 @@ class qSlicerMarkupsPlaceWidget(qMRMLWidget):  # noqa: N801
                     "setCurrentNodeActive(bool)", "setPlaceModePersistency(bool)", "setButtonsVisible(bool)",
                     "deleteLastPoint()", "deleteAllPoints()"]
     # PlaceMultipleMarkupsType (qSlicerMarkupsPlaceWidget.h l.62-68)
-    ShowPlaceMultipleMarkupsOption, HidePlaceMultipleMarkupsOption, ForcePlaceSingleMarkup, ForcePlaceMultipleMarkups = 0, 1, 2, 3
+    (ShowPlaceMultipleMarkupsOption, HidePlaceMultipleMarkupsOption, ForcePlaceSingleMarkup,
+     ForcePlaceMultipleMarkups) = 0, 1, 2, 3
     _h_enums = {f"qSlicerMarkupsPlaceWidget::{k}": v for k, v in dict(
         ShowPlaceMultipleMarkupsOption=0, HidePlaceMultipleMarkupsOption=1, ForcePlaceSingleMarkup=2,
         ForcePlaceMultipleMarkups=3).items()}

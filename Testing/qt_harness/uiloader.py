@@ -140,7 +140,8 @@ class QUiLoader(pq.qt_class("QUiLoader")):
         pq.raise_slot_errors()
         if top is None:
             raise UiFileError(f"QUiLoader: {QtUiTools.QUiLoader.errorString(self)}")
-        named = {QtCore.QObject.objectName(w): w for w in [top] + list(QtCore.QObject.findChildren(top, QtCore.QObject))}
+        named = {QtCore.QObject.objectName(w): w
+                 for w in [top] + list(QtCore.QObject.findChildren(top, QtCore.QObject))}
         for widget_name, cls, prop in deferred:
             apply_property(named[widget_name], prop.get("name"), _value(prop, cls), prop.get("stdset") == "0")
         check_properties(root, named)

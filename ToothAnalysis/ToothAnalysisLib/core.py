@@ -13,9 +13,21 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
-from pantheon.slicerbridge.panel import (check_device, InstallPlan, TaskError, ThreadTask,  # noqa: F401
-                                   WorkerTask, environment_text, install_plan, lps_to_ras, private_temp_dir,
-                                   ras_to_lps, remove_tree, run_worker_python)
+from pantheon.defaults import MATHENA_DEMO_DETECTOR_CARD, MATHENA_DEMO_HENA_CARD, MATHENA_SCORE_THRESHOLD
+from pantheon.slicerbridge.panel import (  # noqa: F401
+    InstallPlan,
+    TaskError,
+    ThreadTask,
+    WorkerTask,
+    check_device,
+    environment_text,
+    install_plan,
+    lps_to_ras,
+    private_temp_dir,
+    ras_to_lps,
+    remove_tree,
+    run_worker_python,
+)
 
 __all__ = [
     "ACTION", "PIPELINE", "ACTIONS", "DEVICES", "WEIGHTS_DEMO", "WEIGHTS_FILE", "WEIGHTS_CHOICES",
@@ -38,12 +50,13 @@ WEIGHTS_DEMO = "demo"
 WEIGHTS_FILE = "file"
 WEIGHTS_CHOICES = (WEIGHTS_DEMO, WEIGHTS_FILE)
 
-# Model cards of the bundled demo weights (pantheon.pipelines.mathena, which needs torch, names them too).
-DEMO_DETECTOR_CARD = "mathena-demo-detector"
-DEMO_HENA_CARD = "mathena-demo-hena"
-DEFAULT_SCORE_THRESHOLD = 0.3
+# Model cards of the bundled demo weights and the detection threshold: the pipeline's own values
+# (pantheon.defaults is torch-free; pantheon.pipelines.mathena is not).
+DEMO_DETECTOR_CARD = MATHENA_DEMO_DETECTOR_CARD
+DEMO_HENA_CARD = MATHENA_DEMO_HENA_CARD
+DEFAULT_SCORE_THRESHOLD = MATHENA_SCORE_THRESHOLD
 
-# Output names of mathena.analyze (see pantheon.worker.tasks_mathena).
+# Output names of mathena.analyze (see pantheon.models.mathena.tasks).
 OUTPUT_TEETH = "teeth"
 OUTPUT_CARIES = "caries"
 OUTPUT_ANOMALY = "anomaly"
@@ -204,12 +217,13 @@ def summary_text(scalars: dict, notes: Optional[dict] = None) -> str:
 # ------------------------------------------------------------------------------------ phantom
 # Run by the worker's Python (numpy and the pantheon package): the Slicer process itself does not
 # import pantheon.synth. Writes one synthetic OPG (NRRD); an angle != 0 gives an oblique, flipped grid.
-OPG_SCRIPT = r"""
+OPG_SCRIPT = (r"""
 import sys
 import numpy as np
 from pantheon.io import Volume, write_volume
 from pantheon.synth.opg import make_opg
-out, seed, h, w, angle, rgb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == "1"
+out, seed, h, w, angle, rgb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), """
+              r"""float(sys.argv[5]), sys.argv[6] == "1"
 img = make_opg(seed, size=(h, w)).image
 arr = img.array[0]
 direction, origin = img.direction, img.origin
@@ -221,7 +235,7 @@ if rgb:
     arr = np.repeat(arr[..., None], 3, axis=-1)
 write_volume(Volume(arr[None], img.spacing, origin, direction, 3 if rgb else 1), out)
 print(out)
-"""
+""")
 
 
 def make_opg_file(path: str, python: Optional[str] = None, seed: int = 0, size: Sequence[int] = (256, 512),

@@ -17,7 +17,8 @@ Output folder layout::
 A rerun skips done cases whose folders are complete and redoes failed (unless
 ``retry_failed=False``), unfinished and pending ones. A failing case is recorded with its
 one-sentence error and the batch goes on. Only one batch at a time may write a folder
-(``out/.batch.lock``). Engines: ``local`` (process pool) and ``ray`` (Ray actors, one model load each); see :data:`runner.EXECUTORS`.
+(``out/.batch.lock``). Engines: ``local`` (process pool) and ``ray`` (Ray actors, one model load each);
+see :data:`runner.EXECUTORS`.
 Ctrl-C raises :class:`BatchInterrupted` (a KeyboardInterrupt) after the clean-up; its message says
 what was written. Local workers never outlive the batch process.
 """

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import List
 
 from ..errors import PantheonError
-from ..io.readers import SUPPORTED_EXTENSIONS, _extension
+from ..io.readers import SUPPORTED_EXTENSIONS, file_extension
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def safe_id(name: str) -> str:
 
 
 def _stem(p: Path) -> str:
-    ext = _extension(p)
+    ext = file_extension(p)
     return p.name[: -len(ext)] if ext and p.name.lower().endswith(ext) else p.stem
 
 
@@ -52,7 +52,7 @@ def discover_cases(source) -> List[Case]:
     cases: List[Case] = []
     used = set()
     entries = sorted(p for p in src.iterdir() if not p.name.startswith("."))
-    loose_dicom = [p for p in entries if p.is_file() and _extension(p) == ".dcm"]
+    loose_dicom = [p for p in entries if p.is_file() and file_extension(p) == ".dcm"]
     if loose_dicom:
         cid = safe_id(src.resolve().name)
         cases.append(Case(cid, str(src.resolve())))
@@ -60,12 +60,12 @@ def discover_cases(source) -> List[Case]:
     for p in entries:
         if p.is_dir():
             cid = safe_id(p.name)
-        elif _extension(p) in SUPPORTED_EXTENSIONS and _extension(p) != ".dcm":
+        elif file_extension(p) in SUPPORTED_EXTENSIONS and file_extension(p) != ".dcm":
             cid = safe_id(_stem(p))
         else:
             continue
         if cid in used:
-            cid = safe_id(f"{cid}-{_extension(p).lstrip('.').replace('.', '')}") if p.is_file() else cid
+            cid = safe_id(f"{cid}-{file_extension(p).lstrip('.').replace('.', '')}") if p.is_file() else cid
         n = 2
         base = cid
         while cid in used:

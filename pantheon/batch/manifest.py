@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import PantheonError
+from ..io.atomic import write_text_atomic
 from ..outputs import json_safe
 
 MANIFEST = "manifest.json"
@@ -46,19 +45,8 @@ def now() -> str:
 
 
 def atomic_write_text(path, text: str) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are shared reports
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """The manifest and reports (:mod:`.report`): 0644 whatever the umask, they are shared reports."""
+    return write_text_atomic(path, text, mode=0o644)
 
 
 class Manifest:

@@ -99,8 +99,11 @@ def _connect(ray) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        from .runner import cpu_cores  # address=None: RAY_ADDRESS if set, else a new local Ray
         import os
+
+        from ..runtime import (
+            cpu_cores,  # address=None: RAY_ADDRESS if set, else a new local Ray
+        )
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)
         else:
@@ -148,7 +151,8 @@ def ray_executor(pipeline: str, options: dict, tasks: List[dict], workers: int,
                     error = WORKER_DIED
                 except ray.exceptions.RayTaskError as exc:  # process_case itself raised (not a case failure)
                     cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                    error = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+                    error = (f"{type(cause).__name__}: "
+                             f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}")
                 except Exception as exc:  # noqa: BLE001 - e.g. the object was lost with its node
                     error = f"{type(exc).__name__}: {exc}"
                 # the actor is dead or in an unknown state: replace it, fail only this case

@@ -31,8 +31,9 @@ def save_thumbnail(source, main_map, path) -> Path:
     matplotlib.use("Agg")
     from matplotlib import colormaps
     from matplotlib.image import imsave
-    from ..preview import _display_slices
-    slices, aspects = _display_slices(source)
+
+    from ..preview import display_slices
+    slices, aspects = display_slices(source)
     base = slices[0].astype(np.float32)
     if base.ndim == 3:
         base = base.mean(-1)
@@ -40,7 +41,7 @@ def save_thumbnail(source, main_map, path) -> Path:
     rgb = np.repeat(gray[..., None], 3, -1)
     if main_map is not None:
         _name, vol, cmap, vrange = main_map
-        over = _display_slices(vol)[0][0].astype(np.float32)
+        over = display_slices(vol)[0][0].astype(np.float32)
         if cmap == "rgb":
             rgb = 0.4 * rgb + 0.6 * np.clip(over, 0, 1)
         else:
@@ -95,11 +96,13 @@ def write_index_html(out_dir, cases: List[dict], pipeline: str, counts: dict) ->
         pic = (f'<a href="{e(cid)}/"><img src="{e(thumb)}" alt="{e(cid)}"></a>'
                if c["state"] == "done" and (out_dir / thumb).is_file() else "")
         f = c.get("findings") or {}
-        links = " ".join(f'<a href="{e(cid)}/{e(o)}">{e(o)}</a>' for o in c.get("outputs") or [] if o != "thumbnail.png")
+        links = " ".join(f'<a href="{e(cid)}/{e(o)}">{e(o)}</a>'
+                         for o in c.get("outputs") or [] if o != "thumbnail.png")
         rows.append(f'<tr class="{e(c["state"])}"><td>{pic}</td><td>{e(cid)}</td><td>{e(c["state"])}</td>'
                     f'<td>{e(_fmt(c.get("seconds")))}</td>'
                     + "".join(f"<td>{e(_fmt(f.get(k)))}</td>" for k in cols)
-                    + f'<td>{e(c.get("error") or "")}</td><td><a href="{e(c.get("log") or "")}">log</a> {links}</td></tr>')
+                    + f'<td>{e(c.get("error") or "")}</td>'
+                    f'<td><a href="{e(c.get("log") or "")}">log</a> {links}</td></tr>')
     head = "".join(f"<th>{e(k)}</th>" for k in ["preview", "case", "state", "seconds", *cols, "error", "files"])
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     doc = f"""<!DOCTYPE html>

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 from ..errors import PantheonError
+from ..runtime import cpu_cores
 from .cases import Case, discover_cases
 from .manifest import Manifest
 from .pipelines import get_pipeline
@@ -91,13 +92,6 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 # ---------------------------------------------------------------------------- executors
 def local_executor(pipeline: str, options: dict, tasks: List[dict], workers: int,
                    on_start: Callable[[dict], int]) -> Iterator[dict]:
@@ -111,6 +105,7 @@ def local_executor(pipeline: str, options: dict, tasks: List[dict], workers: int
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
+
     from .worker import init_worker, process_case
 
     workers = max(1, int(workers))
@@ -213,22 +208,22 @@ class _WindowsJobs:
     def adopt(self, pool) -> None:
         if os.name != "nt":
             return
-        from ..worker.client import _windows_kill_on_close_job
+        from ..worker.client import windows_kill_on_close_job
         for pid, proc in list((getattr(pool, "_processes", None) or {}).items()):
             popen = getattr(proc, "_popen", None)
             if pid in self.seen or popen is None or getattr(popen, "_handle", None) is None:
                 continue
             self.seen.add(pid)
-            job = _windows_kill_on_close_job(popen)
+            job = windows_kill_on_close_job(popen)
             if job is not None:
                 self.jobs.append(job)
 
     def close(self) -> None:
         if os.name != "nt":
             return
-        from ..worker.client import _windows_close
+        from ..worker.client import windows_close_job
         for job in self.jobs:
-            _windows_close(job)  # KILL_ON_JOB_CLOSE: also ends a worker that is somehow still there
+            windows_close_job(job)  # KILL_ON_JOB_CLOSE: also ends a worker that is somehow still there
         self.jobs.clear()
 
 
@@ -351,7 +346,7 @@ def run_batch(pipeline: str, source, output, workers: int = 1, options: Optional
     if engine == "local" and device not in ("auto", "cpu"):
         # a GPU that is not there: one sentence now, not the same failure once per case per worker
         # (Ray checks its cluster's GPUs itself, see ray_executor.plan_resources)
-        from ..pipelines.nemesis import pick_device
+        from ..runtime import pick_device
         pick_device(device)
     cases = discover_cases(source)
     out = Path(output).expanduser().resolve()
@@ -414,7 +409,8 @@ def run_batch(pipeline: str, source, output, workers: int = 1, options: Optional
                                {s: sum(1 for i in ids if manifest.cases[i]["state"] == s)
                                 for s in ("done", "failed", "pending")}) from interrupted
     counts = {s: sum(1 for i in ids if manifest.cases[i]["state"] == s) for s in ("done", "failed", "pending")}
-    failed = [{"case_id": i, "error": manifest.cases[i]["error"]} for i in ids if manifest.cases[i]["state"] == "failed"]
+    failed = [{"case_id": i, "error": manifest.cases[i]["error"]}
+              for i in ids if manifest.cases[i]["state"] == "failed"]
     return {"output": str(out), "cases": len(ids), "ran": len(todo), "skipped": len(ids) - len(todo),
             **counts, "failed_cases": failed, "seconds": round(time.perf_counter() - t0, 2),
             "manifest": str(out / "manifest.json"), "summary": str(out / "summary.csv"),

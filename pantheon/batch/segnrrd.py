@@ -16,18 +16,17 @@ segments share one binary-labelmap layer:
   :func:`pantheon.slicerbridge.terms.terminology_string`, with the anatomic context name; a segment
   without a code gets Slicer's default "Tissue" entry, written out rather than left to the reader).
 
-Written atomically (temporary file next to the target, then ``os.replace``).
+Written atomically (:func:`pantheon.io.atomic.atomic_path`).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import atomic_path
 from ..results import LabelOutput
 
 SEG_EXTENSION = ".seg.nrrd"
@@ -97,15 +96,9 @@ def write_seg_nrrd(labels: LabelOutput, path, compress: bool = True) -> Path:
     header = seg_nrrd_header(labels)
     if not compress:
         header["encoding"] = "raw"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         # index_order "C": the array is (k, j, i); header fields stay in NRRD (i, j, k) order.
-        nrrd.write(tmp, np.ascontiguousarray(arr.astype(dtype, copy=False)), header, index_order="C")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        nrrd.write(str(tmp), np.ascontiguousarray(arr.astype(dtype, copy=False)), header, index_order="C")
     return path
 
 

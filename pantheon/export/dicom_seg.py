@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +71,7 @@ import numpy as np
 from .. import __version__
 from ..anatomy import Term, term_for
 from ..errors import InputError
+from ..io.atomic import atomic_path
 from ..results import LabelOutput, Segment
 
 PathLike = Union[str, os.PathLike]
@@ -396,17 +396,8 @@ def write_dicom_seg(label: LabelOutput, source_dicom_dir: PathLike, out_path: Pa
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         pydicom.dcmwrite(tmp, seg_ds, enforce_file_format=True)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return out
 
 

@@ -71,11 +71,11 @@ def _storable(array: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- SimpleITK
-def from_sitk(img, name: str = "the image"):
-    """Volume from a 2D or 3D SimpleITK image (scalar or vector pixels)."""
+def sitk_parts(img, name: str = "the image") -> tuple:
+    """Volume parts (array, spacing, origin, direction, components) of a 2D or 3D SimpleITK image
+    (scalar or vector pixels); :meth:`Volume.from_sitk` builds the Volume."""
     import SimpleITK as sitk
 
-    from .volume import Volume
 
     dim = img.GetDimension()
     if dim not in (2, 3):
@@ -96,7 +96,7 @@ def from_sitk(img, name: str = "the image"):
         direction = d3
     # ITK directions are unit already, but float rounding/other writers may not be exact.
     sp, direction = factor_matrix(direction @ np.diag(spacing), name)
-    return Volume(arr, sp, tuple(origin), direction, comps)
+    return arr, sp, tuple(origin), direction, comps
 
 
 def to_sitk(volume):
@@ -208,7 +208,7 @@ def nifti_itk_affine(header, shape, name: str = "the image"):
     return affine, spacing, messages
 
 
-def from_nibabel(img, name: str = "the image"):
+def nibabel_parts(img, name: str = "the image") -> tuple:
     """Volume from a nibabel NIfTI-1/2 image, with the geometry ITK and 3D Slicer give it.
 
     Geometry: :func:`nifti_itk_affine` (ITK's choice between sform and qform, spacing from pixdim);
@@ -217,7 +217,6 @@ def from_nibabel(img, name: str = "the image"):
     Vector images (5D with one time point, or a vector intent) become components; any other 4D
     image is a time series and is refused.
     """
-    from .volume import Volume
 
     header = img.header
     shape = tuple(int(s) for s in img.shape)
@@ -269,7 +268,7 @@ def from_nibabel(img, name: str = "the image"):
         data = data[..., 0]
     axes = (2, 1, 0, 3) if data.ndim == 4 else (2, 1, 0)
     arr = np.ascontiguousarray(np.transpose(data, axes))
-    return Volume(arr, spacing, tuple(lps[:3, 3]), direction, comps)
+    return arr, spacing, tuple(lps[:3, 3]), direction, comps
 
 
 def to_nibabel(volume):
@@ -296,9 +295,9 @@ def to_nibabel(volume):
 
 
 # --------------------------------------------------------------------------- Slicer
-def from_slicer(array_kji, ijk_to_ras, name: str = "the image"):
-    """Volume from ``slicer.util.arrayFromVolume(node)`` and the node's IJKToRAS 4x4 matrix."""
-    from .volume import Volume
+def slicer_parts(array_kji, ijk_to_ras, name: str = "the image") -> tuple:
+    """Volume parts from ``slicer.util.arrayFromVolume(node)`` and the node's IJKToRAS 4x4 matrix
+    (:meth:`Volume.from_slicer` builds the Volume)."""
 
     m = np.asarray(ijk_to_ras, dtype=np.float64)
     if m.shape != (4, 4) or not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0]):
@@ -309,7 +308,7 @@ def from_slicer(array_kji, ijk_to_ras, name: str = "the image"):
     comps = int(arr.shape[3]) if arr.ndim == 4 else 1
     if arr.ndim == 4 and comps == 1:
         arr = arr[..., 0]
-    return Volume(arr, spacing, tuple(lps[:3, 3]), direction, comps)
+    return arr, spacing, tuple(lps[:3, 3]), direction, comps
 
 
 def to_slicer(volume):

@@ -75,7 +75,7 @@ _WRITABLE_2D_DTYPES = {"PNG": ("uint8", "uint16"), "JPEG": ("uint8",), "BMP": ("
                        "TIFF": ("uint8", "uint16", "float32")}
 
 
-def _extension(path: Path) -> str:
+def file_extension(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
@@ -171,7 +171,7 @@ def read_volume(path: PathLike, grayscale: bool = False, max_pixels: Optional[in
     if p.is_dir():
         vol = _read_dicom_folder(p, max_pixels)
     else:
-        ext = _extension(p)
+        ext = file_extension(p)
         if ext not in _FORMATS:
             raise InputError(f"Cannot read {p}: unsupported file type '{ext or p.name}' "
                              f"(supported: {', '.join(SUPPORTED_EXTENSIONS)} or a DICOM folder).")
@@ -203,7 +203,7 @@ def _read_nifti(p: Path, max_pixels=None) -> Volume:
         spatial = (list(shape[:3]) + [1, 1, 1])[:3]
         comps = shape[4] if len(shape) == 5 else 1
         check_pixel_count(spatial, max_pixels, f"Cannot read {p}: the image", comps)
-        return convert.from_nibabel(img, name=str(p))  # reads the data: truncation shows here
+        return Volume.from_nibabel(img, name=str(p))  # reads the data: truncation shows here
     except InputError:
         raise
     except MemoryError:
@@ -238,7 +238,7 @@ def _read_sitk(p: Path, io_name: str, fmt: str = "", max_pixels=None) -> Volume:
         raise _corrupt(p, exc) from exc
     if io_name in ("JPEGImageIO", "BMPImageIO"):
         _check_not_truncated(p)
-    vol = convert.from_sitk(img, name=str(p))
+    vol = Volume.from_sitk(img, name=str(p))
     if meta.get("segments"):
         vol.metadata["segments"] = meta["segments"]
         vol.metadata["segment_codes"] = meta.get("codes", {})
@@ -456,7 +456,7 @@ def _read_dicom_files(files, shown: Path, max_pixels=None) -> Volume:
     if multi:
         vol = _multiframe_volume(img, headers[0], shown)
     else:
-        vol = convert.from_sitk(img, name=str(shown))
+        vol = Volume.from_sitk(img, name=str(shown))
         if 1 < len(files) == vol.shape[0]:  # one slice per file
             _check_slice_positions(vol, reader, files, shown)
     vol.metadata.update(_dicom_metadata(headers[0] if headers else None))
@@ -509,9 +509,9 @@ def _refuse_duplicates(files, headers, shown: Path) -> None:
         a, b = same[0]
         distinct = len(along) - len(same)
         raise InputError(f"Cannot read the DICOM series in {shown}: {len(files)} images lie at only {distinct} "
-                         f"distinct positions ({Path(a).name} and {Path(b).name} are at the same place): the series holds "
-                         "duplicate slices, or several acquisitions, echoes or time points (4D); keep one image per "
-                         "position and try again.")
+                         f"distinct positions ({Path(a).name} and {Path(b).name} are at the same place): the series "
+                         "holds duplicate slices, or several acquisitions, echoes or time points (4D); keep one image "
+                         "per position and try again.")
 
 
 def _frame_positions(ds) -> Optional[np.ndarray]:
@@ -677,7 +677,7 @@ def write_volume(volume: Volume, path: PathLike, compress: bool = True) -> Path:
     when the write itself fails.
     """
     p = Path(path)
-    ext = _extension(p)
+    ext = file_extension(p)
     if ext not in _FORMATS or ext == ".dcm":
         raise InputError(f"Cannot write {p}: unsupported file type '{ext or p.name}' "
                          "(use .nii.gz, .nrrd, .mha or an image format).")

@@ -6,7 +6,12 @@ what is accepted. Pipelines call them, so every caller refuses the same things t
 
 - Image size: :func:`check_pixel_count` (a stated limit per command, checked from a file's header
   by :func:`pantheon.io.read_volume` before anything is decoded, and again by the pipelines).
-- Shape: :func:`describe_shape` / :func:`require_3d` say "a single voxel", "2D" or "1 voxel thick".
+- Shape: :func:`describe_shape` / :func:`require_3d` say "a single voxel", "2D" or "1 voxel thick";
+  :func:`check_3d_size` adds the size limit.
+- Scans: :func:`check_scan`, the first checks of a 3D scan every 3D pipeline runs (NEMESIS' CT,
+  NeoNet's MRI) before its own value-range check; :func:`require_volume`, :func:`require_finite`
+  and :func:`sample_values` (with :data:`SAMPLE_VOXELS`) for the rest (the 2D X-ray check too).
+- Label maps: :func:`check_label_map`.
 - Parameters: :func:`require_int`, :func:`require_number`.
 - Formatting: :func:`fmt_point`, :func:`fmt_size`.
 """
@@ -15,11 +20,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InputError, InvalidParameter
+from .volume import Volume
 
 #: Default limit of :func:`pantheon.io.read_volume` for volumes (NIfTI, NRRD, MHA, DICOM): voxels.
 DEFAULT_MAX_PIXELS = 1_000_000_000
@@ -34,6 +40,12 @@ COMMAND_PIXEL_LIMITS = {
 #: Default limit for formats without geometry (PNG, JPEG, BMP, TIFF): pixels. 200 megapixels is
 #: 20000 x 10000, far beyond any radiograph, and about 0.8 GB as float32 before any processing.
 DEFAULT_MAX_PIXELS_2D = 200_000_000
+#: Value statistics of an image (percentiles, share of air) use every n-th voxel, about this many
+#: in all: percentiles of a few million voxels are stable, and a large CT is not copied whole.
+SAMPLE_VOXELS = 2_000_000
+#: Hounsfield units: below this a voxel is air (about -1000 HU) or lung, which no MRI and no label
+#: map has; many such voxels mean a CT (NeoNet's MRI check, the label-map check).
+AIR_HU = -500.0
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -127,6 +139,62 @@ def require_3d(volume, name: str, needs: str) -> None:
         raise InputError(f"The {name} image is {why}; {needs}.")
 
 
+def check_3d_size(volume, name: str, needs: str, max_voxels, what: Optional[str] = None) -> None:
+    """:func:`require_3d`, then :func:`check_pixel_count` with ``max_voxels`` (None or 0 = no limit);
+    ``what`` starts the size sentence (default "The <name> image")."""
+    require_3d(volume, name, needs)
+    check_pixel_count(volume.size_ijk, max_voxels or 0, what or f"The {name} image", two_d=False)
+
+
+# ---------------------------------------------------------------------------- scans
+def require_volume(volume, name: str) -> None:
+    """InputError unless ``volume`` is a :class:`~pantheon.io.volume.Volume` (a Python caller's mistake)."""
+    if not isinstance(volume, Volume):
+        raise InputError(f"The {name} image must be a pantheon Volume, got {type(volume).__name__}.")
+
+
+def require_finite(array: np.ndarray, name: str, unit: str = "voxels", advice: str = "") -> None:
+    """InputError naming how many ``unit`` (voxels, pixels, values) of a float image are NaN or
+    infinite; ``advice`` ends the sentence after a semicolon."""
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise InputError(f"The {name} image contains {bad} NaN or infinite {unit}"
+                         + (f"; {advice}." if advice else "."))
+
+
+def sample_values(array: np.ndarray, n: int = SAMPLE_VOXELS) -> np.ndarray:
+    """About ``n`` values of ``array`` (flattened, every k-th; all of a smaller one), a view."""
+    return array.reshape(-1)[:: max(1, array.size // n)]
+
+
+def check_scan(volume, name: str, app: str, scan: str, channel: str, modalities: Sequence[str], max_voxels,
+               nan_advice: str) -> Tuple[np.ndarray, float, float]:
+    """The checks every 3D pipeline runs first on its scan, each failing with one sentence, in this
+    order: a Volume; one component ("``app`` needs a single-channel ``channel``"); 3D and within
+    ``max_voxels`` (None or 0 = no limit); the DICOM Modality, when known, in ``modalities``
+    ("``app`` needs a ``scan``"); not empty; no NaN or infinite voxel (``nan_advice``); not constant.
+
+    Returns ``(array, min, max)`` for the pipeline's own check of the value range (Hounsfield units
+    for a CT, no air for an MRI).
+    """
+    require_volume(volume, name)
+    if volume.components != 1:
+        raise InputError(f"The {name} image has {volume.components} components; "
+                         f"{app} needs a single-channel {channel}.")
+    check_3d_size(volume, name, f"{app} needs a 3D {scan} volume", max_voxels)
+    modality = str(volume.metadata.get("modality", "")).strip().upper()
+    if modality and modality not in modalities:
+        raise InputError(f"The {name} image is a DICOM {modality} image (Modality {modality}); {app} needs a {scan}.")
+    a = volume.array
+    if a.size == 0:
+        raise InputError(f"The {name} image is empty.")
+    require_finite(a, name, "voxels", nan_advice)
+    lo, hi = float(a.min()), float(a.max())
+    if lo == hi:
+        raise InputError(f"The {name} image is constant ({lo:g}); there is nothing to analyse.")
+    return a, lo, hi
+
+
 # ---------------------------------------------------------------------------- parameters
 def _is_number(value) -> bool:
     return isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
@@ -205,7 +273,7 @@ def check_label_map(volume, what: str = "label map"):
     if np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all():
             raise InputError(f"The {what} contains NaN or infinite values; a label map holds whole numbers.")
-        sample = a.reshape(-1)[:: max(1, a.size // 2_000_000)]
+        sample = sample_values(a)
         frac = np.abs(sample - np.rint(sample)) > 1e-3
         if frac.any():
             example = float(sample[np.argmax(frac)])
@@ -213,7 +281,7 @@ def check_label_map(volume, what: str = "label map"):
                              f"{_num(example, 3)}): it is an image (an MRI or CT?), not a label map of whole numbers.")
     lo, hi = float(a.min()), float(a.max())
     if lo < 0:
-        ct = " (like a CT in Hounsfield units)" if lo <= -500 else ""
+        ct = " (like a CT in Hounsfield units)" if lo <= AIR_HU else ""
         raise InputError(f"The {what} has negative values (down to {_num(lo, 3)}){ct}: it is an image, not a label "
                          "map, whose labels are whole numbers from 0.")
     if hi > MAX_LABEL_VALUE:

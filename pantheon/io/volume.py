@@ -54,7 +54,8 @@ class Volume:
             a = a[np.newaxis]
         if self.components > 1:
             if a.ndim != 4 or a.shape[-1] != self.components:
-                raise ValueError(f"a {self.components}-component volume needs shape (K, J, I, {self.components}), got {a.shape}")
+                raise ValueError(f"a {self.components}-component volume needs shape (K, J, I, {self.components}), "
+                                 f"got {a.shape}")
         elif a.ndim == 4 and a.shape[-1] > 1:
             self.components = int(a.shape[-1])
         elif a.ndim != 3:
@@ -192,10 +193,10 @@ class Volume:
 
     # ----------------------------------------------------------------- conversions (lossless; see convert.py)
     @classmethod
-    def from_sitk(cls, img) -> "Volume":
+    def from_sitk(cls, img, name: str = "the image") -> "Volume":
         """From a 2D or 3D SimpleITK image (already LPS); vector pixels become components."""
-        from .convert import from_sitk
-        return from_sitk(img)
+        from .convert import sitk_parts
+        return cls(*sitk_parts(img, name))
 
     def to_sitk(self):
         """A 3D SimpleITK image with the same geometry (bool -> uint8, float16 -> float32)."""
@@ -203,10 +204,10 @@ class Volume:
         return to_sitk(self)
 
     @classmethod
-    def from_nibabel(cls, img) -> "Volume":
-        """From a nibabel NIfTI image, using ``img.affine`` (sform if its code > 0, else qform), RAS -> LPS."""
-        from .convert import from_nibabel
-        return from_nibabel(img)
+    def from_nibabel(cls, img, name: str = "the image") -> "Volume":
+        """From a nibabel NIfTI image, its qform/sform read as ITK does (see convert.nifti_itk_affine), RAS -> LPS."""
+        from .convert import nibabel_parts
+        return cls(*nibabel_parts(img, name))
 
     def to_nibabel(self):
         """A nibabel Nifti1Image with sform and qform both set (code 1), RAS affine."""
@@ -214,10 +215,10 @@ class Volume:
         return to_nibabel(self)
 
     @classmethod
-    def from_slicer(cls, array_kji, ijk_to_ras) -> "Volume":
+    def from_slicer(cls, array_kji, ijk_to_ras, name: str = "the image") -> "Volume":
         """From ``slicer.util.arrayFromVolume(node)`` and the node's IJKToRAS matrix (4x4, RAS)."""
-        from .convert import from_slicer
-        return from_slicer(array_kji, ijk_to_ras)
+        from .convert import slicer_parts
+        return cls(*slicer_parts(array_kji, ijk_to_ras, name))
 
     def to_slicer(self):
         """``(array_kji, ijk_to_ras_4x4)``, for updateVolumeFromArray and SetIJKToRASMatrix."""

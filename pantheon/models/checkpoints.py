@@ -15,16 +15,16 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from ..errors import CheckpointError
+from ..io.atomic import atomic_path
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path, metadata: Dict[str, str]) -> Path:
-    """Write tensors + string metadata to ``path`` atomically (temporary name, then rename)."""
+    """Write tensors + string metadata to ``path`` atomically (:func:`pantheon.io.atomic.atomic_path`)."""
     from safetensors.torch import save_file
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in state.items()}
-    save_file(tensors, str(tmp), metadata=dict(metadata))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata))
     return path
 
 

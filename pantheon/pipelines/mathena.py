@@ -1,6 +1,7 @@
 """ToothAnalysis: MATHENA on one panoramic radiograph (OPG); every output lands on the input's pixels.
 
-Data flow (spec section 4.1 / 4.3):
+Data flow (MATHE detects, HENA analyses per-tooth crops, as in the paper; sizes are assumptions, see
+``pantheon.models.mathena.preprocess``):
 
 1. The input Volume is checked (a single slice, at least 64 px a side, finite, not constant);
    colour is turned into luminance (ITU-R BT.601), intensities into float32 [0, 1]
@@ -28,14 +29,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..anatomy import tooth_code
+from ..defaults import MATHENA_DEMO_DETECTOR_CARD, MATHENA_DEMO_HENA_CARD, MATHENA_SCORE_THRESHOLD
 from ..errors import CheckpointError, InputError, PantheonError
-from ..io.validate import COMMAND_PIXEL_LIMITS, check_pixel_count, require_int, require_number
+from ..io.validate import (
+    COMMAND_PIXEL_LIMITS,
+    check_pixel_count,
+    require_finite,
+    require_int,
+    require_number,
+    require_volume,
+)
 from ..io.volume import Volume
 from ..progress import Reporter
 from ..results import HeatmapOutput, LabelOutput, Result, Segment
@@ -64,8 +73,8 @@ MIN_TEETH_FOR_ORDER, MIN_ARCH_ORDER = 4, 0.85
 #: Fewer teeth than this (a panoramic X-ray of an adult shows about 28; noise and other pictures
 #: give the demo detector 0-8, in no order) flags the result too.
 FEW_TEETH = 8
-DEMO_DETECTOR_CARD = "mathena-demo-detector"
-DEMO_HENA_CARD = "mathena-demo-hena"
+DEMO_DETECTOR_CARD = MATHENA_DEMO_DETECTOR_CARD
+DEMO_HENA_CARD = MATHENA_DEMO_HENA_CARD
 MODEL_NAME = "MATHENA (arXiv 2604.00537, reconstruction)"
 # SNOMED CT 80967001 |Dental caries (disorder)|. Segment codes say what a segment is; the entry of
 # Slicer's terminology lists written for each (caries: "Lucency" in "Tooth"; anomaly: "Tissue" in
@@ -111,8 +120,7 @@ def opg_to_gray(volume: Volume, name: str = "input", max_pixels: Optional[int] =
     (``max_pixels``, None or 0 = no limit), a DICOM of another modality (CT, MR...), a colour
     photograph, or an image that is not wide like a panoramic X-ray (a CT or MR slice...)."""
     from ..models.mathena.preprocess import to_grayscale_float
-    if not isinstance(volume, Volume):
-        raise InputError(f"The {name} image must be a pantheon Volume, got {type(volume).__name__}.")
+    require_volume(volume, name)
     if volume.shape[0] > 1:
         raise InputError(f"The {name} image is a 3D volume ({volume.shape[0]} slices of {volume.shape[1]}x"
                          f"{volume.shape[2]}); ToothAnalysis needs a 2D panoramic X-ray.")
@@ -131,17 +139,14 @@ def opg_to_gray(volume: Volume, name: str = "input", max_pixels: Optional[int] =
     if volume.components > 1:
         if volume.components not in (3, 4):
             raise InputError(f"The {name} image has {volume.components} components; expected grayscale or RGB.")
-        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-            raise InputError(f"The {name} image contains {int((~np.isfinite(a)).sum())} NaN or infinite values.")
+        require_finite(a, name, "values")
         colour = colour_fraction(a)
         if colour > COLOUR_FRACTION:
             raise InputError(f"The {name} image is a colour picture ({100 * colour:.0f}% of it in colour), not an "
                              "X-ray; ToothAnalysis needs a panoramic dental X-ray (grey levels, also when stored "
                              "as RGB).")
         a = np.tensordot(a[..., :3].astype(np.float32), LUMA.astype(np.float32), axes=([-1], [0]))
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-        bad = int((~np.isfinite(a)).sum())
-        raise InputError(f"The {name} image contains {bad} NaN or infinite pixels.")
+    require_finite(a, name, "pixels")
     try:
         gray = to_grayscale_float(a)
     except InputError as exc:
@@ -247,7 +252,7 @@ class MathenaModels:
 
 
 def _resolve(ref: Optional[str], default_card: str):
-    from .nemesis import resolve_weights_argument
+    from ..runtime import resolve_weights_argument
     return resolve_weights_argument(ref, default_card)
 
 
@@ -280,7 +285,7 @@ def _config(model) -> dict:
 
 
 # ---------------------------------------------------------------------------- steps
-def detect_teeth(detector, gray: np.ndarray, score_thresh: float = 0.3,
+def detect_teeth(detector, gray: np.ndarray, score_thresh: float = MATHENA_SCORE_THRESHOLD,
                  input_hw: Optional[Tuple[int, int]] = None, raw: Optional[list] = None) -> List[dict]:
     """Teeth on a (H, W) [0, 1] image: ``[{"fdi", "score", "number_probability", "box" (x0, y0,
     x1, y1) source pixel-edge coordinates}]`` sorted by FDI: one box per tooth, each FDI number at
@@ -346,7 +351,7 @@ def _paste_max(target: np.ndarray, info, crop_map: np.ndarray, thresh: float) ->
 
 
 # ---------------------------------------------------------------------------- pipeline
-def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=None, cancel=None,
+def analyze(volume: Volume, detector, hena, score_thresh: float = MATHENA_SCORE_THRESHOLD, progress=None, cancel=None,
             batch_size: int = 8, mask_thresh: float = 0.5, detector_id: str = "unknown",
             hena_id: str = "unknown", demo: Optional[bool] = None,
             known_spacing: Optional[bool] = None, anomaly_thresh: float = ANOMALY_THRESHOLD,
@@ -468,7 +473,8 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
     res.labels["teeth"] = LabelOutput(ref.with_array(teeth[None]),
                                       [Segment(d["fdi"], tooth_name(d["fdi"]), tooth_color(d["fdi"]),
                                                tooth_code(d["fdi"])) for d in per_tooth])
-    res.labels["caries"] = LabelOutput(ref.with_array(caries[None]), [Segment(1, "caries", (0.9, 0.1, 0.1), CARIES_CODE)])
+    res.labels["caries"] = LabelOutput(ref.with_array(caries[None]),
+                                       [Segment(1, "caries", (0.9, 0.1, 0.1), CARIES_CODE)])
     res.labels["anomaly"] = LabelOutput(ref.with_array(anomaly[None]),
                                         [Segment(1, "anomaly", (1.0, 0.6, 0.0), ANOMALY_CODE)])
     res.heatmaps["caries_probability"] = HeatmapOutput(ref.with_array(caries_p[None]), "inferno", (0.0, 1.0),
@@ -512,7 +518,7 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = 0.3, progress=
     return res
 
 
-def analyze_with(volume: Volume, models: MathenaModels, score_thresh: float = 0.3, progress=None,
+def analyze_with(volume: Volume, models: MathenaModels, score_thresh: float = MATHENA_SCORE_THRESHOLD, progress=None,
                  cancel=None) -> Result:
     return analyze(volume, models, None, score_thresh, progress, cancel)
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -30,102 +28,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..defaults import NEMESIS_DEMO_CARD, NEMESIS_DEMO_PROBE_CARD, NEMESIS_MASK_RATIO
 from ..errors import InputError, InvalidParameter, PantheonError
-from ..io.validate import COMMAND_PIXEL_LIMITS, check_pixel_count, fmt_point, require_3d, require_int, require_number
+from ..io.atomic import atomic_path
+from ..io.validate import COMMAND_PIXEL_LIMITS, check_scan, fmt_point, require_int, require_number, sample_values
 from ..io.volume import Volume
 from ..models.nemesis import NemesisMAE, OrganProbe
-from ..models.nemesis.probe import BTCV_ORGANS
+from ..models.nemesis.probe import BTCV_ORGANS, DEFAULT_ORIENTATION, HU_WINDOW, load_probe
 from ..progress import Reporter
 from ..results import HeatmapOutput, Result
+from ..runtime import autocast_for, cpu_has_native_bf16, pick_device, resolve_weights_argument
 
-HU_WINDOW = (-175.0, 250.0)
-DEFAULT_ORIENTATION = "RAS"
 #: Largest CT (voxels) the NEMESIS commands take by default (512 x 512 x 1900; the input, a float32
 #: copy and one full-resolution map per output need ~10 bytes a voxel and more). Overridable:
 #: ``max_voxels`` of :func:`load_engine` / :func:`check_ct` (0 = no limit), ``--max-pixels``.
 MAX_VOXELS = COMMAND_PIXEL_LIMITS["nemesis"]
 
 
-# ---------------------------------------------------------------------------- devices
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` (the first GPU when CUDA is usable, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or
-    ``mps``; anything unusable raises PantheonError with one sentence saying why."""
-    name = "auto" if device is None else str(device).strip().lower()
-    if name in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise PantheonError("Apple's GPU (mps) was requested but PyTorch cannot use it here; use cpu.")
-        return torch.device("mps")
-    match = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if match is None:
-        raise PantheonError(f"Unknown device {device!r}: use auto, cpu, cuda or cuda:N (N = GPU number, from 0).")
-    if not torch.cuda.is_available():
-        from ..worker.requirements import torch_report
-        why = (torch_report().get("cuda_error") or "No CUDA device is available to PyTorch.").rstrip(".")
-        what = "CUDA" if name == "cuda" else f"GPU {name}"
-        raise PantheonError(f"{what} was requested but {why[0].lower()}{why[1:]}; use cpu instead.")
-    if match.group(1) is None:
-        return torch.device("cuda")
-    index, count = int(match.group(1)), torch.cuda.device_count()
-    if index >= count:
-        have = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
-        raise PantheonError(f"GPU {name} does not exist: PyTorch sees {count} CUDA device"
-                            f"{'' if count == 1 else 's'} here ({have}).")
-    return torch.device("cuda", index)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX); without them CPU
-    autocast to bf16 is emulated and several times slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-
-
-def autocast_for(device: torch.device, precision: str):
-    """The autocast context for ``precision``; fp32 and int8 (quantised into the model) need none."""
-    if precision in (None, "fp32", "float32", "int8"):
-        return nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if precision not in dtypes:
-        raise InvalidParameter(f"The precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
-
-
 # ---------------------------------------------------------------------------- input checks
 def check_ct(volume: Volume, name: str = "input", max_voxels: Optional[int] = MAX_VOXELS) -> None:
     """Raise InputError with one sentence when ``volume`` cannot be a CT in Hounsfield units
     (or has more than ``max_voxels`` voxels; None or 0 = no limit)."""
-    if not isinstance(volume, Volume):
-        raise InputError(f"The {name} image must be a pantheon Volume, got {type(volume).__name__}.")
-    if volume.components != 1:
-        raise InputError(f"The {name} image has {volume.components} components; NEMESIS needs a single-channel CT.")
-    require_3d(volume, name, "NEMESIS needs a 3D CT volume")
-    check_pixel_count(volume.size_ijk, max_voxels or 0, f"The {name} image", two_d=False)
-    modality = str(volume.metadata.get("modality", "")).upper()
-    if modality and modality not in ("CT", "OT"):
-        raise InputError(f"The {name} image is a DICOM {modality} image (Modality {modality}); NEMESIS needs a CT.")
-    a = volume.array
-    if a.size == 0:
-        raise InputError(f"The {name} image is empty.")
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-        bad = int((~np.isfinite(a)).sum())
-        raise InputError(f"The {name} image contains {bad} NaN or infinite voxels; fix or mask them before running NEMESIS.")
-    lo, hi = float(a.min()), float(a.max())
-    if lo == hi:
-        raise InputError(f"The {name} image is constant ({lo:g}); there is nothing to analyse.")
-    # Subsample for speed: percentiles of a few million voxels are stable.
-    sample = a.reshape(-1)[:: max(1, a.size // 2_000_000)].astype(np.float32)
+    a, lo, hi = check_scan(volume, name, "NEMESIS", "CT", "CT", ("CT", "OT"), max_voxels,
+                           "fix or mask them before running NEMESIS")
+    sample = sample_values(a).astype(np.float32)
     p1, p99 = np.percentile(sample, [1, 99.9])
     if p1 > -200 or p99 > 6000 or lo < -3100:
         raise InputError(f"The {name} image values run from {lo:g} to {hi:g} (1st percentile {p1:g}); that is not a CT "
@@ -284,11 +210,9 @@ class FeatureGrid:
     key: str = ""
 
     def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, tokens=self.tokens, centres_lps=self.centres_lps, patch_size=self.patch_size,
-                 superpatch_size=self.superpatch_size, stride=self.stride, key=self.key)
-        tmp.replace(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds .npz to a bare name
+            np.savez(f, tokens=self.tokens, centres_lps=self.centres_lps, patch_size=self.patch_size,
+                     superpatch_size=self.superpatch_size, stride=self.stride, key=self.key)
 
     @classmethod
     def load(cls, path) -> "FeatureGrid":
@@ -409,7 +333,7 @@ def similarity(volume: Volume, engine: NemesisEngine, point_lps, stride=None, ca
     res = Result()
     res.heatmaps["similarity"] = HeatmapOutput(token_map_to_input(prepared, sim, fg.patch_size), "viridis", (-1.0, 1.0),
                                                "Cosine similarity of NEMESIS tokens to the chosen point")
-    res.notes.update(_notes(engine, fg))
+    res.notes.update(run_notes(engine, fg))
     res.notes["point_lps"] = json.dumps([round(float(v), 3) for v in point])  # the preview marks it
     rep(1.0, "Done")
     return res
@@ -442,7 +366,7 @@ def pca(volume: Volume, engine: NemesisEngine, stride=None, cache_dir=None, wind
     res = Result()
     res.volumes["pca"] = token_map_to_input(prepared, proj.reshape(fg.tokens.shape[:3] + (3,)), fg.patch_size)
     res.scalars.update({f"pca_explained_variance_{i + 1}": float(v) for i, v in enumerate(explained)})
-    res.notes.update(_notes(engine, fg))
+    res.notes.update(run_notes(engine, fg))
     rep(1.0, "Done")
     return res
 
@@ -573,7 +497,7 @@ def organ_maps(volume: Volume, engine: NemesisEngine, probe: OrganProbe, organs:
             f"Probability that the {name} (SNOMED CT {code} {meaning}) is in the {voxels}-voxel block "
             f"({block}) centred on this voxel, from the NEMESIS organ probe{outside}.",
             f"P({name} in the {block} block here){outside}")
-    res.notes.update(_notes(engine, fg))
+    res.notes.update(run_notes(engine, fg))
     res.notes["organ_maps"] = (f"Each value is the probability that the organ lies in the {voxels}-voxel block "
                                f"({block}) centred on the voxel (one superpatch, what the probe was trained on)"
                                + (f"; voxels outside the body (CT above {body_hu:g} HU, largest connected region, "
@@ -582,7 +506,7 @@ def organ_maps(volume: Volume, engine: NemesisEngine, probe: OrganProbe, organs:
     return res
 
 
-def _notes(engine: NemesisEngine, fg: Optional[FeatureGrid] = None) -> Dict[str, str]:
+def run_notes(engine: NemesisEngine, fg: Optional[FeatureGrid] = None) -> Dict[str, str]:
     notes = {"model": "NEMESIS (arXiv 2604.01612)", "weights": engine.weights_id,
              "device": str(engine.device), "precision": engine.precision}
     if engine.weights_id.endswith("demo") or "demo" in engine.weights_id:
@@ -597,7 +521,7 @@ def _notes(engine: NemesisEngine, fg: Optional[FeatureGrid] = None) -> Dict[str,
 MASKED_HU = -1024.0
 
 
-def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=(0.5, 0.5), noise_std: float = 0.0,
+def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=NEMESIS_MASK_RATIO, noise_std: float = 0.0,
                 seed: int = 0, window=HU_WINDOW, orientation=DEFAULT_ORIENTATION, progress=None,
                 cancel=None) -> Result:
     """Masked reconstruction of the superpatch centred on ``point_lps``.
@@ -657,7 +581,7 @@ def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=(0.
         "Absolute difference (HU) between the reconstruction and the input, both in the window "
         f"[{lo:g}, {hi:g}] HU; visible patches are the input itself (0 without noise)",
         "absolute error (HU)")
-    res.notes.update(_notes(engine))
+    res.notes.update(run_notes(engine))
     res.notes["point_lps"] = json.dumps([round(float(v), 3) for v in np.asarray(point_lps, float).reshape(3)])
     res.notes["mask_ratio"] = str(mask_ratio)
     res.notes["noise_std"] = str(noise_std)
@@ -670,22 +594,8 @@ def reconstruct(volume: Volume, engine: NemesisEngine, point_lps, mask_ratio=(0.
 
 
 # ---------------------------------------------------------------------------- weights
-DEMO_ENCODER_CARD = "nemesis-demo"
-DEMO_PROBE_CARD = "nemesis-demo-probe"
-
-
-def resolve_weights_argument(weights: Optional[str], default_card: str, allow_download: bool = False,
-                             trust_unverified: bool = False, progress=None, cancel=None):
-    """``weights`` is a file path or a model-card id (default ``default_card``) -> (path, card or None)."""
-    from ..registry import get_card, resolve_weights
-    if weights and Path(weights).expanduser().is_file():
-        return Path(weights).expanduser().resolve(), None
-    if weights and any(sep in weights for sep in ("/", "\\")) or (weights or "").endswith((".pt", ".pth", ".safetensors")):
-        from ..errors import CheckpointError
-        raise CheckpointError(f"Weights file {weights} does not exist.")
-    card = get_card(weights or default_card)
-    return resolve_weights(card, allow_download=allow_download, trust_unverified=trust_unverified,
-                           progress=progress, cancel=cancel), card
+DEMO_ENCODER_CARD = NEMESIS_DEMO_CARD
+DEMO_PROBE_CARD = NEMESIS_DEMO_PROBE_CARD
 
 
 def load_engine(weights: Optional[str] = None, device: str = "auto", precision: str = "fp32", batch_size: int = 1,
@@ -705,7 +615,6 @@ def load_engine(weights: Optional[str] = None, device: str = "auto", precision: 
 
 
 def load_probe_for(engine: NemesisEngine, probe: Optional[str] = None) -> OrganProbe:
-    from ..train.nemesis import load_probe
     path, _ = resolve_weights_argument(probe, DEMO_PROBE_CARD)
     model, meta = load_probe(path, engine.weights_sha256)
     if model.linear.in_features != engine.model.embed_dim:

@@ -9,7 +9,8 @@ upsampled to the crop and put back onto the input grid (zero outside the box).
 NeoGen (latent diffusion + ControlNet, DDIM) -> synthetic MR patches mapped onto the label map's grid.
 
 NeoNet (arXiv 2603.29449) publishes no weights and no architecture details: the bundled demo
-weights are trained on synthetic phantoms, and every size is an assumption (spec §3, §7, §10).
+weights are trained on synthetic phantoms, and every size is an assumption (the paper gives none;
+see ``pantheon.models.neonet``).
 """
 
 from __future__ import annotations
@@ -21,21 +22,21 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..defaults import NEOGEN_DDIM_STEPS, NEOGEN_MAX_DDIM_STEPS, NEONET_DEMO_CARDS
 from ..errors import InputError
-from ..io.validate import (COMMAND_PIXEL_LIMITS, check_label_map, check_pixel_count, describe_geometry_mismatch,
-                           require_3d, require_int)
+from ..io.validate import COMMAND_PIXEL_LIMITS, check_3d_size, check_label_map, describe_geometry_mismatch, require_int
 from ..io.volume import Volume
 from ..progress import Reporter
 from ..results import HeatmapOutput, LabelOutput, Result, Segment
 
-DEMO_NEOSEG_CARD = "neonet-demo-neoseg"
-DEMO_NEOGEN_CARD = "neonet-demo-neogen"
-DEMO_PATTENNET_CARD = "neonet-demo-pattennet"
+DEMO_NEOSEG_CARD = NEONET_DEMO_CARDS["neoseg"]
+DEMO_NEOGEN_CARD = NEONET_DEMO_CARDS["neogen"]
+DEMO_PATTENNET_CARD = NEONET_DEMO_CARDS["pattennet"]
 #: Largest MRI or label map (voxels) the NeoNet commands take by default (e.g. 512 x 512 x 760).
 #: Overridable: ``max_voxels`` of :func:`predict` / :func:`synthesize` (0 = no limit), ``--max-pixels``.
 MAX_VOXELS = COMMAND_PIXEL_LIMITS["pni"]
 #: DDIM steps :func:`synthesize` accepts (the noise schedule has 1000 training steps).
-MAX_STEPS = 1000
+MAX_STEPS = NEOGEN_MAX_DDIM_STEPS
 
 LIVER, TUMOUR = 1, 2
 SEGMENTS = [Segment(LIVER, "liver", (0.87, 0.51, 0.28), ("SCT", "10200004", "Liver")),
@@ -83,7 +84,7 @@ class NeoNetModels:
 
 
 def _resolve(arg: Optional[str], default_card: str):
-    from .nemesis import resolve_weights_argument
+    from ..runtime import resolve_weights_argument
     return resolve_weights_argument(arg, default_card)
 
 
@@ -329,7 +330,7 @@ def predict(volume: Volume, models: NeoNetModels, tumour_mask: Optional[Volume] 
 
 
 # ---------------------------------------------------------------------------- synthesize
-def check_synthesis_params(pni=1, n=1, steps=50, seed=0):
+def check_synthesis_params(pni=1, n=1, steps=NEOGEN_DDIM_STEPS, seed=0):
     """(pni, n, steps, seed) checked in plain words: PNI class 0 or 1, at least one patch, 1 to
     MAX_STEPS DDIM steps, a seed from 0; InputError otherwise."""
     pni = require_int(pni, "PNI class", 0, 1)
@@ -339,8 +340,8 @@ def check_synthesis_params(pni=1, n=1, steps=50, seed=0):
     return pni, n, steps, seed
 
 
-def synthesize(label_volume: Volume, models: NeoNetModels, pni: int = 1, n: int = 1, steps: int = 50, seed: int = 0,
-               progress=None, cancel=None, max_voxels: Optional[int] = MAX_VOXELS) -> Result:
+def synthesize(label_volume: Volume, models: NeoNetModels, pni: int = 1, n: int = 1, steps: int = NEOGEN_DDIM_STEPS,
+               seed: int = 0, progress=None, cancel=None, max_voxels: Optional[int] = MAX_VOXELS) -> Result:
     """``n`` synthetic MR patches for the anatomy in ``label_volume`` (1 liver, 2 tumour; a binary map is
     a tumour), PNI class ``pni`` (0/1), DDIM with ``steps`` steps, reproducible by ``seed``.
 
@@ -357,8 +358,7 @@ def synthesize(label_volume: Volume, models: NeoNetModels, pni: int = 1, n: int 
     pni, n, steps, seed = check_synthesis_params(pni, n, steps, seed)
     if not isinstance(label_volume, Volume) or label_volume.components != 1:
         raise InputError("The masks must be a single-component label volume.")
-    require_3d(label_volume, "label map", "NeoGen needs 3D masks")
-    check_pixel_count(label_volume.size_ijk, max_voxels or 0, "The label map", two_d=False)
+    check_3d_size(label_volume, "label map", "NeoGen needs 3D masks", max_voxels, "The label map")
     tumour, liver = _tumour_mask_arrays(label_volume, "label map")
     lab = np.zeros(label_volume.shape, np.uint8)
     if liver is not None:

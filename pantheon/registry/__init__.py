@@ -6,14 +6,21 @@
 - :mod:`.download`: :func:`download` (urllib, atomic, checksummed) and :func:`sha256_file`.
 """
 
-from .card import (CARDS_DIR, CARDS_PATH_ENV, MODELS, ModelCard, card_dirs, get_card, list_cards,
-                   load_card, save_card)
+from .card import CARDS_DIR, CARDS_PATH_ENV, ModelCard, card_dirs, get_card, list_cards, load_card, save_card
 from .download import clear_hash_cache, download, sha256_file
-from .resolve import (BUNDLED_ENV, BUNDLED_WEIGHTS_DIR, CACHE_ENV, bundled_weight_dirs, cached_path,
-                      default_cache_dir, resolve_weights, sidecar_path)
+from .resolve import (
+                   BUNDLED_ENV,
+                   BUNDLED_WEIGHTS_DIR,
+                   CACHE_ENV,
+                   bundled_weight_dirs,
+                   cached_path,
+                   default_cache_dir,
+                   resolve_weights,
+                   sidecar_path,
+)
 
 __all__ = [
-    "CARDS_DIR", "CARDS_PATH_ENV", "MODELS", "ModelCard", "card_dirs", "get_card", "list_cards",
+    "CARDS_DIR", "CARDS_PATH_ENV", "ModelCard", "card_dirs", "get_card", "list_cards",
     "load_card", "save_card", "clear_hash_cache", "download", "sha256_file", "BUNDLED_ENV",
     "BUNDLED_WEIGHTS_DIR", "CACHE_ENV", "bundled_weight_dirs", "cached_path", "default_cache_dir",
     "resolve_weights", "sidecar_path",

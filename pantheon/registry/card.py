@@ -24,14 +24,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 from ..errors import RegistryError
+from ..io.atomic import write_text_atomic
 
-MODELS = ("nemesis", "mathena", "neonet")
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 CARDS_PATH_ENV = "PANTHEON_CARDS_PATH"
 
@@ -96,8 +95,9 @@ class ModelCard:
             raise bad("id", "must be letters, digits, '.', '_' or '-', starting with a letter or digit")
         if not isinstance(d["version"], str) or not _VERSION_RE.match(d["version"]):
             raise bad("version", "must be a string such as \"1.0.0\" (letters, digits, '.', '_', '+', '-')")
-        if d["model"] not in MODELS:
-            raise bad("model", f"must be one of {', '.join(MODELS)}, got {d['model']!r}")
+        from ..plugins import plugin_names  # the models Pantheon has: its plug-ins
+        if d["model"] not in plugin_names():
+            raise bad("model", f"must be one of {', '.join(plugin_names())}, got {d['model']!r}")
         for k in ("task", "description"):
             if not isinstance(d[k], str) or (k == "task" and not d[k].strip()):
                 raise bad(k, "must be a non-empty string" if k == "task" else "must be a string")
@@ -180,7 +180,8 @@ def _check_input(inp, bad) -> None:
             ok = (_is_int(v) and v > 0) or (k != "channels" and isinstance(v, list) and v
                                             and all(_is_int(x) and x > 0 for x in v))
             if not ok:
-                raise bad(f"input.{k}", "must be a positive integer" + ("" if k == "channels" else " or a list of them"))
+                raise bad(f"input.{k}",
+                          "must be a positive integer" + ("" if k == "channels" else " or a list of them"))
 
 
 def _check_labels(labels, bad) -> None:
@@ -220,23 +221,13 @@ def save_card(card: ModelCard, path: Union[str, Path]) -> Path:
     """Write a card atomically (temporary file in the same directory, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(card.to_dict(), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(card.to_dict(), indent=2) + "\n")
 
 
 def card_dirs(extra_dirs: Optional[Iterable[Union[str, Path]]] = None) -> List[Path]:
     """Directories searched for cards, highest precedence first: ``extra_dirs``, then
-    ``$PANTHEON_CARDS_PATH`` (``os.pathsep`` separated), then the built-in cards.
+    ``$PANTHEON_CARDS_PATH`` (``os.pathsep`` separated), then the built-in cards, then those of
+    model plug-ins that bring their own (:func:`pantheon.plugins.resource_dirs`).
 
     A named directory that does not exist is an error rather than silently ignored, so a
     typo in the environment variable does not hide the user's cards.
@@ -255,7 +246,8 @@ def card_dirs(extra_dirs: Optional[Iterable[Union[str, Path]]] = None) -> List[P
             raise RegistryError(f"Model card directory {d} (from {origin}) is not a directory.")
         out.append(d)
     out.append(CARDS_DIR)
-    return out
+    from ..plugins import resource_dirs
+    return out + resource_dirs("cards")
 
 
 def list_cards(extra_dirs: Optional[Iterable[Union[str, Path]]] = None) -> List[ModelCard]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, List, Optional, Union
 
 from ..errors import CheckpointError, RegistryError
+from ..io.atomic import write_text_atomic
 from ..progress import CancelFlag, ProgressCallback
 from .card import ModelCard, get_card
 from .download import download, sha256_file
@@ -44,13 +44,15 @@ def cached_path(card: ModelCard, cache_dir: Optional[PathLike] = None) -> Path:
 
 def bundled_weight_dirs(extra: Optional[Iterable[PathLike]] = None) -> List[Path]:
     """Directories searched for bundled (demo) weights: ``extra``, ``$PANTHEON_BUNDLED_DIR``
-    (``os.pathsep`` separated) and the package's own ``pantheon/registry/weights``; missing ones
-    skipped."""
+    (``os.pathsep`` separated), the package's own ``pantheon/registry/weights`` and the ``weights/``
+    of model plug-ins that bring their own; missing ones skipped."""
     if isinstance(extra, (str, Path)):
         extra = [extra]
     dirs = [Path(d).expanduser() for d in extra or ()]
     dirs += [Path(d).expanduser() for d in os.environ.get(BUNDLED_ENV, "").split(os.pathsep) if d.strip()]
     dirs.append(BUNDLED_WEIGHTS_DIR)
+    from ..plugins import resource_dirs
+    dirs += resource_dirs("weights")
     return [d for d in dirs if d.is_dir()]
 
 
@@ -60,11 +62,7 @@ def sidecar_path(weights: Path) -> Path:
 
 
 def _write_sidecar(weights: Path, digest: str) -> None:
-    side = sidecar_path(weights)
-    fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", dir=side.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{digest}  {weights.name}\n")  # sha256sum format
-    os.replace(tmp, side)
+    write_text_atomic(sidecar_path(weights), f"{digest}  {weights.name}\n")  # sha256sum format
 
 
 def _read_sidecar(weights: Path) -> Optional[str]:

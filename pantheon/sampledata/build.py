@@ -106,7 +106,7 @@ def _write_seg(labels, segments, path: Path) -> Path:
     from ..results import LabelOutput, Segment
     segs = [Segment(v, name, color, code) for v, name, color, code in segments]
     out = write_seg_nrrd(LabelOutput(labels, segs), path)
-    os.chmod(out, 0o644)  # its temporary file was private (mkstemp); these are shipped read-only data
+    os.chmod(out, 0o644)  # shipped read-only data: the same mode whatever the builder's umask
     return _drop_header_comments(out)
 
 

@@ -10,10 +10,23 @@ runs in the Slicer process. Design notes (geometry frame, replacement on re-run,
 terminology, subject hierarchy) are in :mod:`pantheon.slicerbridge.scene`.
 """
 
-from .scene import (ATTR_ACTION, ATTR_INPUT, ATTR_KIND, ATTR_OUTPUT, ImportedResult, color_node_id,
-                    export_segmentation, export_volume, import_result, outputs_of, remove_outputs,
-                    segment_terminology, show_result, volume_from_node)
 from .markups import find_roi, import_roi, roi_corners_ras, roi_geometry, roi_node_corners
+from .scene import (
+                    ATTR_ACTION,
+                    ATTR_INPUT,
+                    ATTR_KIND,
+                    ATTR_OUTPUT,
+                    ImportedResult,
+                    color_node_id,
+                    export_segmentation,
+                    export_volume,
+                    import_result,
+                    outputs_of,
+                    remove_outputs,
+                    segment_terminology,
+                    show_result,
+                    volume_from_node,
+)
 from .terms import BTCV_ORGANS, parse_terminology, resolve_label_values, terminology_string
 
 __all__ = [

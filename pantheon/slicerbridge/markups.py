@@ -31,8 +31,16 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import InputError
-from .scene import (ATTR_ACTION, ATTR_INPUT, ATTR_KIND, ATTR_OUTPUT, _check_volume_node, _place_in_hierarchy,
-                    _scene_of, outputs_of)
+from .scene import (
+    ATTR_ACTION,
+    ATTR_INPUT,
+    ATTR_KIND,
+    ATTR_OUTPUT,
+    check_volume_node,
+    outputs_of,
+    place_in_hierarchy,
+    scene_of,
+)
 
 __all__ = ["ROI_KIND", "roi_action", "roi_geometry", "roi_corners_ras", "roi_node_corners", "import_roi", "find_roi"]
 
@@ -114,9 +122,9 @@ def import_roi(box: Union[dict, str], input_node, action: str, name: str = "crop
 
     if not isinstance(action, str) or not action.strip():
         raise ValueError("action must be a non-empty string, e.g. 'predict'")
-    _check_volume_node(input_node)
+    check_volume_node(input_node)
     g = roi_geometry(box)
-    scene = _scene_of(input_node)
+    scene = scene_of(input_node)
     node = find_roi(input_node, action, name)
     if node is None:
         node = slicer.vtkMRMLMarkupsROINode()
@@ -145,5 +153,5 @@ def import_roi(box: Union[dict, str], input_node, action: str, name: str = "crop
     if display is not None and color is not None:
         display.SetSelectedColor(*color)
         display.SetColor(*color)
-    _place_in_hierarchy(scene, input_node, [node])
+    place_in_hierarchy(scene, input_node, [node])
     return node

@@ -39,8 +39,17 @@ lps_to_ras = ras_to_lps  # the same flip both ways
 # ------------------------------------------------------------------------------------ install
 # Install plans live in pantheon.slicerbridge.install (requirements from pyproject.toml, torch index
 # for the NVIDIA driver); re-exported here because the modules' Lib/core.py import them from panel.
-from .install import (REQUIREMENT_SPECS, TORCH_CPU_INDEX, TORCH_CUDA_INDEX, InstallPlan,  # noqa: E402,F401
-                      InstallStep, detect_nvidia_driver, install_plan, torch_index_for_driver)
+from .install import (  # noqa: E402,F401
+    REQUIREMENT_SPECS,
+    TORCH_CPU_INDEX,
+    TORCH_CUDA_INDEX,
+    InstallPlan,
+    InstallStep,
+    detect_nvidia_driver,
+    install_plan,
+    torch_index_for_driver,
+)
+
 
 # ------------------------------------------------------------------------------------ devices
 def check_device(device) -> str:
@@ -407,7 +416,8 @@ class WorkerLogicMixin:
     def prepareWorkerAsync(self, followUp: Optional[str] = None, refresh: bool = False) -> "ThreadTask":
         """:meth:`prepareWorker` on a thread; the panel polls it (progress, Cancel) and then runs
         ``followUp``."""
-        return ThreadTask(followUp or "environment", lambda progress, cancel: self.prepareWorker(progress, cancel, refresh),
+        return ThreadTask(followUp or "environment",
+                          lambda progress, cancel: self.prepareWorker(progress, cancel, refresh),
                           followUp, kind="prepare", abandon_on_cancel=True)
 
     def installPlan(self, missing=None, cuda: Optional[bool] = None) -> InstallPlan:
@@ -1014,7 +1024,8 @@ class PanelWidgetMixin:
         """The device list: auto, cpu and each GPU the worker's PyTorch can use (cuda:0, cuda:1...);
         the chosen device stays chosen (and listed) even if it is not among them."""
         combo = self.ui.deviceComboBox
-        current = (self._parameterNode.device if self._parameterNode is not None else None) or combo.currentText or "auto"
+        current = ((self._parameterNode.device if self._parameterNode is not None else None)
+                   or combo.currentText or "auto")
         items = list(dict.fromkeys(list(devices) + [current]))
         self._updatingGui = True
         try:

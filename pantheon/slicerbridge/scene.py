@@ -38,7 +38,6 @@ import numpy as np
 
 from ..errors import InputError, PantheonError
 from ..io import Volume, read_volume, write_volume
-from ..io.convert import from_slicer
 from . import terms
 
 ATTR_INPUT = "Pantheon.InputNodeID"
@@ -81,7 +80,7 @@ def _slicer():
     return slicer
 
 
-def _scene_of(node):
+def scene_of(node):
     scene = node.GetScene() if node is not None else None
     return scene if scene is not None else getattr(_slicer(), "mrmlScene", None)
 
@@ -93,7 +92,7 @@ def _matrix(node) -> np.ndarray:
     return _slicer().util.arrayFromVTKMatrix(m)
 
 
-def _check_volume_node(node, what="input"):
+def check_volume_node(node, what="input"):
     if node is None or not node.IsA("vtkMRMLVolumeNode"):
         raise InputError(f"the {what} must be a volume node, got {node!r}")
     if node.GetImageData() is None:
@@ -185,7 +184,7 @@ def volume_from_node(volume_node, world: bool = False) -> Volume:
     transform is hardened into the geometry; a non-linear one raises :class:`InputError`.
     """
     slicer = _slicer()
-    _check_volume_node(volume_node)
+    check_volume_node(volume_node)
     array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
     m = _matrix(volume_node)
     parent = volume_node.GetParentTransformNode()
@@ -197,7 +196,7 @@ def volume_from_node(volume_node, world: bool = False) -> Volume:
         to_world = vtk.vtkMatrix4x4()
         parent.GetMatrixTransformToWorld(to_world)
         m = slicer.util.arrayFromVTKMatrix(to_world) @ m
-    return from_slicer(array, m, name=f"volume {volume_node.GetName()!r}")
+    return Volume.from_slicer(array, m, name=f"volume {volume_node.GetName()!r}")
 
 
 def export_volume(volume_node, path, world: bool = False) -> Path:
@@ -247,14 +246,14 @@ def export_segmentation(segmentation_node, reference_volume_node, path, label_va
     slicer = _slicer()
     if segmentation_node is None or not segmentation_node.IsA("vtkMRMLSegmentationNode"):
         raise InputError(f"expected a segmentation node, got {segmentation_node!r}")
-    _check_volume_node(reference_volume_node, "reference volume")
+    check_volume_node(reference_volume_node, "reference volume")
     _ensure_converters()
     segments = _segments_of(segmentation_node)
     values = terms.resolve_label_values(
         [(sid, s.GetName(), segment_terminology(s)) for sid, s in segments], label_values, ignored)
     ref = volume_from_node(reference_volume_node)
     out = np.zeros(ref.shape, dtype=np.uint8 if max(values.values(), default=0) <= 255 else np.uint16)
-    scene = _scene_of(reference_volume_node)
+    scene = scene_of(reference_volume_node)
     import vtk
     before = {n.GetID() for n in _all_nodes(scene)}
     tmp = slicer.vtkMRMLLabelMapVolumeNode()
@@ -292,7 +291,7 @@ def _all_nodes(scene):
 
 def outputs_of(input_node, action: Optional[str] = None) -> list:
     """Output nodes Pantheon made for ``input_node`` (of one ``action`` or all), in scene order."""
-    scene = _scene_of(input_node)
+    scene = scene_of(input_node)
     if scene is None or input_node is None:
         return []
     iid = input_node.GetID()
@@ -352,7 +351,7 @@ def _output_folder(scene, input_node, create: bool) -> int:
 
 def remove_outputs(input_node, action: Optional[str] = None) -> int:
     """Remove Pantheon's outputs of ``input_node`` (one action or all); returns how many nodes."""
-    scene = _scene_of(input_node)
+    scene = scene_of(input_node)
     nodes = outputs_of(input_node, action)
     for node in nodes:
         _remove_node_and_helpers(scene, node)
@@ -581,8 +580,8 @@ def import_result(result: dict, input_node, action: str, show: bool = True, prot
     """
     if not isinstance(action, str) or not action.strip():
         raise ValueError("action must be a non-empty string, e.g. 'organs'")
-    _check_volume_node(input_node)
-    scene = _scene_of(input_node)
+    check_volume_node(input_node)
+    scene = scene_of(input_node)
     outputs = dict(result.get("outputs") or {})
     out_dir = result.get("output_dir")
     if outputs and out_dir is None:
@@ -628,14 +627,14 @@ def import_result(result: dict, input_node, action: str, show: bool = True, prot
         imported.tables[name] = node
     for stale in existing.values():  # outputs of the previous run this result no longer has
         _remove_node_and_helpers(scene, stale)
-    imported.folder_item = _place_in_hierarchy(scene, input_node,
+    imported.folder_item = place_in_hierarchy(scene, input_node,
                                                list(imported.nodes.values()) + list(imported.tables.values()))
     if show:
         show_result(imported, input_node)
     return imported
 
 
-def _place_in_hierarchy(scene, input_node, nodes) -> int:
+def place_in_hierarchy(scene, input_node, nodes) -> int:
     sh = scene.GetSubjectHierarchyNode()
     if sh is None or not nodes:
         return 0

@@ -25,8 +25,7 @@ from ..errors import InputError
 
 Code = Tuple[str, str, str]  # (coding scheme designator, code value, code meaning)
 
-from ..anatomy import (  # noqa: E402  (re-exported; torch-free)
-    ANATOMIC_CONTEXT, ANATOMICAL_STRUCTURE, BTCV_ORGANS, GENERAL_ANATOMY, Term, term_for)
+from ..anatomy import ANATOMICAL_STRUCTURE, BTCV_ORGANS, GENERAL_ANATOMY, Term, term_for  # noqa: E402  (re-exported; torch-free)
 
 TERMINOLOGY_CONTEXT = GENERAL_ANATOMY
 SCT_LEFT = "7771000"

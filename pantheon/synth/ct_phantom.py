@@ -145,7 +145,7 @@ NOMINAL_HU: Dict[str, float] = {
 # =====================================================================================
 # small geometry helpers
 # =====================================================================================
-def _rng(seed: SeedLike) -> np.random.Generator:
+def seeded_rng(seed: SeedLike) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     return np.random.default_rng(seed)
@@ -159,13 +159,13 @@ def _rotation(axis, angle_rad: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle_rad) * k + (1 - np.cos(angle_rad)) * (k @ k)
 
 
-def _euler(rx_deg=0.0, ry_deg=0.0, rz_deg=0.0) -> np.ndarray:
+def euler_matrix(rx_deg=0.0, ry_deg=0.0, rz_deg=0.0) -> np.ndarray:
     """Rotation about x, then y, then z (patient axes), degrees."""
     return (_rotation((0, 0, 1), np.radians(rz_deg)) @ _rotation((0, 1, 0), np.radians(ry_deg))
             @ _rotation((1, 0, 0), np.radians(rx_deg)))
 
 
-def _small_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+def small_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     axis = rng.normal(size=3)
     return _rotation(axis, np.radians(rng.uniform(-max_deg, max_deg)))
 
@@ -230,12 +230,12 @@ class Tube:
         return self.points.min(axis=0) - r, self.points.max(axis=0) + r
 
 
-def _random_blob(rng, centre, radii, rot=None, *, size_jitter=0.15, pos_jitter=10.0,
+def random_blob(rng, centre, radii, rot=None, *, size_jitter=0.15, pos_jitter=10.0,
                  rot_jitter_deg=10.0, bumps=3, bump_amp=0.06, power=2) -> Blob:
     """A blob with random size (one common scale +-size_jitter, +-5 % per axis), position and tilt."""
     scale = rng.uniform(1 - size_jitter, 1 + size_jitter) * rng.uniform(0.95, 1.05, size=3)
     rot = np.eye(3) if rot is None else rot
-    rot = _small_rotation(rng, rot_jitter_deg) @ rot
+    rot = small_rotation(rng, rot_jitter_deg) @ rot
     k = rng.normal(size=(bumps, 3))
     k *= (rng.uniform(1.5, 3.5, size=bumps) / np.linalg.norm(k, axis=1))[:, None]
     return Blob(
@@ -249,7 +249,7 @@ def _random_blob(rng, centre, radii, rot=None, *, size_jitter=0.15, pos_jitter=1
     )
 
 
-def _smooth_polyline(points: np.ndarray, radii: np.ndarray, per_segment: int = 4):
+def smooth_polyline(points: np.ndarray, radii: np.ndarray, per_segment: int = 4):
     """Catmull-Rom interpolation through control points, so tubes bend smoothly."""
     p = np.asarray(points, dtype=np.float64)
     r = np.asarray(radii, dtype=np.float64)
@@ -269,14 +269,14 @@ def _smooth_polyline(points: np.ndarray, radii: np.ndarray, per_segment: int = 4
     return np.array(out_p), np.array(out_r)
 
 
-def _random_tube(rng, points, radii, *, size_jitter=0.15, pos_jitter=10.0, wiggle=3.0,
+def random_tube(rng, points, radii, *, size_jitter=0.15, pos_jitter=10.0, wiggle=3.0,
                  per_segment=4) -> Tube:
     """A tube through jittered control points: common shift, per-point wiggle, radius scale."""
     pts = np.asarray(points, dtype=np.float64)
     pts = pts + rng.uniform(-pos_jitter, pos_jitter, size=3) + rng.normal(scale=wiggle, size=pts.shape)
     rad = np.asarray(radii, dtype=np.float64) * rng.uniform(1 - size_jitter, 1 + size_jitter)
     rad = rad * rng.uniform(0.93, 1.07, size=rad.shape)
-    pts, rad = _smooth_polyline(pts, rad, per_segment)
+    pts, rad = smooth_polyline(pts, rad, per_segment)
     return Tube(pts, rad)
 
 
@@ -343,7 +343,7 @@ def random_patient(seed: SeedLike = None) -> PatientParams:
     Sizes and positions are adult-like: body about 260-320 mm wide; organ sizes vary by about
     +-15 % per organ (plus +-6 % for the whole patient) and positions by about +-10 mm.
     """
-    rng = _rng(seed)
+    rng = seeded_rng(seed)
     s = rng.uniform(0.94, 1.06)  # whole-patient scale
 
     body = Body(
@@ -369,32 +369,32 @@ def random_patient(seed: SeedLike = None) -> PatientParams:
         return np.array([x * fx, y * (fy_ant if y < 0 else 1.0), z], dtype=np.float64) * s
 
     def blob(c, r, rot=None, **kw):
-        return _random_blob(rng, P(*c), np.asarray(r) * s, rot, **kw)
+        return random_blob(rng, P(*c), np.asarray(r) * s, rot, **kw)
 
     def tube(pts, rads, **kw):
-        return _random_tube(rng, np.array([P(*p) for p in pts]), np.asarray(rads) * s, **kw)
+        return random_tube(rng, np.array([P(*p) for p in pts]), np.asarray(rads) * s, **kw)
 
     organs: Dict[str, list] = {}
 
     # --- liver: big right lobe + left lobe crossing the midline anteriorly + caudate
-    right_lobe = blob((-62, 2, 55), (72, 78, 78), _euler(0, 8, 10), bump_amp=0.05)
-    left_lobe = blob((10, -48, 78), (62, 30, 38), _euler(0, -15, -10), bump_amp=0.06)
+    right_lobe = blob((-62, 2, 55), (72, 78, 78), euler_matrix(0, 8, 10), bump_amp=0.05)
+    left_lobe = blob((10, -48, 78), (62, 30, 38), euler_matrix(0, -15, -10), bump_amp=0.06)
     caudate = blob((-18, 10, 55), (20, 18, 30), None, bump_amp=0.05)
     organs["liver"] = [right_lobe, left_lobe, caudate]
     # --- spleen: left, posterior, long axis along the posterior-lateral ribs
-    organs["spleen"] = [blob((86, 36, 62), (26, 54, 46), _euler(0, 0, 35), bump_amp=0.07)]
+    organs["spleen"] = [blob((86, 36, 62), (26, 54, 46), euler_matrix(0, 0, 35), bump_amp=0.07)]
     # --- gallbladder: pear under the inferior surface of the right lobe, anterior
-    organs["gallbladder"] = [blob((-48, -42, 12), (15, 16, 34), _euler(-25, 10, 0), bump_amp=0.05)]
+    organs["gallbladder"] = [blob((-48, -42, 12), (15, 16, 34), euler_matrix(-25, 10, 0), bump_amp=0.05)]
     # --- kidneys: posterior, either side of the spine; right one lower (under the liver).
     # Upper poles tilted medially, hilum turned antero-medially.
-    organs["right_kidney"] = [blob((-68, 42, -12), (24, 27, 52), _euler(0, 12, 30), bump_amp=0.04,
+    organs["right_kidney"] = [blob((-68, 42, -12), (24, 27, 52), euler_matrix(0, 12, 30), bump_amp=0.04,
                                    pos_jitter=7.0)]
-    organs["left_kidney"] = [blob((68, 42, 5), (24, 27, 52), _euler(0, -12, -30), bump_amp=0.04,
+    organs["left_kidney"] = [blob((68, 42, 5), (24, 27, 52), euler_matrix(0, -12, -30), bump_amp=0.04,
                                   pos_jitter=7.0)]
     # --- adrenals: small flat bodies supero-medial to the kidneys
-    organs["right_adrenal_gland"] = [blob((-40, 28, 52), (5, 14, 18), _euler(0, 0, 30), bump_amp=0.08,
+    organs["right_adrenal_gland"] = [blob((-40, 28, 52), (5, 14, 18), euler_matrix(0, 0, 30), bump_amp=0.08,
                                           pos_jitter=4.0)]
-    organs["left_adrenal_gland"] = [blob((40, 28, 50), (5, 14, 18), _euler(0, 0, -30), bump_amp=0.08,
+    organs["left_adrenal_gland"] = [blob((40, 28, 50), (5, 14, 18), euler_matrix(0, 0, -30), bump_amp=0.08,
                                          pos_jitter=4.0)]
     # --- stomach: J-shaped tube from the fundus (upper left, posterior) to the pylorus
     organs["stomach"] = [tube([(48, 2, 112), (66, -22, 82), (58, -45, 47), (25, -60, 25),
@@ -465,8 +465,8 @@ def random_patient(seed: SeedLike = None) -> PatientParams:
     diaphragm = {"zR": liver_top, "xR": right_lobe.centre[0], "zL": liver_top - 15 * s + rng.normal(scale=4),
                  "xL": 60.0 * s, "curv": 140.0 * s, "thick": 4.0}
     # bottom of the heart, resting on the diaphragm between the domes (mostly above the FOV)
-    organs["heart"] = [_random_blob(rng, np.array([15.0 * s, -40.0 * s, liver_top + 35 * s]),
-                                    np.array([70.0, 50.0, 55.0]) * s, _euler(0, 0, -20), bump_amp=0.03,
+    organs["heart"] = [random_blob(rng, np.array([15.0 * s, -40.0 * s, liver_top + 35 * s]),
+                                    np.array([70.0, 50.0, 55.0]) * s, euler_matrix(0, 0, -20), bump_amp=0.03,
                                     size_jitter=0.1, pos_jitter=5.0)]
 
     # bowel: colon frame + small-bowel loops in the lower anterior abdomen
@@ -498,7 +498,7 @@ def random_patient(seed: SeedLike = None) -> PatientParams:
 
     return PatientParams(
         centre=np.array([rng.uniform(-25, 25), rng.uniform(-40, 40), rng.uniform(-450, 150)]),
-        pose=_euler(rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-4, 4)),
+        pose=euler_matrix(rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-4, 4)),
         body=body, hu=hu, organs=organs, spine=spine, ribs=ribs, diaphragm=diaphragm,
         bowel=bowel, colon=colon,
         texture_k=tk, texture_phase=rng.uniform(0, 2 * np.pi, size=n_tex),
@@ -542,7 +542,7 @@ def orientation_matrix(code: str) -> np.ndarray:
     return d
 
 
-def _random_orientation_code(rng: np.random.Generator) -> str:
+def random_orientation_code(rng: np.random.Generator) -> str:
     if rng.uniform() < 0.2:  # any permutation with any flips (coronal / sagittal storage, odd exports)
         perm = rng.permutation(3)
         return "".join(("LR", "PA", "SI")[a][rng.integers(2)] for a in perm)
@@ -568,15 +568,15 @@ def random_grid(seed: SeedLike, patient: PatientParams, shape=None, spacing=None
       neither -> a small fast default: in-plane 1.6-2.2 mm, slices 1.8-3.0 mm (about 65-145 x
       145-200 x 145-200 voxels).
     """
-    rng = _rng(seed)
+    rng = seeded_rng(seed)
     if isinstance(orientation, str):
-        code = _random_orientation_code(rng) if orientation.lower() == "random" else orientation
+        code = random_orientation_code(rng) if orientation.lower() == "random" else orientation
         direction = orientation_matrix(code)
     else:
         direction = np.asarray(orientation, dtype=np.float64).reshape(3, 3)
     if oblique:
         max_deg = 15.0 if oblique is True else float(oblique)
-        direction = _small_rotation(rng, max_deg) @ direction
+        direction = small_rotation(rng, max_deg) @ direction
     if fov_mm is None:
         fov = np.array([DEFAULT_FOV_MM[0], DEFAULT_FOV_MM[1], rng.uniform(200, 260)])
     else:
@@ -624,7 +624,7 @@ def random_grid(seed: SeedLike, patient: PatientParams, shape=None, spacing=None
 # =====================================================================================
 # sampling
 # =====================================================================================
-class _Sampler:
+class Sampler:
     """Evaluates patient-frame shapes on a voxel grid, one bounding box at a time.
 
     The voxel -> patient map is affine, ``p = p0 + A @ (i, j, k)``, so any affine function of
@@ -740,7 +740,7 @@ def _upsample_linear(coarse: np.ndarray, shape) -> np.ndarray:
     return out
 
 
-def _smooth_field(smp: "_Sampler", wave_k: np.ndarray, phases: np.ndarray, step: float = 3.0) -> np.ndarray:
+def smooth_field(smp: "Sampler", wave_k: np.ndarray, phases: np.ndarray, step: float = 3.0) -> np.ndarray:
     """Sum of plane waves (patient frame, so world-fixed) normalised to ~unit std.
 
     Evaluated on every ``step``-th voxel and linearly upsampled: the waves are much longer than
@@ -779,7 +779,7 @@ def sample_phantom_on_grid(patient: PatientParams, shape, spacing, origin, direc
     ``blur_voxels`` is the Gaussian sigma (voxels) mimicking partial volume and the
     reconstruction kernel; the noise is scaled so that its std after the blur is ``noise_hu``.
     """
-    smp = _Sampler(patient, shape, spacing, origin, direction)
+    smp = Sampler(patient, shape, spacing, origin, direction)
     hu = patient.hu
     K, J, I = smp.shape
     ct = np.full((K, J, I), AIR_HU, dtype=np.float32)
@@ -808,7 +808,7 @@ def sample_phantom_on_grid(patient: PatientParams, shape, spacing, origin, direc
     cavity &= ~back
     del back
 
-    tex = _smooth_field(smp, patient.texture_k, patient.texture_phase)
+    tex = smooth_field(smp, patient.texture_k, patient.texture_phase)
 
     def paint(sl, mask, value, label=None, tex_amp=0.0, clip="cavity"):
         """Write HU (scalar or array over the box) and optionally a label where ``mask``.
@@ -950,16 +950,17 @@ def sample_phantom_on_grid(patient: PatientParams, shape, spacing, origin, direc
     # painted last with label 0, so bone carves any organ it touches
     _paint_spine(smp, patient, paint, hu)
     _paint_ribs(smp, patient, ct, lab, tex, hu, ring)
-    del x, y, z, width, body, wall_outer, cavity, ring
+    # free the full-grid arrays (None, not del: the nested functions above close over these names)
+    x = y = z = width = body = wall_outer = cavity = ring = None
 
     # ---------------------------------------------------------------- bias, blur, noise
-    bias = _smooth_field(smp, patient.bias_k, patient.bias_phase, step=8.0)
+    bias = smooth_field(smp, patient.bias_k, patient.bias_phase, step=8.0)
     in_body = ct > -950
     ct[in_body] += np.float32(patient.bias_hu) * bias[in_body]
     del bias, in_body
 
     sigma_noise = patient.noise_hu if noise_hu is None else float(noise_hu)
-    noise_rng = np.random.default_rng(patient.noise_seed) if rng is None else _rng(rng)
+    noise_rng = np.random.default_rng(patient.noise_seed) if rng is None else seeded_rng(rng)
     truncate = 3.0
     if sigma_noise > 0:
         gain = _kernel_noise_gain(blur_voxels, truncate) ** 3 if blur_voxels > 0 else 1.0
@@ -980,7 +981,7 @@ def sample_phantom_on_grid(patient: PatientParams, shape, spacing, origin, direc
     return Volume(ct, **geo), Volume(lab, **{**geo, "direction": geo["direction"].copy()})
 
 
-def _paint_spine(smp: _Sampler, patient: PatientParams, paint, hu) -> None:
+def _paint_spine(smp: Sampler, patient: PatientParams, paint, hu) -> None:
     """Vertebral bodies (cortical shell + cancellous core), discs, arches, canal, processes."""
     sp = patient.spine
     x0 = sp["x"]
@@ -1009,7 +1010,7 @@ def _paint_spine(smp: _Sampler, patient: PatientParams, paint, hu) -> None:
             paint(sl, r < canal_r + 6.5, hu["bone_posterior"], tex_amp=20.0, clip="body", label=0)
         # spinous process (sloping down posteriorly) and transverse processes
         sp_blob = Blob(np.array([x0, cy + canal_r + 13, zc - 5]), np.array([4.0, 13.0, 10.0]),
-                       rot=_euler(-25, 0, 0), power=4)
+                       rot=euler_matrix(-25, 0, 0), power=4)
         sl, f, _ = smp.blob(sp_blob)
         if sl is not None:
             paint(sl, f <= 1, hu["bone_posterior"], tex_amp=20.0, clip="body", label=0)
@@ -1025,7 +1026,7 @@ def _paint_spine(smp: _Sampler, patient: PatientParams, paint, hu) -> None:
             paint(sl, f <= 1, hu["csf"], tex_amp=2.0, clip="body", label=0)
 
 
-def _paint_ribs(smp: _Sampler, patient: PatientParams, ct: np.ndarray, lab: np.ndarray,
+def _paint_ribs(smp: Sampler, patient: PatientParams, ct: np.ndarray, lab: np.ndarray,
                 tex: np.ndarray, hu, ring: np.ndarray) -> None:
     """Lower ribs: flattened rings in the muscular wall, sloping down anteriorly.
 
@@ -1078,7 +1079,7 @@ def make_abdomen_phantom(seed: SeedLike, shape=None, spacing=None,
     145-200 voxels) and renders in well under a second. ``noise_hu`` overrides the patient's noise
     level (10-20 HU); ``dtype`` int16 (default) or float32.
     """
-    rng = _rng(seed)
+    rng = seeded_rng(seed)
     patient = random_patient(rng)
     grid = random_grid(rng, patient, shape=shape, spacing=spacing, orientation=orientation,
                        oblique=oblique, fov_mm=fov_mm)

@@ -69,17 +69,17 @@ from pantheon.io.volume import Volume
 from pantheon.synth.ct_phantom import (
     Blob,
     Grid,
+    Sampler,
     Tube,
-    _Sampler,
-    _euler,
-    _random_blob,
-    _random_orientation_code,
-    _random_tube,
-    _rng,
-    _small_rotation,
-    _smooth_field,
-    _smooth_polyline,
+    euler_matrix,
     orientation_matrix,
+    random_blob,
+    random_orientation_code,
+    random_tube,
+    seeded_rng,
+    small_rotation,
+    smooth_field,
+    smooth_polyline,
 )
 
 __all__ = [
@@ -158,7 +158,7 @@ def _resample_path(points: np.ndarray, step: float = 2.0) -> np.ndarray:
 
 def random_mri_patient(seed: SeedLike = None, pni: Optional[bool] = None) -> MRIPatient:
     """Draw one patient: anatomy, intensities, tumour (15-50 mm), nerve and PNI status."""
-    rng = _rng(seed)
+    rng = seeded_rng(seed)
     s = rng.uniform(0.94, 1.06)
     body = {"a": 145.0 * s * rng.uniform(0.93, 1.07), "b_ant": 105.0 * s * rng.uniform(0.9, 1.1),
             "b_post": 108.0 * s * rng.uniform(0.95, 1.05), "fat": rng.uniform(10.0, 25.0),
@@ -170,22 +170,22 @@ def random_mri_patient(seed: SeedLike = None, pni: Optional[bool] = None) -> MRI
         return np.array([x, y, z], dtype=np.float64) * s
 
     def blob(c, r, rot=None, **kw):
-        return _random_blob(rng, P(*c), np.asarray(r) * s, rot, **kw)
+        return random_blob(rng, P(*c), np.asarray(r) * s, rot, **kw)
 
     def tube(pts, rads, **kw):
-        return _random_tube(rng, np.array([P(*p) for p in pts]), np.asarray(rads) * s, **kw)
+        return random_tube(rng, np.array([P(*p) for p in pts]), np.asarray(rads) * s, **kw)
 
     sh: Dict[str, list] = {}
-    right = blob((-62, 2, 55), (72, 78, 78), _euler(0, 8, 10), bump_amp=0.05, pos_jitter=5.0)
-    left = blob((10, -48, 78), (62, 30, 38), _euler(0, -15, -10), bump_amp=0.06, pos_jitter=5.0)
+    right = blob((-62, 2, 55), (72, 78, 78), euler_matrix(0, 8, 10), bump_amp=0.05, pos_jitter=5.0)
+    left = blob((10, -48, 78), (62, 30, 38), euler_matrix(0, -15, -10), bump_amp=0.06, pos_jitter=5.0)
     caud = blob((-18, 10, 55), (20, 18, 30), bump_amp=0.05, pos_jitter=4.0)
     sh["liver"] = [right, left, caud]
-    sh["spleen"] = [blob((86, 36, 62), (26, 54, 46), _euler(0, 0, 35), bump_amp=0.07)]
-    sh["kidney"] = [blob((-68, 42, -12), (24, 27, 52), _euler(0, 12, 30), bump_amp=0.04, pos_jitter=7.0),
-                    blob((68, 42, 5), (24, 27, 52), _euler(0, -12, -30), bump_amp=0.04, pos_jitter=7.0)]
+    sh["spleen"] = [blob((86, 36, 62), (26, 54, 46), euler_matrix(0, 0, 35), bump_amp=0.07)]
+    sh["kidney"] = [blob((-68, 42, -12), (24, 27, 52), euler_matrix(0, 12, 30), bump_amp=0.04, pos_jitter=7.0),
+                    blob((68, 42, 5), (24, 27, 52), euler_matrix(0, -12, -30), bump_amp=0.04, pos_jitter=7.0)]
     sh["stomach"] = [tube([(48, 2, 112), (66, -22, 82), (58, -45, 47), (25, -60, 25)], [33, 30, 26, 20],
                           pos_jitter=8.0, wiggle=4.0)]
-    sh["gallbladder"] = [blob((-48, -48, 8), (14, 15, 30), _euler(-25, 10, 0), bump_amp=0.05)]
+    sh["gallbladder"] = [blob((-48, -48, 8), (14, 15, 30), euler_matrix(-25, 10, 0), bump_amp=0.05)]
     sh["paraspinal"] = [blob((sg * 36, 78, 0), (26, 20, 400), None, pos_jitter=3.0, rot_jitter_deg=2.0,
                              bump_amp=0.03) for sg in (-1, 1)]
     sh["aorta"] = [tube([(6, 16, 190), (8, 14, 120), (10, 8, 40), (11, 4, -60)], [11.5, 11.5, 11, 10.5],
@@ -210,7 +210,7 @@ def random_mri_patient(seed: SeedLike = None, pni: Optional[bool] = None) -> MRI
     duct_r = rng.uniform(3.0, 4.5)
     ducts = []
     for ctrl, r0 in ((right_ctrl, duct_r), (left_ctrl, duct_r * 0.9), (chd_ctrl, duct_r * 1.1)):
-        p, r = _smooth_polyline(ctrl, np.linspace(r0, r0 * 0.6, len(ctrl)) if ctrl is not chd_ctrl
+        p, r = smooth_polyline(ctrl, np.linspace(r0, r0 * 0.6, len(ctrl)) if ctrl is not chd_ctrl
                                 else np.full(len(ctrl), r0), 4)
         ducts.append(Tube(p, r))
     # secondary branches off the right and left ducts
@@ -220,16 +220,17 @@ def random_mri_patient(seed: SeedLike = None, pni: Optional[bool] = None) -> MRI
             start = main.points[a]
             d = rng.normal(size=3)
             d /= np.linalg.norm(d)
-            pts = [start, start + d * rng.uniform(15, 22), start + d * rng.uniform(28, 40) + rng.normal(scale=4, size=3)]
-            p, r = _smooth_polyline(np.array(pts), np.array([2.0, 1.7, 1.3]) * s, 4)
+            pts = [start, start + d * rng.uniform(15, 22),
+                   start + d * rng.uniform(28, 40) + rng.normal(scale=4, size=3)]
+            p, r = smooth_polyline(np.array(pts), np.array([2.0, 1.7, 1.3]) * s, 4)
             ducts.append(Tube(p, r))
     sh["duct"] = ducts
     # portal veins run with the ducts (portal triads), on the posterior side
     off = P(0, 7, -4)
-    sh["portal"] = [Tube(*_smooth_polyline(np.vstack([hilum + P(30, -8, -45), hilum + P(10, -4, -15), hilum + off]),
+    sh["portal"] = [Tube(*smooth_polyline(np.vstack([hilum + P(30, -8, -45), hilum + P(10, -4, -15), hilum + off]),
                                            np.array([7.0, 7.0, 6.5]) * s, 4)),
-                    Tube(*_smooth_polyline(right_ctrl + off, np.linspace(5.5, 3.0, 4) * s, 4)),
-                    Tube(*_smooth_polyline(left_ctrl + off, np.linspace(4.5, 2.5, 4) * s, 4))]
+                    Tube(*smooth_polyline(right_ctrl + off, np.linspace(5.5, 3.0, 4) * s, 4)),
+                    Tube(*smooth_polyline(left_ctrl + off, np.linspace(4.5, 2.5, 4) * s, 4))]
     sh["hepatic_vein"] = [
         tube([(-24, 16, 118), (-60, 0, 92), (-95, -10, 62)], [6, 4.5, 3], pos_jitter=4.0, wiggle=3.0),
         tube([(-22, 12, 118), (-35, -25, 95), (-45, -50, 75)], [5.5, 4, 3], pos_jitter=4.0, wiggle=3.0),
@@ -249,7 +250,7 @@ def random_mri_patient(seed: SeedLike = None, pni: Optional[bool] = None) -> MRI
     amp = rng.uniform(0.4, 1.0, size=bumps) * 0.08
     radii = radius * rng.uniform(0.85, 1.15, size=3)
     radii *= radius / np.cbrt(np.prod(radii))  # keep the equivalent diameter
-    main = Blob(c, radii, _small_rotation(rng, 180.0), kk, rng.uniform(0, 2 * np.pi, size=bumps), amp)
+    main = Blob(c, radii, small_rotation(rng, 180.0), kk, rng.uniform(0, 2 * np.pi, size=bumps), amp)
     masses = [main]
     ext = float(np.max(radii) * (1.0 + np.sum(amp)))
     for _ in range(int(rng.integers(1, 3))):  # lobulations
@@ -273,7 +274,7 @@ def random_mri_patient(seed: SeedLike = None, pni: Optional[bool] = None) -> MRI
     i0 = max(0, int(round(s0)) - 25)
     i1 = min(len(path), int(round(s0 + need)))
     seg = path[i0:i1]
-    helper = _small_rotation(rng, 180.0) @ np.array([0.0, 0.0, 1.0])
+    helper = small_rotation(rng, 180.0) @ np.array([0.0, 0.0, 1.0])
     nerve_r = float(rng.uniform(1.2, 1.8))
     gap = duct_r + nerve_r + 1.5
     tang = np.gradient(seg, axis=0)
@@ -309,7 +310,7 @@ def random_mri_patient(seed: SeedLike = None, pni: Optional[bool] = None) -> MRI
     bk *= (2 * np.pi / rng.uniform(250, 450, size=3) / np.linalg.norm(bk, axis=1))[:, None]
     return MRIPatient(
         centre=np.array([rng.uniform(-25, 25), rng.uniform(-30, 30), rng.uniform(-300, 100)]),
-        pose=_euler(rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-4, 4)),
+        pose=euler_matrix(rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-4, 4)),
         body=body, rel=rel, scale=float(rng.uniform(700.0, 1100.0)), shapes=sh,
         tumour_centre=c, tumour_main_radius=main_radius, tumour_diameter=diameter,
         nerve_path=nerve, nerve_radius=nerve_r, pni=pni, pni_extent=pni_extent,
@@ -328,14 +329,14 @@ def random_mri_grid(seed: SeedLike, patient: MRIPatient, shape=None, spacing=Non
     "identity", an axis code ("RAS", "ASL" ...) or a 3x3 matrix; ``oblique`` False, True (up to
     15 degrees) or a maximum angle; ``shape`` (K, J, I) and ``spacing`` (si, sj, sk) in grid order.
     """
-    rng = _rng(seed)
+    rng = seeded_rng(seed)
     if isinstance(orientation, str):
-        code = _random_orientation_code(rng) if orientation.lower() == "random" else orientation
+        code = random_orientation_code(rng) if orientation.lower() == "random" else orientation
         direction = orientation_matrix(code)
     else:
         direction = np.asarray(orientation, dtype=np.float64).reshape(3, 3)
     if oblique:
-        direction = _small_rotation(rng, 15.0 if oblique is True else float(oblique)) @ direction
+        direction = small_rotation(rng, 15.0 if oblique is True else float(oblique)) @ direction
     fov = np.asarray(DEFAULT_MRI_FOV_MM if fov_mm is None else fov_mm, dtype=np.float64)
     world_dirs = patient.pose.T @ direction
     axis_of = np.argmax(np.abs(world_dirs), axis=0)
@@ -368,12 +369,12 @@ def sample_mri_on_grid(patient: MRIPatient, shape, spacing, origin, direction, *
     ``noise`` overrides the relative Rician noise level (0: noise free). The noise comes from the
     patient's own noise seed, so (patient, grid) is reproducible.
     """
-    smp = _Sampler(patient, shape, spacing, origin, direction)
+    smp = Sampler(patient, shape, spacing, origin, direction)
     K, J, I = smp.shape
     rel, S = patient.rel, np.float32(patient.scale)
     img = np.zeros((K, J, I), dtype=np.float32)
     lab = np.zeros((K, J, I), dtype=np.uint8)
-    tex = _smooth_field(smp, patient.texture_k, patient.texture_phase, step=2.0)
+    tex = smooth_field(smp, patient.texture_k, patient.texture_phase, step=2.0)
 
     def paint(sl, mask, value, label=None, tex_amp=0.0):
         if sl is None or not mask.any():
@@ -398,7 +399,8 @@ def sample_mri_on_grid(patient: MRIPatient, shape, spacing, origin, direction, *
     paint(full, ellipse(bd["fat"]), rel["muscle"], tex_amp=0.02)
     cavity = ellipse(bd["fat"] + bd["muscle"])
     paint(full, cavity, rel["fat"] * 0.9, tex_amp=0.03)
-    del x, y, z
+    x = y = None  # free the full grid (not del: ellipse() above closes over x and y)
+    del z
 
     sh = patient.shapes
 
@@ -455,7 +457,7 @@ def sample_mri_on_grid(patient: MRIPatient, shape, spacing, origin, direction, *
     # blur, bias (multiplicative), Rician noise
     if blur_voxels > 0:
         img = ndimage.gaussian_filter(img, blur_voxels, truncate=3.0, mode="nearest")
-    bias = _smooth_field(smp, patient.bias_k, patient.bias_phase, step=8.0)
+    bias = smooth_field(smp, patient.bias_k, patient.bias_phase, step=8.0)
     img *= np.exp(np.float32(patient.bias_strength) * bias) * S
     sigma = np.float32(patient.scale * (patient.noise_rel if noise is None else float(noise)))
     if sigma > 0:
@@ -504,7 +506,7 @@ def make_liver_mri_phantom(seed: SeedLike, shape=None, spacing=None,
     nerve_radius_mm, pni_extent_mm, pni_rule, labels.
     """
     seed_out = int(seed) if isinstance(seed, (int, np.integer)) else None
-    rng = _rng(seed)
+    rng = seeded_rng(seed)
     patient = random_mri_patient(rng, pni=pni)
     grid = random_mri_grid(rng, patient, shape=shape, spacing=spacing, orientation=orientation,
                            oblique=oblique, fov_mm=fov_mm)

@@ -171,7 +171,7 @@ class SyntheticOPG:
         return out
 
 
-def _rng(seed: SeedLike) -> np.random.Generator:
+def seeded_rng(seed: SeedLike) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     return np.random.default_rng(seed)
@@ -205,9 +205,11 @@ def _background(rng, H, W, g) -> np.ndarray:
     # soft tissue: brighter low (neck, chin), some vertical gradient
     img = 0.16 + 0.06 * (y / H) + 0.03 * np.cos(np.pi * X)
     # lips and cheeks over the crowns
-    img = img + 0.2 * _sig((0.74 - Xa) / 0.06) * _sig((y - (occ - 0.16 * H)) / (4 * s)) * _sig((occ + 0.16 * H - y) / (4 * s))
+    img = (img + 0.2 * _sig((0.74 - Xa) / 0.06) * _sig((y - (occ - 0.16 * H)) / (4 * s))
+           * _sig((occ + 0.16 * H - y) / (4 * s)))
     # tongue: a broad soft shadow between the arches
-    img = img + 0.07 * _sig((0.62 - Xa) / 0.05) * _sig((y - (g["pal_y"] + 0.06 * H)) / (3 * s)) * _sig((occ + 0.18 * H - y) / (4 * s))
+    img = (img + 0.07 * _sig((0.62 - Xa) / 0.05) * _sig((y - (g["pal_y"] + 0.06 * H)) / (3 * s))
+           * _sig((occ + 0.18 * H - y) / (4 * s)))
     # maxilla: from the palate down to the upper alveolar crest
     crest_up = occ - g["gap"] / 2 - g["crest_up"]
     maxilla = _sig((0.78 - Xa) / 0.03) * _sig((crest_up - y) / (2 * s)) * _sig((y - g["pal_y"]) / (2 * s))
@@ -230,7 +232,8 @@ def _background(rng, H, W, g) -> np.ndarray:
     hy = np.clip((lb - y) / (0.6 * H), 0, 1)  # 0 at the lower border, 1 near the condyle
     r_in = rin + 0.05 * hy + 0.03 * np.exp(-((hy - 0.8) / 0.08) ** 2)  # sigmoid notch
     r_out = rout + 0.04 * hy - 0.02 * hy ** 2
-    ramus = 0.8 * _sig((Xa - r_in) / 0.02) * _sig((r_out - Xa) / 0.015) * _sig((lb + 0.02 * H - y) / (2 * s)) * _sig((y - 0.12 * H) / (3 * s))
+    ramus = (0.8 * _sig((Xa - r_in) / 0.02) * _sig((r_out - Xa) / 0.015) * _sig((lb + 0.02 * H - y) / (2 * s))
+             * _sig((y - 0.12 * H) / (3 * s)))
     mand = np.maximum(body, ramus)
     img = img + g["bone"] * 0.75 * mand
     cortex = np.exp(-((y - (lb - 0.015 * H)) / (0.012 * H)) ** 2) * _sig((0.9 - Xa) / 0.03)
@@ -238,7 +241,8 @@ def _background(rng, H, W, g) -> np.ndarray:
     canal_y = lb - 0.09 * H + 0.03 * H * Xa
     img = img - g["bone"] * 0.18 * body * np.exp(-((y - canal_y) / (0.010 * H)) ** 2) * _sig((Xa - 0.15) / 0.05)
     # pharyngeal airway: dark vertical bands over the rami
-    img = img - g["air"] * 0.08 * np.exp(-((Xa - g["airway_x"]) / 0.025) ** 2) * _sig((y - 0.3 * H) / (4 * s)) * _sig((lb - y) / (6 * s))
+    img = (img - g["air"] * 0.08 * np.exp(-((Xa - g["airway_x"]) / 0.025) ** 2) * _sig((y - 0.3 * H) / (4 * s))
+           * _sig((lb - y) / (6 * s)))
     # cervical spine shadows at both sides; a faint central spine ghost; hyoid
     if g["spine"]:
         vert = 0.5 + 0.5 * np.cos(2 * np.pi * (y - g["spine_phase"]) / (0.16 * H))
@@ -452,7 +456,8 @@ def _tooth_fields(u, v, sp):
     # periodontal ligament (dark) and lamina dura (bright) around the roots
     if rlen > 0:
         root_zone = (v > hc) & (v < hc + rlen)
-        att = att - 0.10 * ((depth_r < 0) & (depth_r > -2.2) & root_zone) + 0.07 * ((depth_r <= -2.2) & (depth_r > -4.5) & root_zone)
+        att = (att - 0.10 * ((depth_r < 0) & (depth_r > -2.2) & root_zone)
+               + 0.07 * ((depth_r <= -2.2) & (depth_r > -4.5) & root_zone))
     return att, mask, crown, depth_c, depth
 
 
@@ -575,7 +580,7 @@ def make_opg(seed: SeedLike = 0, size: Tuple[int, int] = (512, 1024), primary_te
     The three options above draw random numbers only when they are used, so images made without
     them are bit-identical to those of earlier versions (committed demo weights depend on it).
     """
-    rng = _rng(seed)
+    rng = seeded_rng(seed)
     H, W = int(size[0]), int(size[1])
     if H < 64 or W < 128:
         raise ValueError(f"size {size} too small for an OPG (need at least 64 x 128)")
@@ -604,7 +609,6 @@ def make_opg(seed: SeedLike = 0, size: Tuple[int, int] = (512, 1024), primary_te
     teeth_att = np.zeros((H, W), np.float32)
     lesion_att = np.zeros((H, W), np.float32)  # radiolucencies taken off bone and teeth
     teeth: List[dict] = []
-    full_masks = []
     for s in slots:
         # per-slot draws happen in a fixed order so that seeds stay stable
         r_missing, r_car, r_deep, r_imp, r_pa, r_rest = rng.random(6)
@@ -628,7 +632,8 @@ def make_opg(seed: SeedLike = 0, size: Tuple[int, int] = (512, 1024), primary_te
         rate = impacted_rate if s["n"] == 8 else impacted_rate / 5
         if candidate and r_imp < rate and st in (("G", "H") if stage is None else ("F", "G", "H")):
             anomaly = "impacted"
-        erupted = STAGE_GEOMETRY[st][1] >= 0.8 and anomaly is None and not (primary_teeth and not s["primary"] and s["n"] <= 5)
+        erupted = (STAGE_GEOMETRY[st][1] >= 0.8 and anomaly is None
+                   and not (primary_teeth and not s["primary"] and s["n"] <= 5))
         if erupted and st == "H" and r_pa < periapical_rate:
             anomaly = "periapical_lesion"
         caries_type = None

@@ -64,7 +64,7 @@ def build_demo_weights(out_dir=None, steps: int = DEFAULT_STEPS, cases: int = 40
     t0 = time.perf_counter()
     try:
         weights_tmp = pretrain(volumes, run_dir, cfg, resume=False, progress=rep.sub(0, 0.6), cancel=cancel, log=log,
-                               validate=watch)
+                               validate=watch).weights
         encoder_path = out_dir / "nemesis-demo.safetensors"
         shutil.copyfile(weights_tmp, encoder_path)
     finally:

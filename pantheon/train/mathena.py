@@ -1,4 +1,5 @@
-"""Staged training and evaluation of MATHENA (arXiv 2604.00537; spec sections 4.3, 4.5, 5.4).
+"""Staged training and evaluation of MATHENA (arXiv 2604.00537: the stage order is the paper's;
+the rest are assumptions).
 
 Stages, in the order the paper states (``pantheon tooth train --stage ...``):
 
@@ -19,13 +20,15 @@ Stages, in the order the paper states (``pantheon tooth train --stage ...``):
   cached frozen features of all crops (original, flipped, jittered), full batch with L-BFGS
   (:func:`_fit_probe`); minibatch SGD through the network left the probe far from converged.
 
-Crop augmentation: horizontal flip (allowed for crops, spec 4.5; never vertical), brightness,
+Crop augmentation: horizontal flip (allowed for crops; never vertical: the root direction tells the upper
+jaw from the lower), brightness,
 contrast, noise. Every step's batch is drawn from ``numpy.random.default_rng([seed, step])``, so a
 resumed run sees the same batches as an uninterrupted one.
 
 Resumable: ``out_dir/<stage>/checkpoint.pt`` (tensors and plain values only, readable with
 ``torch.load(weights_only=True)``) every ``checkpoint_every`` steps and at the end; rerunning with
-``resume=True`` continues from it. Final weights: ``out_dir/<stage>/mathena-detector.safetensors`` or
+``resume=True`` continues from it (the loop: :class:`pantheon.train.loop.TrainLoop`). Final weights:
+``out_dir/<stage>/mathena-detector.safetensors`` or
 ``mathena-hena.safetensors`` (:func:`~pantheon.models.mathena.save_mathena`).
 
 Data: synthetic OPGs (``pantheon.synth.make_opg``; a list of seeds, ``"synthetic:N"`` or
@@ -33,17 +36,19 @@ Data: synthetic OPGs (``pantheon.synth.make_opg``; a list of seeds, ``"synthetic
 next to it or in ``image_dir``). DENTEX has no lesion masks or stages: carseg / ad use the tooth
 polygon of a tooth with a caries / anomaly finding as a proxy mask, and dds refuses DENTEX data.
 
-Metrics (:func:`evaluate`, spec 5.4), conventions recorded in the result under ``"conventions"``:
+Metrics (:func:`evaluate`; the paper does not say how it aggregates Dice), conventions recorded in
+the result under ``"conventions"``:
 
-- ``map50``: per FDI class, detections (all images) sorted by score, greedily matched to the
-  unmatched GT box of that class with the highest IoU >= 0.5; AP = area under the monotone
-  (all-point interpolated) precision-recall curve (VOC 2010+ / COCO without the 101-point sampling);
-  averaged over the classes with at least one GT box.
-- Dice (caries, anomaly) on HENA crops of the ground-truth boxes, prediction = sigmoid > 0.5:
+- ``map50`` (:func:`pantheon.metrics.map50`): per FDI class, detections (all images) sorted by
+  score, greedily matched to the unmatched GT box of that class with the highest IoU >= 0.5;
+  AP = area under the monotone (all-point interpolated) precision-recall curve (VOC 2010+ / COCO
+  without the 101-point sampling); averaged over the classes with at least one GT box.
+- Dice (:func:`pantheon.metrics.dice_scores`; caries, anomaly) on HENA crops of the ground-truth
+  boxes, prediction = sigmoid > 0.5:
   ``*_dice_positive``: mean per-crop Dice over crops whose GT mask is non-empty;
   ``*_dice_pooled``: 2 |P ∩ G| / (|P| + |G|) summed over all crops (negatives included).
 - ``anomaly_image_accuracy`` (sigmoid(anomaly_score) > 0.5 vs the tooth's anomaly label) and
-  ``anomaly_auroc`` (:func:`auroc` of sigmoid(anomaly_score) over all GT teeth);
+  ``anomaly_auroc`` (:func:`pantheon.metrics.auroc` of sigmoid(anomaly_score) over all GT teeth);
   ``anomaly_auroc_mask_max`` ranks teeth by their maximum pixel anomaly probability instead.
 - ``stage_accuracy`` and ``stage_macro_f1`` (sklearn, over the stages present in the GT).
 - What a dentist sees (:func:`numbering_scores`, :func:`summarize_numbering`): the teeth
@@ -59,7 +64,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -68,12 +72,28 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, InputError
-from ..models.mathena import (DEMIRJIAN_STAGES, HENA, MATHEDetector, class_to_fdi, fdi_mirror, fdi_to_class,
-                              load_mathena, save_mathena)
-from ..models.mathena.preprocess import (CROP_MARGIN, CROP_SIZE, DETECTOR_INPUT_HW, crop_tooth, letterbox,
-                                         to_grayscale_float)
-from ..models.checkpoints import resume_error, torch_load_tensors
+from ..metrics import auroc, box_iou, dice_scores, map50
+from ..models.checkpoints import resume_error
+from ..models.mathena import (
+    DEMIRJIAN_STAGES,
+    HENA,
+    MATHEDetector,
+    class_to_fdi,
+    fdi_mirror,
+    fdi_to_class,
+    load_mathena,
+    save_mathena,
+)
+from ..models.mathena.preprocess import (
+    CROP_MARGIN,
+    CROP_SIZE,
+    DETECTOR_INPUT_HW,
+    crop_tooth,
+    letterbox,
+    to_grayscale_float,
+)
 from ..progress import Reporter
+from .loop import Schedule, TrainLoop, TrainResult, check_stage, read_checkpoint
 
 TRAIN_STAGES = ("detector", "carseg", "ad", "dds")
 WEIGHT_FILES = {"detector": "mathena-detector.safetensors", "carseg": "mathena-hena.safetensors",
@@ -275,13 +295,11 @@ class CropData:
 
 
 # ============================================================================ training
-def _lr_factor(step: int, steps: int, warmup: int, time_fraction: float = 0.0) -> float:
-    """Linear warm-up then cosine decay; with a time budget the decay follows whichever of the step
-    count and the elapsed-time fraction is further along."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    p = max((step - warmup) / max(1, steps - warmup), time_fraction)
-    return max(0.02, 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+def stage_schedule(steps: int) -> Schedule:
+    """Linear warm-up over a tenth of the steps (1 to 20), then cosine decay to 2 % of the learning rate;
+    with a time budget the decay follows whichever of the step count and the elapsed fraction of the
+    budget is further along (a run the budget cuts short still ends at a low learning rate)."""
+    return Schedule(warmup_steps=max(1, min(20, steps // 10)), decay="cosine", min_factor=0.02, follow_time=True)
 
 
 def _build(stage: str, out_dir: Path, model_kw: Optional[dict], init=None):
@@ -305,8 +323,9 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
                 seed: int = 0, checkpoint_every: int = 50, model_kw: Optional[dict] = None, init=None,
                 image_dir=None, input_hw=DETECTOR_INPUT_HW, crop_size: int = CROP_SIZE,
                 time_budget_s: Optional[float] = None, cancel=None, opg_kw: Optional[dict] = None,
-                threads: Optional[int] = None, pos_fraction: float = 0.5, probe_l2: float = 1e-4) -> dict:
-    """Train one MATHENA stage; returns ``{"stage", "weights", "step", "history", "stopped_early"}``.
+                threads: Optional[int] = None, pos_fraction: float = 0.5, probe_l2: float = 1e-4) -> TrainResult:
+    """Train one MATHENA stage; returns a :class:`~pantheon.train.loop.TrainResult` (``weights``: the
+    stage's safetensors file, ``steps``, ``history``, ``stopped``).
 
     ``data``: see :func:`load_data` (already built :class:`Sample` lists are fine too).
     ``time_budget_s``: stop early (checkpoint and final weights still written) when exceeded.
@@ -315,8 +334,7 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
     ``steps`` counts L-BFGS iterations of the full-batch probe fit (:func:`_fit_probe`), and
     ``batch_size`` / ``lr`` / ``time_budget_s`` are not used.
     """
-    if stage not in TRAIN_STAGES:
-        raise InputError(f"unknown MATHENA training stage {stage!r}; expected one of {TRAIN_STAGES}")
+    check_stage(stage, TRAIN_STAGES, "MATHENA")
     if threads:
         torch.set_num_threads(int(threads))
     rep = Reporter(progress, cancel)
@@ -330,15 +348,13 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
     lr = float(lr or DEFAULT_LR[stage])
     torch.manual_seed(seed)
 
-    ckpt = None
-    if resume and ckpt_path.is_file():
-        try:
-            ckpt = torch_load_tensors(ckpt_path)
-        except Exception as exc:  # a damaged checkpoint must not be silently restarted over
-            raise resume_error(ckpt_path, exc) from None
+    ckpt = read_checkpoint(ckpt_path, resume, expect={"stage": stage})
     if ckpt is not None:
         kind = MATHEDetector if stage == "detector" else HENA
-        model = kind(**json.loads(ckpt["model_config"]))
+        try:
+            model = kind(**json.loads(ckpt["model_config"]))
+        except Exception as exc:  # noqa: BLE001 - no or another architecture's config: not resumable
+            raise resume_error(ckpt_path, exc) from None
     else:
         model = _build(stage, out_dir, model_kw, init)
     if stage == "detector":
@@ -353,66 +369,33 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
         params = model.set_stage(stage)
         model.train()
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay if stage != "dds" else 0.0)
-    warmup = max(1, min(20, steps // 10))
-    step, history = 0, []
-    if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model_state_dict"])
-            opt.load_state_dict(ckpt["optimizer_state_dict"])
-            step, history = int(ckpt["step"]), [float(h) for h in ckpt.get("history", [])]
-        except Exception as exc:
-            raise resume_error(ckpt_path, exc) from None
-        log(f"Resuming {stage} at step {step}/{steps}")
-
-    def save_checkpoint():
-        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save({"stage": stage, "step": step, "model_state_dict": model.state_dict(),
-                    "optimizer_state_dict": opt.state_dict(), "history": list(history),
-                    "model_config": json.dumps(model.config), "seed": seed, "steps": steps, "lr": lr,
-                    "batch_size": batch_size}, tmp)
-        tmp.replace(ckpt_path)
-
-    t0 = time.perf_counter()
-    stopped_early = False
-    if stage == "dds" and step < steps:
+    loop = TrainLoop(model, opt, steps, checkpoint=ckpt_path, resume_from=ckpt, schedule=stage_schedule(steps),
+                     checkpoint_every=checkpoint_every, time_budget_s=None if stage == "dds" else time_budget_s,
+                     grad_clip=5.0, name=stage, progress=progress, cancel=cancel, log=log,
+                     extra_state=lambda: {"stage": stage, "model_config": json.dumps(model.config), "seed": seed,
+                                          "steps": steps, "lr": lr, "batch_size": batch_size})
+    if stage == "dds" and loop.step < steps:
         # the shared part is frozen, so the probe's inputs are fixed: compute them once and fit the
-        # probe to convergence instead of re-running the network for every minibatch
-        history = _fit_probe(model, dataset, seed, steps, probe_l2, rep, log)
-        step = steps
-    while step < steps:
-        rep(step / max(steps, 1), f"{stage} step {step}/{steps}")
-        if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
-            stopped_early = True
-            log(f"{stage}: time budget reached at step {step}/{steps}")
-            break
+        # probe to convergence (L-BFGS) instead of re-running the network for every minibatch
+        loop.history = _fit_probe(model, dataset, seed, steps, probe_l2, rep, log)
+        loop.position(steps)
+
+    def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([seed, step])
-        for g in opt.param_groups:
-            g["lr"] = lr * _lr_factor(step, steps, warmup, (time.perf_counter() - t0) / time_budget_s
-                                      if time_budget_s else 0.0)
         if stage == "detector":
             x, targets = dataset.batch(rng, batch_size)
-            loss = model.loss(model(x), targets)["total"]
-        else:
-            x, targets = dataset.batch(stage, rng, batch_size)
-            loss = model.loss(model(x), targets, stage)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        step += 1
-        history.append(float(loss.detach()))
-        if step % checkpoint_every == 0 or step == steps:
-            save_checkpoint()
-            log(f"{stage} step {step}/{steps}  loss {np.mean(history[-checkpoint_every:]):.4f}  "
-                f"{time.perf_counter() - t0:.0f}s")
-    save_checkpoint()
+            return model.loss(model(x), targets)["total"]
+        x, targets = dataset.batch(stage, rng, batch_size)
+        return model.loss(model(x), targets, stage)
+
+    result = loop.run(step_loss)
     model.eval()
     weights = sdir / WEIGHT_FILES[stage]
-    save_mathena(model, weights, {"stage": stage, "steps": str(step), "crop_size": str(crop_size),
+    save_mathena(model, weights, {"stage": stage, "steps": str(result.steps), "crop_size": str(crop_size),
                                   "input_hw": json.dumps(list(input_hw))})
     rep(1.0, f"{stage} finished")
-    return {"stage": stage, "weights": str(weights), "step": step, "history": history,
-            "stopped_early": stopped_early, "seconds": time.perf_counter() - t0}
+    result.weights = weights
+    return result
 
 
 def _fit_probe(model: HENA, data: "CropData", seed: int, steps: int, l2: float, rep=None, log=print,
@@ -470,56 +453,7 @@ def _fit_probe(model: HENA, data: "CropData", seed: int, steps: int, l2: float, 
 
 
 # ============================================================================ metrics
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, m) IoU of x0 y0 x1 y1 boxes (pixel edges), MONAI ``box_iou`` in float64."""
-    from monai.data.box_utils import box_iou as _iou
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    return np.asarray(_iou(a, b), np.float64)
-
-
-def map50(predictions: Sequence[dict], ground_truth: Sequence[dict], iou_thresh: float = 0.5) -> dict:
-    """mAP at IoU 0.5 (see the module docstring). ``predictions[i]``: ``{"boxes" (n, 4), "scores" (n,),
-    "labels" (n,)}``; ``ground_truth[i]``: ``{"boxes", "labels"}``; labels are any hashable ids (FDI).
-    Returns ``{"map50", "per_class": {label: AP}}``."""
-    classes = sorted({int(l) for g in ground_truth for l in np.asarray(g["labels"]).reshape(-1)})
-    per_class = {}
-    for c in classes:
-        dets, n_gt, gts = [], 0, []
-        for i, (p, g) in enumerate(zip(predictions, ground_truth)):
-            gl = np.asarray(g["labels"]).reshape(-1)
-            gb = np.asarray(g["boxes"], np.float64).reshape(-1, 4)[gl == c]
-            gts.append(gb)
-            n_gt += len(gb)
-            pl = np.asarray(p["labels"]).reshape(-1)
-            pb = np.asarray(p["boxes"], np.float64).reshape(-1, 4)[pl == c]
-            ps = np.asarray(p["scores"], np.float64).reshape(-1)[pl == c]
-            dets.extend((float(s), i, b) for s, b in zip(ps, pb))
-        dets.sort(key=lambda d: -d[0])
-        used = [np.zeros(len(g), bool) for g in gts]
-        tp = np.zeros(len(dets))
-        for k, (_, i, b) in enumerate(dets):
-            if len(gts[i]):
-                iou = box_iou(b[None], gts[i])[0]
-                iou[used[i]] = -1
-                j = int(np.argmax(iou))
-                if iou[j] >= iou_thresh:
-                    used[i][j] = True
-                    tp[k] = 1
-        if not len(dets):
-            per_class[c] = 0.0
-            continue
-        ctp, cfp = np.cumsum(tp), np.cumsum(1 - tp)
-        recall = ctp / max(n_gt, 1)
-        precision = ctp / np.maximum(ctp + cfp, 1e-12)
-        mrec = np.concatenate([[0.0], recall, [1.0]])
-        mpre = np.concatenate([[1.0], precision, [0.0]])
-        mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-        idx = np.flatnonzero(mrec[1:] != mrec[:-1])
-        per_class[c] = float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
-    return {"map50": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
-            "per_class": per_class}
+# box_iou, map50, dice_scores, auroc: pantheon.metrics (imported above).
 
 
 def numbering_scores(prediction: dict, ground_truth: dict, iou_thresh: float = 0.5) -> dict:
@@ -574,39 +508,6 @@ def summarize_numbering(per_image: Sequence[dict]) -> dict:
             "duplicate_numbers_per_image": mean("duplicates"), "invented_teeth_per_image": mean("invented"),
             "double_boxes_per_image": mean("double_boxes"), "missed_teeth_per_image": mean("missed"),
             "images_with_duplicates": int(sum(r["duplicates"] > 0 for r in per_image))}
-
-
-def dice_scores(pred_masks, gt_masks) -> dict:
-    """``positive``: mean per-crop Dice over crops with a non-empty GT; ``pooled``: Dice of all
-    crops' pixels together; ``positive_crops``: how many crops had a non-empty GT."""
-    p = np.asarray(pred_masks).astype(bool).reshape(len(pred_masks), -1)
-    g = np.asarray(gt_masks).astype(bool).reshape(len(gt_masks), -1)
-    inter, ps, gs = (p & g).sum(1), p.sum(1), g.sum(1)
-    pos = gs > 0
-    per = 2 * inter[pos] / np.maximum(ps[pos] + gs[pos], 1)
-    pooled_den = ps.sum() + gs.sum()
-    return {"positive": float(per.mean()) if pos.any() else float("nan"),
-            "pooled": float(2 * inter.sum() / pooled_den) if pooled_den else float("nan"),
-            "positive_crops": int(pos.sum()), "crops": int(len(p))}
-
-
-def auroc(scores, labels) -> float:
-    """Area under the ROC curve = P(score of a random positive > score of a random negative), ties
-    counted as 1/2 (Mann-Whitney U / (n_pos n_neg), average ranks); NaN without both classes."""
-    s = np.asarray(scores, np.float64).reshape(-1)
-    y = np.asarray(labels).reshape(-1).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    # average rank (1-based) of each group of tied scores
-    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
-    ends = np.r_[starts[1:], len(s)]
-    for a, b in zip(starts, ends):
-        ranks[order[a:b]] = (a + 1 + b) / 2.0
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def stage_scores(pred, true) -> dict:

@@ -114,13 +114,14 @@ def build_mathena_demo_weights(out_dir=None, cards_dir=None, steps_detector: int
     the same proportion; with ``reuse_hena`` the detector gets the HENA share too); ``pos_fraction``
     per stage defaults to :data:`POS_FRACTION`. ``init_detector``: fine-tune these weights
     (default lr 1e-3 then, else the stage default)."""
-    from ..models.mathena import load_mathena
-    from ..models.mathena.preprocess import CROP_MARGIN, CROP_SIZE, DETECTOR_INPUT_HW
-    from ..models.mathena.detector import ALL_FDI
-    from ..registry import BUNDLED_WEIGHTS_DIR, CARDS_DIR, ModelCard, save_card, sha256_file
-    from .mathena import evaluate, load_data, synthetic_opgs, train_stage
-
     import torch
+
+    from ..models.mathena import load_mathena
+    from ..models.mathena.detector import ALL_FDI
+    from ..models.mathena.preprocess import CROP_MARGIN, CROP_SIZE, DETECTOR_INPUT_HW
+    from ..registry import BUNDLED_WEIGHTS_DIR, CARDS_DIR, ModelCard, save_card, sha256_file
+    from .loop import TrainResult
+    from .mathena import evaluate, load_data, synthetic_opgs, train_stage
     pos_fraction = {**POS_FRACTION, **(pos_fraction or {})}
     det_share = BUDGET_SHARE["detector"]
     hena_share = BUDGET_SHARE["carseg"] + BUDGET_SHARE["ad"]
@@ -145,7 +146,7 @@ def build_mathena_demo_weights(out_dir=None, cards_dir=None, steps_detector: int
         if reuse_detector:  # keep an already trained demo detector (rebuild the HENA part only)
             from ..models.mathena import read_mathena
             meta = read_mathena(reuse_detector)[1]
-            det = {"weights": str(reuse_detector), "step": int(meta.get("steps", 0)), "history": []}
+            det = TrainResult(Path(reuse_detector), int(meta.get("steps", 0)))
         else:
             det = train_stage("detector", train, run, steps=steps_detector, resume=False, log=log, batch_size=2,
                               model_kw=DEMO_DETECTOR, time_budget_s=time_budget_detector_s, checkpoint_every=25,
@@ -160,8 +161,8 @@ def build_mathena_demo_weights(out_dir=None, cards_dir=None, steps_detector: int
                                         checkpoint_every=25, cancel=cancel, lr=hena_lr if st != "dds" else None,
                                         pos_fraction=pos_fraction.get(st, 0.5))
         det_path, hena_path = out_dir / f"{DETECTOR_CARD}.safetensors", out_dir / f"{HENA_CARD}.safetensors"
-        if Path(det["weights"]).resolve() != det_path.resolve():
-            shutil.copyfile(det["weights"], det_path)
+        if Path(det.weights).resolve() != det_path.resolve():
+            shutil.copyfile(det.weights, det_path)
         if reuse_hena:
             from ..models.mathena import read_mathena
             hmeta = read_mathena(reuse_hena)[1]
@@ -170,12 +171,12 @@ def build_mathena_demo_weights(out_dir=None, cards_dir=None, steps_detector: int
                              if (d / f"{HENA_CARD}.json").is_file()), None)
             if old_card is not None:  # the steps of the HENA being kept, as its card recorded them
                 old = (json.loads(old_card.read_text()).get("extra") or {}).get("steps") or {}
-            hena_runs = {k: {"weights": str(reuse_hena), "step": int(old.get(k, hmeta.get("steps", 0))),
-                             "history": []} for k in ("carseg", "ad", "dds")}
+            hena_runs = {k: TrainResult(Path(reuse_hena), int(old.get(k, hmeta.get("steps", 0))))
+                         for k in ("carseg", "ad", "dds")}
             if Path(reuse_hena).resolve() != hena_path.resolve():
                 shutil.copyfile(reuse_hena, hena_path)
         else:
-            shutil.copyfile(hena_runs["dds"]["weights"], hena_path)
+            shutil.copyfile(hena_runs["dds"].weights, hena_path)
     finally:
         shutil.rmtree(run, ignore_errors=True)
     train_s = time.perf_counter() - t0
@@ -190,7 +191,7 @@ def build_mathena_demo_weights(out_dir=None, cards_dir=None, steps_detector: int
             "seeds": [NUMBERING_SEED0, NUMBERING_SEED0 + numbering_images - 1],
             "cases": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in c.items()} for c in cases],
             **{k: v for k, v in nb.items() if k != "conventions"}}
-    steps = {"detector": det["step"], **{k: v["step"] for k, v in hena_runs.items()}}
+    steps = {"detector": det.steps, **{k: v.steps for k, v in hena_runs.items()}}
     metrics.update({"demo": True, "held_out_seeds": [HELD_OUT_SEED0, HELD_OUT_SEED0 + held_out_images - 1],
                     "train_seeds": [TRAIN_SEED0, TRAIN_SEED0 + train_images + varied_images - 1],
                     "varied_train_seeds": [TRAIN_SEED0 + train_images, TRAIN_SEED0 + train_images + varied_images - 1],
@@ -202,8 +203,8 @@ def build_mathena_demo_weights(out_dir=None, cards_dir=None, steps_detector: int
                     "time_budget_s": {"detector": None if reuse_detector else round(time_budget_detector_s, 1),
                                       "hena": round(time_budget_hena_s, 1)},
                     "pos_fraction": pos_fraction, "threads": threads,
-                    "final_loss": {"detector": det["history"][-1] if det["history"] else None,
-                                   **{k: (v["history"][-1] if v["history"] else None) for k, v in hena_runs.items()}}})
+                    "final_loss": {"detector": det.history[-1] if det.history else None,
+                                   **{k: (v.history[-1] if v.history else None) for k, v in hena_runs.items()}}})
     cmd = command or "python -m pantheon.train.mathena_demo"
     metrics["command"] = cmd
     metrics["total_seconds"] = round(time.perf_counter() - t0, 1)
@@ -232,8 +233,8 @@ def build_mathena_demo_weights(out_dir=None, cards_dir=None, steps_detector: int
     save_card(ModelCard.from_dict({
         **common, "id": HENA_CARD,
         "task": "per-tooth caries segmentation, anomaly detection, Demirjian staging (HENA); DEMO weights",
-        "description": f"Small HENA trained by `{cmd}` (carseg -> freeze -> ad branch -> dds linear probe) on synthetic "
-                       "OPG tooth crops. Demo weights: never for clinical use.",
+        "description": f"Small HENA trained by `{cmd}` (carseg -> freeze -> ad branch -> dds linear probe) "
+                       "on synthetic OPG tooth crops. Demo weights: never for clinical use.",
         "input": inp, "labels": [{"value": i, "name": s} for i, s in enumerate("ABCDEFGH")],
         "file": hena_path.name, "sha256": sha256_file(hena_path, use_cache=False),
         "size_bytes": hena_path.stat().st_size,

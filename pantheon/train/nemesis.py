@@ -4,14 +4,14 @@ Pretraining follows the paper: dual masking (plane 0.5, axis 0.5), noise level d
 from {0, 0.01, 0.03, 0.05} with the clean superpatch as target, loss = per-patch MSE over masked
 patches, AdamW (lr 1e-4, weight decay 0.05, betas (0.9, 0.95)), cosine schedule with linear warm-up
 (per step rather than per epoch: our runs are short), gradient clipping at 1.0 as in the release.
-Checkpoints hold only tensors and plain values, so resuming uses ``torch.load(weights_only=True)``.
+The loop, its checkpoints (tensors and plain values only, read with ``torch.load(weights_only=True)``)
+and resuming are :class:`pantheon.train.loop.TrainLoop`'s.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Tuple
@@ -19,14 +19,13 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, InputError
+from ..errors import InputError
 from ..io.volume import Volume
 from ..models.nemesis import NemesisMAE, OrganProbe, save_nemesis
-from ..models.nemesis.probe import BTCV_ORGANS
-from ..pipelines.nemesis import (HU_WINDOW, DEFAULT_ORIENTATION, NemesisEngine, crop_padded, prepare_ct,
-                                 superpatch_tiles)
-from ..models.checkpoints import resume_error, torch_load_tensors
+from ..models.nemesis.probe import BTCV_ORGANS, save_probe
+from ..pipelines.nemesis import DEFAULT_ORIENTATION, HU_WINDOW, NemesisEngine, crop_padded, prepare_ct, superpatch_tiles
 from ..progress import Reporter
+from .loop import Schedule, TrainLoop, TrainResult, Validation, read_checkpoint
 
 
 # ============================================================================ pretraining
@@ -50,12 +49,9 @@ class PretrainConfig:
     checkpoint_every: int = 100
 
 
-def cosine_with_warmup(step: int, cfg: PretrainConfig) -> float:
-    """Learning-rate multiplier at ``step``."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return max(cfg.min_lr / cfg.lr, 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+def pretrain_schedule(cfg: PretrainConfig) -> Schedule:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr``."""
+    return Schedule(warmup_steps=cfg.warmup_steps, decay="cosine", min_factor=cfg.min_lr / cfg.lr)
 
 
 def sample_superpatches(arrays: Sequence[np.ndarray], size, count: int, rng: np.random.Generator,
@@ -105,73 +101,48 @@ def evaluate_reconstruction(model: NemesisMAE, superpatches: np.ndarray, mask_ra
 
 def pretrain(volumes: Sequence[Volume], out_dir, cfg: PretrainConfig = PretrainConfig(), resume: bool = True,
              window=HU_WINDOW, orientation=DEFAULT_ORIENTATION, device="cpu", progress=None, cancel=None,
-             log=print, validate: Optional[Callable[[NemesisMAE], dict]] = None) -> Path:
-    """Pretrain a NEMESIS MAE on CT volumes; returns the path of the final safetensors weights.
+             log=print, validate: Optional[Callable[[NemesisMAE], dict]] = None,
+             time_budget_s: Optional[float] = None) -> TrainResult:
+    """Pretrain a NEMESIS MAE on CT volumes; returns a :class:`~pantheon.train.loop.TrainResult` whose
+    ``weights`` is the final safetensors file.
 
     ``out_dir/checkpoint.pt`` is written every ``checkpoint_every`` steps (atomically); rerunning
     with ``resume=True`` continues from it with identical batches (the sampler is seeded per step).
     ``validate(model)`` (e.g. held-out reconstruction PSNR) is logged at every checkpoint.
+    ``time_budget_s``: stop after that many seconds (checkpoint and weights still written).
     """
-    rep = Reporter(progress, cancel)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays = [prepare_ct(v, window, orientation).model_array for v in volumes]
     if not arrays:
         raise InputError("Pretraining needs at least one CT volume.")
+    ckpt_path = out_dir / "checkpoint.pt"
+    ckpt = read_checkpoint(ckpt_path, resume)
     torch.manual_seed(cfg.seed)
     model = NemesisMAE(**cfg.model).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg))
-    step, history = 0, []
-    ckpt_path = out_dir / "checkpoint.pt"
-    if resume and ckpt_path.is_file():
-        try:
-            ckpt = torch_load_tensors(ckpt_path)
-            model.load_state_dict(ckpt["model_state_dict"])
-            opt.load_state_dict(ckpt["optimizer_state_dict"])
-            sched.load_state_dict(ckpt["scheduler_state_dict"])
-            step, history = int(ckpt["step"]), list(ckpt.get("history", []))
-        except Exception as exc:  # a damaged checkpoint must not be silently restarted over
-            raise resume_error(ckpt_path, exc) from None
-        log(f"Resuming pretraining at step {step}/{cfg.steps}")
+    validation = None if validate is None else Validation(validate, every=cfg.checkpoint_every)
+    loop = TrainLoop(model, opt, cfg.steps, checkpoint=ckpt_path, resume_from=ckpt, schedule=pretrain_schedule(cfg),
+                     checkpoint_every=cfg.checkpoint_every, time_budget_s=time_budget_s, validation=validation,
+                     grad_clip=cfg.grad_clip, extra_state={"config": json.loads(json.dumps(asdict(cfg)))},
+                     name="pretraining", loss_name="masked-patch MSE", progress=progress, cancel=cancel, log=log)
 
-    def save_checkpoint():
-        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save({"step": step, "model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
-                    "scheduler_state_dict": sched.state_dict(), "history": history,
-                    "config": json.loads(json.dumps(asdict(cfg)))}, tmp)
-        tmp.replace(ckpt_path)
-
-    t0 = time.perf_counter()
-    while step < cfg.steps:
-        rep(step / cfg.steps, f"step {step}/{cfg.steps}")
+    def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([cfg.seed, step])
         batch = torch.from_numpy(sample_superpatches(arrays, model.superpatch_size, cfg.batch_size, rng,
                                                      cfg.min_foreground)).to(device)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         noise = float(cfg.noise_levels[int(rng.integers(len(cfg.noise_levels)))])
-        out = model(batch, mask_ratio=tuple(cfg.mask_ratio), noise_std=noise, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        history.append(float(out.loss.detach()))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint()
-            recent = float(np.mean(history[-cfg.checkpoint_every:]))
-            checked = ""
-            if validate is not None:
-                checked = "  " + "  ".join(f"{k} {v:.4g}" for k, v in validate(model).items())
-            log(f"step {step}/{cfg.steps}  masked-patch MSE {recent:.5f}  lr {sched.get_last_lr()[0]:.2e}  "
-                f"{time.perf_counter() - t0:.0f}s{checked}")
+        return model(batch, mask_ratio=tuple(cfg.mask_ratio), noise_std=noise, generator=gen).loss
+
+    result = loop.run(step_loss)
     model.eval()
     weights = out_dir / "nemesis.safetensors"
-    save_nemesis(model, weights, {"demo": "true", "steps": str(step), "window": json.dumps(list(window)),
+    save_nemesis(model, weights, {"demo": "true", "steps": str(result.steps), "window": json.dumps(list(window)),
                                   "orientation": orientation})
-    rep(1.0, "Pretraining finished")
-    return weights
+    Reporter(progress, cancel)(1.0, "Pretraining finished")
+    result.weights = weights
+    return result
 
 
 # ============================================================================ organ probe
@@ -218,65 +189,27 @@ def fit_probe(X: np.ndarray, Y: np.ndarray, epochs: int = 300, lr: float = 1e-2,
     xt, yt = torch.from_numpy(X), torch.from_numpy(Y)
     pos = yt.mean(0).clamp(0.02, 0.98)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(1 - pos) / pos)  # organs like the gallbladder are rare
-    for _ in range(epochs):
-        opt.zero_grad()
-        loss_fn(probe(xt), yt).backward()
-        opt.step()
+    # constant learning rate, no checkpoint: a few hundred full-batch steps on pooled features, in memory
+    TrainLoop(probe, opt, epochs, schedule=Schedule(decay="constant"), name="organ probe",
+              log=None).run(lambda _step: loss_fn(probe(xt), yt))
     return probe.eval()
 
 
 def per_organ_auroc(probe: OrganProbe, X: np.ndarray, Y: np.ndarray) -> dict:
-    from sklearn.metrics import f1_score, roc_auc_score
+    from sklearn.metrics import f1_score
+
+    from ..metrics import auroc
     with torch.no_grad():
         p = torch.sigmoid(probe(torch.from_numpy(X))).numpy()
     out = {}
     for n, (name, *_rest) in enumerate(BTCV_ORGANS):
-        both = len(np.unique(Y[:, n])) == 2
-        out[name] = {"auroc": float(roc_auc_score(Y[:, n], p[:, n])) if both else float("nan"),
+        out[name] = {"auroc": auroc(p[:, n], Y[:, n]),  # NaN when the organ is always or never present
                      "f1": float(f1_score(Y[:, n], p[:, n] > 0.5, zero_division=0)),
                      "positives": int(Y[:, n].sum()), "n": int(len(Y))}
     valid = [v["auroc"] for v in out.values() if not math.isnan(v["auroc"])]
     out["mean"] = {"auroc": float(np.mean(valid)) if valid else float("nan"),
                    "f1": float(np.mean([v["f1"] for k, v in out.items() if k != "mean"]))}
     return out
-
-
-def save_probe(probe: OrganProbe, path, encoder_sha256: str, window=HU_WINDOW, orientation=DEFAULT_ORIENTATION,
-               metrics: Optional[dict] = None) -> Path:
-    """Probe weights as safetensors (organs, window and encoder checksum in the metadata), atomically."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    meta = {"format": "pantheon-nemesis-probe-v1", "organs": json.dumps([o[0] for o in BTCV_ORGANS]),
-            "btcv_labels": json.dumps([o[1] for o in BTCV_ORGANS]), "window": json.dumps(list(window)),
-            "orientation": orientation, "encoder_sha256": encoder_sha256,
-            "embed_dim": str(probe.linear.in_features), "metrics": json.dumps(metrics or {})}
-    save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
-
-
-def load_probe(path, encoder_sha256: Optional[str] = None) -> Tuple[OrganProbe, dict]:
-    """Load probe weights; refuse a probe trained on another encoder when its checksum is given."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Probe weights {path} do not exist.")
-    try:
-        state = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"Probe weights {path} are truncated or corrupted ({exc}).") from None
-    if meta.get("format") != "pantheon-nemesis-probe-v1" or "linear.weight" not in state:
-        raise CheckpointError(f"{path} is not a NEMESIS organ probe.")
-    if encoder_sha256 and meta.get("encoder_sha256") and meta["encoder_sha256"] != encoder_sha256:
-        raise CheckpointError(f"Probe {path} was trained on a different NEMESIS encoder "
-                              f"(sha256 {meta['encoder_sha256'][:12]}…, loaded {encoder_sha256[:12]}…).")
-    probe = OrganProbe(state["linear.weight"].shape[1], state["linear.weight"].shape[0])
-    probe.load_state_dict(state)
-    return probe.eval(), meta
 
 
 def train_probe(pairs: Sequence[Tuple[Volume, Volume]], engine: NemesisEngine, out_path=None,

@@ -1,4 +1,4 @@
-"""Training and evaluation of NeoNet (NeoSeg, NeoGen, PattenNet) — spec §3.5, issue "PNIPredict: NeoNet".
+"""Training and evaluation of NeoNet (NeoSeg, NeoGen, PattenNet) (arXiv 2603.29449: 5-fold CV, AUC).
 
     pantheon pni train --stage seg|vae|ldm|controlnet|cls     ->  train_stage(...)
     pantheon pni eval                                          ->  cross_validate(...) / evaluate_classifier(...)
@@ -7,7 +7,7 @@ Data (:func:`load_cases`): phantom seeds (``range``/list of ints, :func:`pantheo
 on the model grid), a list of :class:`Case`, or a CSV (or a folder holding ``cases.csv``) with columns
 ``image,label,pni[,case_id][,patient_id]`` (paths relative to the CSV). Every case is checked
 (:func:`~pantheon.models.neonet.preprocess.check_mri`), resampled to the model grid and normalised
-(spec §3.1) once.
+(see :mod:`pantheon.models.neonet.preprocess`) once.
 
 Stages (one function, :func:`train_stage`; each writes ``out_dir/<stage>/checkpoint.pt`` and the
 final ``out_dir/<stage>/<component>.safetensors`` via ``save_neonet_component``):
@@ -31,7 +31,8 @@ final ``out_dir/<stage>/<component>.safetensors`` via ``save_neonet_component``)
   every training case is added again as the end-to-end pipeline sees it (:func:`segment_case`:
   crop on NeoSeg's tumour, tumour channel = NeoSeg's tumour probability).
 
-Resuming: checkpoints hold only tensors and plain values (``torch.load(weights_only=True)``).
+Resuming (the loop: :class:`pantheon.train.loop.TrainLoop`): checkpoints hold only tensors and plain
+values (``torch.load(weights_only=True)``).
 Every step draws its batch from ``np.random.default_rng([seed, step])`` and seeds torch with
 ``(seed, step)`` too, so an interrupted and resumed run follows the same trajectory as an
 uninterrupted one (the loss history is extended, not restarted).
@@ -41,14 +42,14 @@ Cross-validation (:func:`cross_validate`): patient-level stratified k-fold (scik
 trained on the training cases (+ synthetic samples from a generator that has seen only the
 training cases: ``generator="per_fold"`` trains one per fold, or a NeoGen trained on data
 disjoint from all CV cases may be passed; ``generator=None`` disables synthesis) and tested on
-the held-out cases: AUC, accuracy, sensitivity, specificity per fold and mean ± SD (ddof=1).
+the held-out cases: AUC, accuracy, sensitivity, specificity per fold
+(:func:`pantheon.metrics.binary_metrics`) and mean ± SD (ddof=1).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -59,17 +60,26 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..io.volume import Volume
-from ..models.neonet.preprocess import (MODEL_SPACING, NEOSEG_ROI, PATCH_SHAPE, check_mri, normalize_mri,
-                                        resample_to_model, tlcr_patch)
-from ..models.checkpoints import resume_error, torch_load_tensors
+from ..metrics import binary_metrics
+from ..models.checkpoints import resume_error
+from ..models.neonet.preprocess import (
+    MODEL_SPACING,
+    NEOSEG_ROI,
+    PATCH_SHAPE,
+    check_mri,
+    normalize_mri,
+    resample_to_model,
+    tlcr_patch,
+)
 from ..progress import Reporter
+from .loop import Schedule, TrainLoop, TrainResult, Validation, check_stage, read_checkpoint
 
 STAGES = ("seg", "vae", "ldm", "controlnet", "cls")
 STAGE_KIND = {"seg": "neoseg", "vae": "neogen", "ldm": "neogen", "controlnet": "neogen", "cls": "pattennet"}
 #: The stage a NeoGen stage starts from.
 PREVIOUS_STAGE = {"ldm": "vae", "controlnet": "ldm", "cls": "controlnet"}
-#: Default learning rates per stage (demo scale; the spec's 1e-4/1e-5 are for 100+ epochs). The
-#: classifier's 1e-2: at 1e-3 its loss sat at chance for hundreds of steps (Adam moves each weight
+#: Default learning rates per stage (demo scale; MAISI's and the sibling PNI works' 1e-4 / 1e-5 are for 100+ epochs).
+#: The classifier's 1e-2: at 1e-3 its loss sat at chance for hundreds of steps (Adam moves each weight
 #: by about lr per step, and the PNI cue must grow from small initial weights); the ControlNet's
 #: 2e-3: at 1e-3 its loss barely moved within the CPU budget.
 DEFAULT_LR = {"seg": 3e-3, "vae": 2e-3, "ldm": 1e-3, "controlnet": 2e-3, "cls": 1e-2}
@@ -110,7 +120,7 @@ class Case:
     #: reads it, cropped with the same TLCR box, instead of the binary tumour mask.
     tumour_probability: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
     _patch: Optional[tuple] = field(default=None, repr=False, compare=False)
-    _extension: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    file_extension: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     @property
     def group(self) -> str:
@@ -209,7 +219,8 @@ def _cases(data) -> List[Case]:
 
 # ------------------------------------------------------------------------------------------------ models
 def default_configs(size: str = "demo") -> Dict[str, dict]:
-    """Constructor arguments of the three components: "demo" (tiny, CPU) or "paper" (spec §7)."""
+    """Constructor arguments of the three components: "demo" (tiny, CPU) or "paper" (the assumed
+    paper-scale sizes: MAISI-like NeoGen, 96x96x48 crops)."""
     if size == "demo":
         return {
             # (16, 32, 64): the (8, 16, 32) net reached tumour Dice ~0.6 on the phantoms; this one ~0.8
@@ -263,9 +274,9 @@ def tumour_extension(labels: np.ndarray, radii: float = SEG_EXTENSION_RADII) -> 
 
 
 def _case_extension(case: Case) -> np.ndarray:
-    if case._extension is None:
-        case._extension = tumour_extension(case.labels.array)
-    return case._extension
+    if case.file_extension is None:
+        case.file_extension = tumour_extension(case.labels.array)
+    return case.file_extension
 
 
 def _random_window(case: Case, roi, rng: np.random.Generator, tumour_p: float = 0.5, extension_p: float = 0.0):
@@ -295,7 +306,7 @@ def _random_window(case: Case, roi, rng: np.random.Generator, tumour_p: float = 
 
 
 def _augment_patch(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, extra: Optional[np.ndarray] = None):
-    """Mild augmentation: left-right flip (spec §3.5: axial flips) and intensity shift/scale.
+    """Mild augmentation: left-right flip (axial flips, as in the group's sibling PNI works) and intensity shift/scale.
     ``extra`` (optional, e.g. the extension mask) is flipped with the labels and returned third."""
     if rng.random() < 0.5:
         img, lab = img[:, :, ::-1], lab[:, :, ::-1]
@@ -327,8 +338,9 @@ def augment_classifier_patch(img: np.ndarray, mask: np.ndarray, rng: np.random.G
     axial (J, I) plane (square crops; 0/180 otherwise), and a shift of up to ``max_shift`` voxels
     per axis (zero fill; it mimics the centring error of a predicted mask -- kept at 1 voxel because
     the tentacle's reach beyond the main mass is itself only a few voxels at the 4 mm demo grid: a
-    2-voxel shift lowered the AUC of the tumour's radial reach from 0.97 to 0.86). Intensity (image only): gain 0.85-1.15, offset +-0.08, gamma 0.8-1.25 and
-    Gaussian noise of SD up to 0.03, clipped to [0, 1] like the normalised input.
+    2-voxel shift lowered the AUC of the tumour's radial reach from 0.97 to 0.86). Intensity (image
+    only): gain 0.85-1.15, offset +-0.08, gamma 0.8-1.25 and Gaussian noise of SD up to 0.03,
+    clipped to [0, 1] like the normalised input.
     """
     for ax in range(3):
         if rng.random() < 0.5:
@@ -514,10 +526,11 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
                 neogen=None, configs: Optional[Dict[str, dict]] = None, batch_size: int = 2,
                 lr: Optional[float] = None, seed: int = 0, checkpoint_every: int = 50, synthesize: bool = True,
                 num_inference_steps: int = 20, samples: Optional[List[Sample]] = None, cancel=None,
-                time_limit_s: Optional[float] = None, val_samples: Optional[List[Sample]] = None,
+                time_budget_s: Optional[float] = None, val_samples: Optional[List[Sample]] = None,
                 eval_every: int = 50, patience: Optional[int] = None, weight_decay: Optional[float] = None,
-                neoseg=None) -> Path:
-    """Train one stage; returns the final weights (``out_dir/<stage>/<component>.safetensors``).
+                neoseg=None) -> TrainResult:
+    """Train one stage; returns a :class:`~pantheon.train.loop.TrainResult` whose ``weights`` is the final
+    weights file (``out_dir/<stage>/<component>.safetensors``).
 
     ``stage``: "seg" (NeoSeg), "vae", "ldm", "controlnet" (NeoGen, in that order) or "cls"
     (PattenNet). ``data``: phantom seeds, :class:`Case` list, or a CSV/folder (:func:`load_cases`).
@@ -528,11 +541,11 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
     ``out_dir/<stage>/checkpoint.pt`` when present (a finished run with ``steps`` <= its step count
     just rewrites the weights); a checkpoint is written every ``checkpoint_every`` steps and at the end.
     ``configs``: component constructor arguments (default: :func:`default_configs` "demo").
-    ``time_limit_s``: stop early after that many seconds of training (checkpoint and weights are
+    ``time_budget_s``: stop early after that many seconds of training (checkpoint and weights are
     written; rerunning with ``resume`` continues towards ``steps``).
     ``val_samples`` ("cls" only): real validation samples, disjoint from the training set; every
     ``eval_every`` steps their AUC (ties broken by lower BCE) is measured and the best weights are
-    kept and written at the end (spec §7: checkpoint chosen by validation AUC); with ``patience``
+    kept and written at the end (checkpoint chosen by validation AUC, as in the sibling PNI works); with ``patience``
     the stage stops after that many evaluations without improvement (early stopping).
     ``weight_decay``: AdamW weight decay (default :data:`DEFAULT_WEIGHT_DECAY` of the stage).
     ``neoseg`` ("cls" only, module or weights path): every training case is added a second time as
@@ -540,43 +553,26 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
     the classifier also learns the crops the end-to-end pipeline gives it.
     """
     from ..models.neonet import save_neonet_component
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    check_stage(stage, STAGES, "NeoNet")
     log = log or (lambda *_: None)
-    rep = Reporter(progress, cancel)
     out_dir = Path(out_dir)
     (out_dir / stage).mkdir(parents=True, exist_ok=True)
     cases = _cases(data)
     configs = configs or default_configs("demo")
     lr = DEFAULT_LR[stage] if lr is None else float(lr)
     ckpt_path = _checkpoint_path(out_dir, stage)
-    ckpt = None
-    if resume and ckpt_path.is_file():
-        try:
-            ckpt = torch_load_tensors(ckpt_path)
-        except Exception as exc:  # a damaged checkpoint must not be silently restarted over
-            raise resume_error(ckpt_path, exc) from None
+    ckpt = read_checkpoint(ckpt_path, resume, expect={"kind": STAGE_KIND[stage], "stage": stage})
     if ckpt is not None:
-        from ..models.neonet.checkpoint import _builders
-        kind = STAGE_KIND[stage]
-        if ckpt.get("kind") != kind:
-            raise InputError(f"{ckpt_path} holds a {ckpt.get('kind')} run, not a {kind} one.")
-        model = _builders()[kind](json.loads(ckpt["config"]))
-        model.load_state_dict(ckpt["model_state_dict"])
-        step, history = int(ckpt["step"]), [float(v) for v in ckpt["history"]]
-        log(f"Resuming stage {stage} at step {step}")
+        from ..models.neonet.checkpoint import component_builders
+        try:
+            model = component_builders()[STAGE_KIND[stage]](json.loads(ckpt["config"]))
+        except Exception as exc:  # noqa: BLE001 - no or another architecture's config: not resumable
+            raise resume_error(ckpt_path, exc) from None
     else:
         torch.manual_seed(int(seed))  # reproducible initialisation
         model = _build_model(stage, cases, out_dir, configs, neogen, log)
-        step, history = 0, []
     model.train()
     opt = _optimizer(stage, model, lr, weight_decay)
-    best = {"score": None, "step": -1, "state": None, "bad": 0}
-    if ckpt is not None and ckpt.get("best_state") is not None:
-        best = {"score": tuple(ckpt["best_score"]), "step": int(ckpt["best_step"]), "state": ckpt["best_state"],
-                "bad": int(ckpt.get("best_bad", 0))}
-    if ckpt is not None:
-        opt.load_state_dict(ckpt["optimizer_state_dict"])
     loss_fn = None
     if stage == "seg":
         from monai.losses import DiceCELoss
@@ -595,112 +591,40 @@ def train_stage(stage: str, data, out_dir, steps: int = 200, resume: bool = True
     if stage == "cls":
         n_syn = sum(s.synthetic for s in samples)
         log(f"Classifier training set: {len(samples) - n_syn} real + {n_syn} synthetic samples")
-
-    def save():
-        tmp = ckpt_path.with_name(ckpt_path.name + ".tmp")
-        torch.save({"step": step, "kind": STAGE_KIND[stage], "stage": stage, "config": json.dumps(model.config),
-                    "model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
-                    "history": [float(h) for h in history], "seed": int(seed), "lr": float(lr),
-                    "best_state": best["state"], "best_score": list(best["score"] or ()), "best_step": best["step"],
-                    "best_bad": best["bad"]}, tmp)
-        tmp.replace(ckpt_path)
-
-    start = step
-    import time as _time
-    t_start = _time.monotonic()
-    while step < steps:
-        rep.check()
-        if time_limit_s is not None and _time.monotonic() - t_start > time_limit_s:
-            log(f"[{stage}] time limit reached at step {step}/{steps}")
-            save()
-            break
-        for g in opt.param_groups:  # cosine schedule over the requested steps
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(1, steps)))
-        loss = _stage_loss(stage, model, cases, samples, step, seed, batch_size, loss_fn)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        history.append(float(loss.detach()))
-        if stage == "cls" and val_samples and (step % eval_every == 0 or step == steps):
-            score = _validation_score(model, val_samples)
-            if best["score"] is None or score > best["score"]:
-                best.update(score=score, step=step, bad=0,
-                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
-            else:
-                best["bad"] += 1
-            model.train()
-            log(f"[{stage}] step {step}: validation AUC {score[0]:.3f} (best {best['score'][0]:.3f} at step "
-                f"{best['step']})")
-            if patience is not None and best["bad"] >= patience:
-                log(f"[{stage}] early stop at step {step}: no validation gain for {patience} evaluations")
-                save()
-                break
-        if step % checkpoint_every == 0 or step == steps:
-            save()
-            log(f"[{stage}] step {step}/{steps} loss {np.mean(history[-checkpoint_every:]):.4f}")
-        rep((step - start) / max(1, steps - start), f"{stage}: step {step}/{steps}")
-    if step == start:
-        save()
-    meta = {"stage": stage, "steps": str(step)}
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-        meta.update(best_step=str(best["step"]), validation_auc=f"{best['score'][0]:.4f}")
+    validation = None
+    if stage == "cls" and val_samples:  # the checkpoint is chosen by validation AUC, as in the sibling PNI works
+        validation = Validation(lambda m: _validation_figures(m, val_samples), every=eval_every,
+                                score=lambda f: (f["AUC"], -f["BCE"]), patience=patience)
+    # no warm-up; cosine decay over the requested steps down to 0
+    loop = TrainLoop(model, opt, steps, checkpoint=ckpt_path, resume_from=ckpt, schedule=Schedule(),
+                     checkpoint_every=checkpoint_every, time_budget_s=time_budget_s, validation=validation,
+                     name=stage, progress=progress, cancel=cancel, log=log,
+                     extra_state=lambda: {"kind": STAGE_KIND[stage], "stage": stage, "config": json.dumps(model.config),
+                                          "seed": int(seed), "lr": float(lr)})
+    result = loop.run(lambda step: _stage_loss(stage, model, cases, samples, step, seed, batch_size, loss_fn))
+    meta = {"stage": stage, "steps": str(result.steps)}
+    if "best_step" in result.metrics:
+        meta.update(best_step=str(result.metrics["best_step"]),
+                    validation_auc=f"{result.metrics['best_score'][0]:.4f}")
     model.eval()
-    return save_neonet_component(model, final_weights_path(out_dir, stage), extra_metadata=meta)
+    result.weights = save_neonet_component(model, final_weights_path(out_dir, stage), extra_metadata=meta)
+    return result
 
 
 @torch.no_grad()
-def _validation_score(model, val_samples: Sequence[Sample]) -> tuple:
-    """(AUC, -BCE) of a PattenNet on validation samples: larger is better, compared as a tuple."""
+def _validation_figures(model, val_samples: Sequence[Sample]) -> Dict[str, float]:
+    """AUC (0 when undefined: one class only) and BCE of a PattenNet on validation samples; the
+    classifier stage keeps the step with the best (AUC, -BCE), compared in that order."""
     probs = predict_samples(model, val_samples)
     y = np.array([s.pni for s in val_samples], dtype=np.float64)
     auc = binary_metrics(y, probs)["auc"]
     p = np.clip(probs.astype(np.float64), 1e-6, 1 - 1e-6)
     bce = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    return (float(auc) if auc == auc else 0.0, -bce)
+    return {"AUC": float(auc) if auc == auc else 0.0, "BCE": bce}
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-def binary_metrics(y_true, scores, threshold: float = 0.5) -> Dict[str, float]:
-    """AUC (ROC, ties counted half), accuracy, sensitivity, specificity at ``threshold`` on ``scores``.
-
-    ``scores`` are probabilities of PNI+; an undefined metric (one class absent) is NaN.
-    """
-    y = np.asarray(y_true, dtype=int).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError("y_true and scores differ in length")
-    pred = (s >= threshold).astype(int)
-    pos, neg = y == 1, y == 0
-    tp, tn = int(np.sum(pred[pos] == 1)), int(np.sum(pred[neg] == 0))
-    nan = float("nan")
-    if pos.any() and neg.any():
-        # Mann-Whitney U: P(score_pos > score_neg) + 0.5 P(equal)
-        diff = s[pos][:, None] - s[neg][None, :]
-        auc = float((np.sum(diff > 0) + 0.5 * np.sum(diff == 0)) / diff.size)
-    else:
-        auc = nan
-    return {"auc": auc, "auc_ci95": auc_confidence_interval(auc, int(pos.sum()), int(neg.sum())),
-            "accuracy": float(np.mean(pred == y)) if y.size else nan,
-            "sensitivity": tp / int(pos.sum()) if pos.any() else nan,
-            "specificity": tn / int(neg.sum()) if neg.any() else nan,
-            "n": int(y.size), "n_positive": int(pos.sum())}
-
-
-def auc_confidence_interval(auc: float, n_positive: int, n_negative: int, z: float = 1.96) -> List[float]:
-    """[low, high] approximate 95 % confidence interval of an ROC AUC (Hanley & McNeil 1982 standard
-    error, normal approximation, clipped to [0, 1]): how far a held-out AUC on a few dozen cases can
-    be trusted to lie above chance. NaNs when the AUC is undefined."""
-    if not (auc == auc) or n_positive < 1 or n_negative < 1:
-        return [float("nan"), float("nan")]
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (n_positive - 1) * (q1 - auc * auc) + (n_negative - 1) * (q2 - auc * auc)) / (
-        n_positive * n_negative)
-    se = math.sqrt(max(var, 0.0))
-    return [max(0.0, auc - z * se), min(1.0, auc + z * se)]
-
-
+# AUC (with its Hanley-McNeil interval), accuracy, sensitivity, specificity: pantheon.metrics.binary_metrics.
 def mean_sd(values) -> Dict[str, float]:
     v = np.asarray([x for x in values if x == x], dtype=np.float64)
     return {"mean": float(v.mean()) if v.size else float("nan"),
@@ -771,7 +695,8 @@ def cv_splits(cases: Sequence[Case], k: int = 5, seed: int = 0):
 def cross_validate(data, out_dir, k: int = 5, seed: int = 0, generator: Union[str, None, object] = "per_fold",
                    steps: Optional[Dict[str, int]] = None, configs=None, num_inference_steps: int = 20,
                    batch_size: int = 2, progress=None, log=print, cancel=None, train_fn=None) -> Dict:
-    """Patient-level stratified k-fold CV of the classifier (spec §3.5).
+    """Patient-level stratified k-fold CV of the classifier (5-fold as in the paper, arXiv 2603.29449;
+    patient-level stratification is an assumption).
 
     Per fold: ``generator="per_fold"`` trains NeoGen (vae, ldm, controlnet; ``steps``) on the fold's
     training cases only; a NeoGen module/path is used as given (it must be trained on data disjoint
@@ -798,18 +723,18 @@ def cross_validate(data, out_dir, k: int = 5, seed: int = 0, generator: Union[st
         log(f"Fold {f + 1}/{k}: {len(train_cases)} training cases, {len(test_cases)} test cases")
         if generator == "per_fold" or generator is None:
             gen_path = train_fn("vae", train_cases, fdir, steps["vae"], True, None, log, configs=configs,
-                                seed=seed + f, batch_size=batch_size)
+                                seed=seed + f, batch_size=batch_size).weights
             if generator == "per_fold":
                 train_fn("ldm", train_cases, fdir, steps["ldm"], True, None, log, configs=configs, seed=seed + f,
                          batch_size=batch_size)
                 gen_path = train_fn("controlnet", train_cases, fdir, steps["controlnet"], True, None, log,
-                                    configs=configs, seed=seed + f, batch_size=batch_size)
+                                    configs=configs, seed=seed + f, batch_size=batch_size).weights
         else:
             gen_path = generator
         samples = assemble_classifier_set(train_cases, gen_path if generator is not None else None, seed + f,
                                           num_inference_steps, log, cancel)
         cls_path = train_fn("cls", train_cases, fdir, steps["cls"], True, sub, log, neogen=gen_path,
-                            configs=configs, seed=seed + f, batch_size=batch_size, samples=samples)
+                            configs=configs, seed=seed + f, batch_size=batch_size, samples=samples).weights
         metrics = evaluate_classifier(cls_path, test_cases)
         folds.append({"fold": f, "train_ids": [c.case_id for c in train_cases],
                       "test_ids": [c.case_id for c in test_cases],

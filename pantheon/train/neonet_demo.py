@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..metrics import dice
 from ..models.neonet.preprocess import MODEL_SPACING, PATCH_SHAPE
 
 DEMO_IDS = {"neoseg": "neonet-demo-neoseg", "neogen": "neonet-demo-neogen", "pattennet": "neonet-demo-pattennet"}
@@ -91,12 +92,6 @@ def _held_out_pni(seed: int) -> bool:
     return seed % 2 == 0
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = a.sum() + b.sum()
-    return float(2 * np.logical_and(a, b).sum() / s) if s else 1.0
-
-
 def _timed_stage(stage, cases, run_dir, budget_s, log, max_steps=20000, final_kw=None, **kw):
     from .neonet import train_stage
     probe = 5
@@ -108,7 +103,7 @@ def _timed_stage(stage, cases, run_dir, budget_s, log, max_steps=20000, final_kw
     steps = int(np.clip(budget_s / max(per_step, 1e-3), probe + 1, max_steps))
     log(f"[{stage}] {per_step:.2f} s/step -> {steps} steps")
     path = train_stage(stage, cases, run_dir, steps=steps, resume=True, log=log, checkpoint_every=max(10, steps // 5),
-                       time_limit_s=1.25 * budget_s, **kw, **(final_kw or {}))
+                       time_budget_s=1.25 * budget_s, **kw, **(final_kw or {})).weights
     ck = torch.load(Path(run_dir) / stage / "checkpoint.pt", map_location="cpu", weights_only=True)
     h = ck["history"]
     return path, {"steps_planned": steps, "steps": int(ck["step"]), "seconds": round(time.time() - t, 1),
@@ -130,8 +125,8 @@ def synthesis_dice(neogen, neoseg, cases, seed: int = 0, num_inference_steps: in
     out = {}
     for name, x in (("synthetic", syn), ("real_reference", real))[:2 if reference else 1]:
         pred = neoseg.predict(x.float(), roi_size=PATCH_SHAPE, overlap=0.0).argmax(1).numpy()
-        dt = [_dice(p == 2, m[0]) for p, m in zip(pred, masks.numpy())]
-        dl = [_dice(p >= 1, m[1]) for p, m in zip(pred, masks.numpy())]
+        dt = [dice(p == 2, m[0]) for p, m in zip(pred, masks.numpy())]  # both empty: 1.0
+        dl = [dice(p >= 1, m[1]) for p, m in zip(pred, masks.numpy())]
         out[name] = {"tumour_dice_mean": float(np.mean(dt)), "tumour_dice_sd": float(np.std(dt, ddof=1)),
                      "liver_dice_mean": float(np.mean(dl)), "liver_dice_sd": float(np.std(dl, ddof=1))}
     out["n"] = len(cases)
@@ -173,10 +168,18 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
     the same training phantoms. Recorded in the metrics (``training[stage]["reused_from"]``) with
     ``training_note``.
     """
+    from ..metrics import binary_metrics
     from ..models.neonet import load_neonet_component
     from ..registry import CARDS_DIR, ModelCard, save_card, sha256_file
-    from .neonet import (STAGES, assemble_classifier_set, binary_metrics, evaluate_classifier, load_cases,
-                         predict_samples, real_samples, segment_case)
+    from .neonet import (
+        STAGES,
+        assemble_classifier_set,
+        evaluate_classifier,
+        load_cases,
+        predict_samples,
+        real_samples,
+        segment_case,
+    )
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -227,7 +230,8 @@ def build_neonet_demo_weights(out_dir, cards_dir=None, budget_s=None, train_seed
                 kw["samples"] = samples
                 # the checkpoint is chosen on the validation phantoms' NeoSeg crops (the end-to-end path)
                 val_samples_seg = real_samples([segment_case(seg_model, c) for c in val])
-                final_kw = {"val_samples": val_samples_seg if CLS_SELECTION == "neoseg" else val_samples + val_samples_seg,
+                final_kw = {"val_samples": (val_samples_seg if CLS_SELECTION == "neoseg"
+                                            else val_samples + val_samples_seg),
                             "eval_every": 25, "patience": CLS_PATIENCE}
                 training["classifier_set"] = {"real": len(train), "real_neoseg_crops": len(train),
                                               "synthetic": int(sum(s.synthetic for s in samples)),

@@ -18,6 +18,8 @@ passed in ``remove_when_done`` (e.g. a folder from :meth:`WorkerClient.input_dir
 the Slicer side wrote) are removed when the job ends, whatever the outcome.
 """
 
+from __future__ import annotations
+
 import atexit
 import collections
 import json
@@ -30,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from .. import __version__
 from .protocol import PROTOCOL_VERSION, encode
@@ -42,7 +45,7 @@ _TERMINAL = ("done", "failed", "cancelled")
 TEMP_ROOT_ENV = "PANTHEON_WORKER_TMPDIR"
 
 
-def fast_temp_root(min_free_bytes=4 << 30):
+def fast_temp_root(min_free_bytes: int = 4 << 30) -> Optional[str]:
     """Where volumes travel between Slicer and the worker: $PANTHEON_WORKER_TMPDIR, else a RAM-backed
     /dev/shm when it has room (a 300 MB heatmap is written there in ~0.2 s instead of up to 1.6 s
     through the disk's write-back), else the system temp folder (None)."""
@@ -64,19 +67,19 @@ class WorkerError(Exception):
     """A failed worker request: ``kind`` is one of input, checkpoint, cancelled, crashed, protocol,
     version, internal, timeout; ``message`` is one sentence for the user."""
 
-    def __init__(self, kind, message):
+    def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.message
 
-    def as_dict(self):
+    def as_dict(self) -> Dict[str, str]:
         return {"kind": self.kind, "message": self.message}
 
 
-def default_python():
+def default_python() -> str:
     """The interpreter the worker runs with: $PANTHEON_WORKER_PYTHON, else PythonSlicer when this
     process is the Slicer application, else sys.executable."""
     env = os.environ.get("PANTHEON_WORKER_PYTHON")
@@ -97,14 +100,14 @@ def default_python():
     return exe
 
 
-def is_slicer_python(python):
+def is_slicer_python(python: Optional[str]) -> bool:
     """True when ``python`` is Slicer's own launcher (PythonSlicer), which sets up Slicer's
     environment itself; any other interpreter needs :func:`worker_base_environment` (True)."""
     name = str(python or "").replace("\\", "/").rsplit("/", 1)[-1].lower()  # also a Windows path elsewhere
     return name.startswith("pythonslicer")
 
 
-def worker_base_environment(use_startup_env):
+def worker_base_environment(use_startup_env: bool) -> Dict[str, str]:
     """The environment a worker starts from. ``use_startup_env``: the environment Slicer itself
     was started with (``slicer.util.startupEnvironment()``), without what Slicer's launcher adds
     (PYTHONHOME, PYTHONPATH, LD_LIBRARY_PATH/DYLD_*, QT_PLUGIN_PATH, SLICER_HOME...), which would
@@ -137,12 +140,12 @@ class _ProcessTree:
     never belong to a reused pid when it is signalled.
     """
 
-    def __init__(self, cmd, **kwargs):
+    def __init__(self, cmd: Sequence[str], **kwargs: Any) -> None:
         self._job = None
         if os.name == "nt":
             kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
             self.proc = subprocess.Popen(cmd, **kwargs)
-            self._job = _windows_kill_on_close_job(self.proc)
+            self._job = windows_kill_on_close_job(self.proc)
         else:
             self.proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
         self.pid = self.proc.pid
@@ -151,7 +154,7 @@ class _ProcessTree:
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="pantheon-worker-watch")
         self._watcher.start()
 
-    def _watch(self):
+    def _watch(self) -> None:
         # Wait for the started process (the launcher, or the worker itself) to exit, then end what
         # is left of its tree: a killed launcher must not leave the real interpreter running.
         if os.name != "nt" and hasattr(os, "waitid"):
@@ -167,7 +170,7 @@ class _ProcessTree:
         self.exited.set()
         self.close()
 
-    def _kill_tree(self):
+    def _kill_tree(self) -> None:
         if os.name == "nt":
             if self._job is not None and _windows_terminate_job(self._job):
                 return
@@ -186,24 +189,24 @@ class _ProcessTree:
         except OSError:
             self._kill_started()
 
-    def _kill_started(self):
+    def _kill_started(self) -> None:
         try:
             self.proc.kill()
         except OSError:
             pass
 
-    def kill(self):
+    def kill(self) -> None:
         """End the whole tree now (no-op once it is gone)."""
         if not self.exited.is_set():
             self._kill_tree()
 
-    def close(self):
+    def close(self) -> None:
         job, self._job = self._job, None
         if job is not None:
-            _windows_close(job)  # KILL_ON_JOB_CLOSE: also ends anything still in the job
+            windows_close_job(job)  # KILL_ON_JOB_CLOSE: also ends anything still in the job
 
 
-def _windows_kernel32():
+def _windows_kernel32() -> Any:
     import ctypes
     from ctypes import wintypes
     k32 = ctypes.WinDLL("kernel32", use_last_error=True)
@@ -220,7 +223,7 @@ def _windows_kernel32():
     return k32
 
 
-def _windows_kill_on_close_job(proc):
+def windows_kill_on_close_job(proc: subprocess.Popen) -> Optional[int]:
     """A job object holding ``proc`` (and, from then on, its children) that kills them all when
     terminated or when its last handle closes; None when Windows refuses (then taskkill /T).
     The launcher's child is started after this assignment: PythonSlicer loads its settings first."""
@@ -261,25 +264,25 @@ def _windows_kill_on_close_job(proc):
         return None
 
 
-def _windows_terminate_job(job):
+def _windows_terminate_job(job: int) -> bool:
     try:
         return bool(_windows_kernel32().TerminateJobObject(job, 1))
     except Exception:
         return False
 
 
-def _windows_close(job):
+def windows_close_job(job: int) -> None:
     try:
         _windows_kernel32().CloseHandle(job)
     except Exception:
         pass
 
 
-def _package_root():
+def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _remove(path):
+def _remove(path: Union[str, os.PathLike]) -> None:
     try:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -292,7 +295,8 @@ def _remove(path):
 class Job:
     """One submitted pipeline run. ``state``: queued, running, done, failed or cancelled."""
 
-    def __init__(self, client, job_id, pipeline, output_dir, auto_output, remove_when_done):
+    def __init__(self, client: WorkerClient, job_id: str, pipeline: str, output_dir: str, auto_output: bool,
+                 remove_when_done: Optional[Iterable[Union[str, os.PathLike]]]) -> None:
         self._client = client
         self.id = job_id
         self.pipeline = pipeline
@@ -309,10 +313,10 @@ class Job:
         self._cond = threading.Condition(client._lock)
 
     @property
-    def done(self):
+    def done(self) -> bool:
         return self.state in _TERMINAL
 
-    def poll(self):
+    def poll(self) -> List[Dict[str, Any]]:
         """New events since the last poll (progress, log, result, error dicts); never blocks.
         Also delivers pending log lines to the client's ``log_callback``."""
         with self._client._lock:
@@ -322,7 +326,7 @@ class Job:
         self._client.poll_logs()
         return events
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until the job ends (or ``timeout`` seconds); returns ``done``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._client._lock:
@@ -333,18 +337,19 @@ class Job:
                 self._cond.wait(0.1 if left is None else min(left, 0.1))
             return self.done
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Ask the worker to stop this job; the job ends as "cancelled" (within about a second)."""
         if self.done:
             return
         self._client._send_cancel(self)
 
     # called with the client lock held
-    def _push(self, event):
+    def _push(self, event: Dict[str, Any]) -> None:
         self._events.append(event)
         self._cond.notify_all()
 
-    def _finish(self, state, result=None, error=None):
+    def _finish(self, state: str, result: Optional[Dict[str, Any]] = None,
+                error: Optional[Dict[str, str]] = None) -> bool:
         if self.done:
             return False
         self.state = state
@@ -358,14 +363,14 @@ class Job:
         self._cond.notify_all()
         return True
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Job {self.pipeline} {self.id[:8]} {self.state}>"
 
 
 class _Worker:
     """One worker process and its reader threads (a crash makes a new one on the next request)."""
 
-    def __init__(self, client, python, env, tmp_dir):
+    def __init__(self, client: WorkerClient, python: str, env: Dict[str, str], tmp_dir: str) -> None:
         self.client = client
         self.tmp_dir = tmp_dir
         self.alive = True
@@ -391,10 +396,10 @@ class _Worker:
         self._out_thread.start()
 
     @property
-    def pid(self):
+    def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, data, request_id):
+    def send(self, data: bytes, request_id: str) -> None:
         """Send raw protocol bytes; the answer's ack is matched by order (``request_id``)."""
         try:
             with self._write_lock:  # order of ``unacked`` == order of lines on the pipe
@@ -408,7 +413,7 @@ class _Worker:
             self._died(f"could not send to the worker ({exc})")
             raise WorkerError("crashed", self._crash_message()) from exc
 
-    def _read_stdout(self):
+    def _read_stdout(self) -> None:
         stream = self.proc.stdout
         while True:
             try:
@@ -428,7 +433,7 @@ class _Worker:
                 self.client._queue_log(f"[worker] bad answer {msg!r}: {exc}")
         self._died(None)
 
-    def _read_stderr(self):
+    def _read_stderr(self) -> None:
         stream = self.proc.stderr
         while True:
             try:
@@ -446,7 +451,7 @@ class _Worker:
                 else:
                     self.client._logs.append(text)
 
-    def _dispatch(self, msg):
+    def _dispatch(self, msg: Dict[str, Any]) -> None:
         kind, mid = msg.get("type"), msg.get("id")
         client = self.client
         with client._lock:
@@ -486,7 +491,7 @@ class _Worker:
                 err = {"kind": str(err.get("kind", "internal")), "message": str(err.get("message", ""))}
                 self._end_job(job, "cancelled" if err["kind"] == "cancelled" else "failed", error=err)
 
-    def _fail_request(self, rid, error):
+    def _fail_request(self, rid: Optional[str], error: Dict[str, Any]) -> None:
         error = {"kind": str(error.get("kind", "protocol")), "message": str(error.get("message", ""))}
         if rid in self.jobs:
             job = self.jobs[rid]
@@ -497,7 +502,8 @@ class _Worker:
         else:
             self.client._rejected.append(error)
 
-    def _end_job(self, job, state, result=None, error=None):  # lock held
+    def _end_job(self, job: Job, state: str, result: Optional[Dict[str, Any]] = None,
+                 error: Optional[Dict[str, str]] = None) -> None:  # lock held
         self.jobs.pop(job.id, None)
         if self.running == job.id:
             self.running = None
@@ -505,7 +511,7 @@ class _Worker:
             self.client._cleanup_job(job, state)  # before the state flips, so pollers see it done
             job._finish(state, result, error)
 
-    def _crash_message(self):
+    def _crash_message(self) -> str:
         code = self.tree.returncode
         tail = [l for l in self.stderr_tail if l.strip()][-5:]
         how = f"exit code {code}" if code is not None else "no answer"
@@ -516,7 +522,7 @@ class _Worker:
             msg += " Last output: " + " | ".join(tail)
         return msg
 
-    def _died(self, reason):
+    def _died(self, reason: Optional[str]) -> None:
         with self.client._lock:
             if not self.alive:
                 return
@@ -539,7 +545,7 @@ class _Worker:
                 self.client._logs.append("[worker] " + message)
         _remove(self.tmp_dir)
 
-    def kill(self):
+    def kill(self) -> None:
         """End the worker and everything it started (launcher, interpreter, their children)."""
         self.tree.kill()
 
@@ -549,8 +555,10 @@ class WorkerClient:
 
     protocol = PROTOCOL_VERSION
 
-    def __init__(self, python=None, env=None, startup_timeout=120.0, cache_budget_mb=2048, log_callback=None,
-                 preload=True, base_env=None):
+    def __init__(self, python: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
+                 startup_timeout: float = 120.0, cache_budget_mb: float = 2048,
+                 log_callback: Optional[Callable[[str], None]] = None, preload: bool = True,
+                 base_env: Optional[Mapping[str, str]] = None) -> None:
         self.python = python or default_python()
         self.env = dict(env or {})
         # What the worker's environment starts from (then ``env``, PYTHONPATH, TMPDIR are added):
@@ -573,7 +581,7 @@ class WorkerClient:
 
     # ------------------------------------------------------------------ temp folders
     @property
-    def session_dir(self):
+    def session_dir(self) -> str:
         """Private (0700) folder for this client's temporary files; removed by shutdown()."""
         with self._lock:
             if self._session is None or not os.path.isdir(self._session):
@@ -581,27 +589,27 @@ class WorkerClient:
                 os.chmod(self._session, 0o700)
             return self._session
 
-    def input_dir(self):
+    def input_dir(self) -> str:
         """A new private (0700) folder for input files; pass it in ``remove_when_done``."""
         d = tempfile.mkdtemp(prefix="in-", dir=self.session_dir)
         os.chmod(d, 0o700)
         return d
 
-    def release(self, result_or_job):
+    def release(self, result_or_job: Union[Job, Dict[str, Any], None]) -> None:
         """Remove a finished job's automatic output folder (after its files were loaded)."""
         result = getattr(result_or_job, "result", result_or_job) or {}
         out = result.get("output_dir")
         if out and self._session and os.path.abspath(out).startswith(os.path.abspath(self._session) + os.sep):
             _remove(out)
 
-    def _cleanup_job(self, job, state):  # lock held
+    def _cleanup_job(self, job: Job, state: str) -> None:  # lock held
         for path in job._remove_when_done:
             _remove(path)
         if job._auto_output and state != "done":
             _remove(job.output_dir)
 
     # ------------------------------------------------------------------ worker lifetime
-    def _env(self, tmp_dir):
+    def _env(self, tmp_dir: str) -> Dict[str, str]:
         env = dict(os.environ if self.base_env is None else self.base_env)
         env.update(self.env)
         root = _package_root()
@@ -612,7 +620,7 @@ class WorkerClient:
             env[var] = tmp_dir
         return env
 
-    def _ensure(self):
+    def _ensure(self) -> _Worker:
         """The live worker, started (with handshake) if needed."""
         with self._start_lock:
             w = self._worker
@@ -648,7 +656,7 @@ class WorkerClient:
             atexit.register(self.shutdown)
             return w
 
-    def _request(self, w, message, timeout):
+    def _request(self, w: _Worker, message: Dict[str, Any], timeout: Optional[float]) -> Any:
         rid = uuid.uuid4().hex
         message = dict(message, id=rid)
         req = {"event": threading.Event(), "data": None, "error": None}
@@ -666,18 +674,18 @@ class WorkerClient:
         return req["data"]
 
     @property
-    def pid(self):
+    def pid(self) -> Optional[int]:
         """The process this client started (PythonSlicer's launcher, or the worker itself)."""
         w = self._worker
         return w.pid if w is not None and w.alive else None
 
     @property
-    def worker_pid(self):
+    def worker_pid(self) -> Optional[int]:
         """The interpreter that runs the jobs (a child of the launcher under PythonSlicer)."""
         w = self._worker
         return (self._hello or {}).get("pid") if w is not None and w.alive else None
 
-    def check_environment(self, timeout=180.0, import_modules=True):
+    def check_environment(self, timeout: float = 180.0, import_modules: bool = True) -> Dict[str, Any]:
         """What the worker's Python has, checked in a throw-away process of that Python (this
         process never imports torch). Every requirement of pyproject.toml is looked for and, with
         ``import_modules``, imported (a package that is installed but broken, e.g. built for another
@@ -729,26 +737,28 @@ class WorkerClient:
         result["requirements_source"] = source
         return result
 
-    def _environment_failure(self, sentence):
+    def _environment_failure(self, sentence: str) -> Dict[str, Any]:
         return {"python": self.python, "version": None, "prefix": None, "ready": False, "error": sentence,
                 "missing": ["python"], "outdated": [], "broken": {}, "packages": {}, "torch": None,
                 "torch_cuda": None, "cuda": None, "cuda_error": None, "cuda_devices": [],
                 "requirements_source": None}
 
-    def ping(self, timeout=None):
+    def ping(self, timeout: Optional[float] = None) -> Dict[str, Any]:
         """Start the worker if needed; returns its handshake info plus torch/CUDA details."""
         w = self._ensure()
         return self._request(w, {"op": "info"}, timeout or self.startup_timeout)
 
-    def stats(self, timeout=30.0):
+    def stats(self, timeout: float = 30.0) -> Dict[str, Any]:
         """The worker's cache statistics and job counters."""
         return self._request(self._ensure(), {"op": "stats"}, timeout)
 
-    def clear_cache(self, timeout=30.0):
+    def clear_cache(self, timeout: float = 30.0) -> Dict[str, Any]:
         return self._request(self._ensure(), {"op": "clear"}, timeout)
 
     # ------------------------------------------------------------------ jobs
-    def submit(self, pipeline, params=None, inputs=None, output_dir=None, remove_when_done=()):
+    def submit(self, pipeline: str, params: Optional[Dict[str, Any]] = None, inputs: Optional[Mapping[str, Any]] = None,
+               output_dir: Optional[Union[str, os.PathLike]] = None,
+               remove_when_done: Iterable[Union[str, os.PathLike]] = ()) -> Job:
         """Send a job; returns a :class:`Job` at once. Start-up or handshake failures raise WorkerError."""
         w = self._ensure()
         job_id = uuid.uuid4().hex
@@ -777,7 +787,7 @@ class WorkerClient:
             pass  # the job was failed as "crashed" by the reader
         return job
 
-    def _send_cancel(self, job):
+    def _send_cancel(self, job: Job) -> None:
         w = self._worker
         if w is None or not w.alive:
             return
@@ -787,7 +797,7 @@ class WorkerClient:
         except WorkerError:
             pass
 
-    def send_raw(self, data, timeout=30.0):
+    def send_raw(self, data: bytes, timeout: float = 30.0) -> Optional[Dict[str, str]]:
         """Send raw bytes as one request (diagnostics and tests); returns the worker's ack error
         dict, or None when the worker accepted it."""
         w = self._ensure()
@@ -804,8 +814,11 @@ class WorkerClient:
                 w.requests.pop(rid, None)
         return req["error"]
 
-    def run(self, pipeline, params=None, inputs=None, output_dir=None, progress=None, cancel=None, timeout=None,
-            remove_when_done=()):
+    def run(self, pipeline: str, params: Optional[Dict[str, Any]] = None, inputs: Optional[Mapping[str, Any]] = None,
+            output_dir: Optional[Union[str, os.PathLike]] = None,
+            progress: Optional[Callable[[float, str], None]] = None, cancel: Any = None,
+            timeout: Optional[float] = None,
+            remove_when_done: Iterable[Union[str, os.PathLike]] = ()) -> Dict[str, Any]:
         """Blocking run: returns the result dict or raises WorkerError. ``progress(fraction, message)``;
         ``cancel`` is an object with is_set() or a callable returning True to stop."""
         job = self.submit(pipeline, params, inputs, output_dir, remove_when_done)
@@ -834,11 +847,11 @@ class WorkerClient:
         raise WorkerError(job.error["kind"], job.error["message"])
 
     # ------------------------------------------------------------------ logs and shutdown
-    def _queue_log(self, line):
+    def _queue_log(self, line: str) -> None:
         with self._lock:
             self._logs.append(line)
 
-    def _deliver_logs(self, lines):
+    def _deliver_logs(self, lines: Iterable[str]) -> None:
         if self.log_callback is not None:
             for line in lines:
                 try:
@@ -846,7 +859,7 @@ class WorkerClient:
                 except Exception:
                     pass
 
-    def poll_logs(self):
+    def poll_logs(self) -> List[str]:
         """Worker log lines not tied to a job (also passed to ``log_callback``)."""
         with self._lock:
             lines = list(self._logs)
@@ -854,14 +867,14 @@ class WorkerClient:
         self._deliver_logs(lines)
         return lines
 
-    def kill(self):
+    def kill(self) -> None:
         """Kill the worker process at once (its jobs fail as "crashed"); the next request restarts it."""
         w = self._worker
         if w is not None:
             w.kill()
             w._out_thread.join(timeout=5)
 
-    def shutdown(self, timeout=5.0):
+    def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the worker (cancelling its jobs) and remove this client's temporary files."""
         with self._lock:
             self._closing = True
@@ -885,8 +898,8 @@ class WorkerClient:
         except Exception:
             pass
 
-    def __enter__(self):
+    def __enter__(self) -> WorkerClient:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.shutdown()

@@ -4,7 +4,10 @@ One JSON object per line (UTF-8, ``\\n``-terminated) on the worker's stdin (requ
 private duplicate of its original stdout (answers). See ``docs/worker-protocol.md``.
 """
 
+from __future__ import annotations
+
 import json
+from typing import Any, Dict
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 1 << 20  # a request line longer than this is refused with a "protocol" error
@@ -16,19 +19,19 @@ ERROR_KINDS = ("input", "checkpoint", "cancelled", "crashed", "protocol", "versi
 TEST_PIPELINES_ENV = "PANTHEON_WORKER_TEST_PIPELINES"
 
 
-def encode(message):
+def encode(message: Dict[str, Any]) -> bytes:
     """dict -> one protocol line (bytes, newline-terminated); non-finite floats become null."""
     return (json.dumps(message, allow_nan=False, separators=(",", ":"), default=_default) + "\n").encode("utf-8")
 
 
-def _default(value):
+def _default(value: Any) -> Any:
     for attr in ("tolist", "item"):  # numpy scalars/arrays, without importing numpy here
         if hasattr(value, attr):
             return getattr(value, attr)()
     return str(value)
 
 
-def decode(line):
+def decode(line: bytes) -> Dict[str, Any]:
     """bytes -> dict; raises ValueError with a readable reason."""
     try:
         obj = json.loads(line.decode("utf-8"))
@@ -41,7 +44,7 @@ def decode(line):
     return obj
 
 
-def error_kind_for(exc):
+def error_kind_for(exc: BaseException) -> str:
     """Map an exception to a protocol error kind without importing the pantheon error module
     eagerly (it is stdlib-only, but keep this function cheap)."""
     from ..errors import Cancelled, CheckpointError, InputError, RegistryError

@@ -16,12 +16,15 @@ Where the list comes from, first found wins:
    regenerates it; Testing/test_requirements.py fails when it differs from pyproject.toml.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import platform as _platform
 import re
 import sys
 from collections import namedtuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["Requirement", "IMPORT_NAMES", "normalize", "import_name", "parse_requirement", "worker_requirements",
            "requirement_specs", "declared_dependencies", "pyproject_dependencies", "probe", "torch_report",
@@ -50,12 +53,12 @@ Requirement.__doc__ = ("One dependency: ``name`` as pyproject spells it (pip acc
                        "the version after >=, ~= or == (or None).")
 
 
-def normalize(name):
+def normalize(name: str) -> str:
     """PEP 503 name: lower case, runs of -_. as one '-'."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def import_name(dist_name):
+def import_name(dist_name: str) -> str:
     key = normalize(dist_name)
     return IMPORT_NAMES.get(key, key.replace("-", "_"))
 
@@ -63,7 +66,7 @@ def import_name(dist_name):
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(\(?[^;]*?\)?)\s*(?:;\s*(.*))?$")
 
 
-def parse_requirement(line):
+def parse_requirement(line: str) -> Optional[Requirement]:
     """A PEP 508 line -> Requirement, or None for a line that does not apply here (an extra's
     requirement, or a marker for another platform/Python)."""
     m = _REQ.match(line)
@@ -80,7 +83,7 @@ def parse_requirement(line):
     return Requirement(name, spec, import_name(name), minimum)
 
 
-def _marker_applies(marker):
+def _marker_applies(marker: str) -> bool:
     """A small evaluator for environment markers (``and``/``or`` of ``name op "value"``);
     ``extra == ...`` never applies (extras are optional). Unknown forms count as applying."""
     env = {"python_version": "%d.%d" % sys.version_info[:2], "python_full_version": _platform.python_version(),
@@ -89,7 +92,7 @@ def _marker_applies(marker):
     if re.search(r"\bextra\b", marker):
         return False
 
-    def atom(text):
+    def atom(text: str) -> bool:
         m = re.match(r"^\s*(\w+)\s*(==|!=|<=|>=|<|>)\s*['\"]([^'\"]*)['\"]\s*$", text)
         if not m or m.group(1) not in env:
             return True
@@ -101,7 +104,7 @@ def _marker_applies(marker):
     return any(all(atom(a) for a in re.split(r"\band\b", part)) for part in re.split(r"\bor\b", marker))
 
 
-def version_tuple(text):
+def version_tuple(text: object) -> Tuple[int, ...]:
     """'2.13.0+cpu' -> (2, 13, 0); the leading dotted numbers only (enough for >= checks)."""
     m = re.match(r"\s*v?(\d+(?:\.\d+)*)", str(text or ""))
     parts = tuple(int(p) for p in m.group(1).split(".")) if m else ()
@@ -111,13 +114,13 @@ def version_tuple(text):
 
 
 # ----------------------------------------------------------------------------------- sources
-def _package_root():
+def _package_root() -> str:
     """The folder holding the ``pantheon`` package (a checkout's root, site-packages, or the
     Slicer extension's qt-scripted-modules folder)."""
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def pyproject_dependencies(path):
+def pyproject_dependencies(path: Union[str, os.PathLike]) -> Optional[List[str]]:
     """``[project] dependencies`` of the pyproject.toml at ``path`` (None when it is not pantheon's)."""
     with open(path, "rb") as f:
         text = f.read().decode("utf-8")
@@ -133,7 +136,7 @@ def pyproject_dependencies(path):
     return _scan_pyproject(text)
 
 
-def _scan_pyproject(text):
+def _scan_pyproject(text: str) -> Optional[List[str]]:
     """Enough TOML for ``[project] name`` and ``dependencies`` (an array of strings) on Pythons
     without tomllib (Slicer's Python may be 3.9/3.10)."""
     m = re.search(r"(?m)^\[project\]\s*$", text)
@@ -172,7 +175,7 @@ def _scan_pyproject(text):
     raise ValueError("unterminated dependencies array in pyproject.toml")
 
 
-def _metadata_dependencies():
+def _metadata_dependencies() -> Optional[List[str]]:
     try:
         from importlib import metadata
         dist = metadata.distribution(DISTRIBUTION)
@@ -181,7 +184,7 @@ def _metadata_dependencies():
     return list(dist.requires or [])
 
 
-def declared_dependencies():
+def declared_dependencies() -> Tuple[List[str], str]:
     """(requirement lines, where they came from): see the module docstring for the order."""
     path = os.path.join(_package_root(), "pyproject.toml")
     if os.path.isfile(path):
@@ -195,7 +198,7 @@ def declared_dependencies():
     return list(DEPENDENCIES), "pantheon/worker/_bundled_requirements.py"
 
 
-def worker_requirements(lines=None):
+def worker_requirements(lines: Optional[Iterable[str]] = None) -> List[Requirement]:
     """Requirements of the worker (optional extras such as ray excluded), in declared order."""
     if lines is None:
         lines, _ = declared_dependencies()
@@ -208,7 +211,7 @@ def worker_requirements(lines=None):
     return out
 
 
-def requirement_specs(requirements=None):
+def requirement_specs(requirements: Optional[Iterable[Requirement]] = None) -> Dict[str, str]:
     """Name -> what pip installs, looked up by distribution name (as declared and normalised)
     or by import name: {"scikit-learn": "scikit-learn>=1.3", "sklearn": ..., "torch": "torch>=2.1"}."""
     specs = {}
@@ -219,12 +222,12 @@ def requirement_specs(requirements=None):
 
 
 # ----------------------------------------------------------------------------------- probe
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     text = ("%s" % exc).strip().splitlines()
     return "%s: %s" % (type(exc).__name__, text[-1] if text else "")
 
 
-def torch_report(check_kernels=False):
+def torch_report(check_kernels: bool = False) -> Dict[str, Any]:
     """What the running Python's torch can do, without raising: torch version, the CUDA version
     it was built for, whether CUDA is usable, every CUDA device (index, name, memory, compute
     capability) and, when CUDA is not usable, one sentence saying why. ``check_kernels`` runs a
@@ -277,7 +280,8 @@ def torch_report(check_kernels=False):
     return rep
 
 
-def probe(requirements, import_modules=True, check_kernels=True):
+def probe(requirements: Sequence[Mapping[str, Any]], import_modules: bool = True,
+          check_kernels: bool = True) -> Dict[str, Any]:
     """The environment check, run *inside* the worker's Python (any interpreter, see the module
     docstring). ``requirements``: list of dicts {name, spec, module, minimum}. Returns::
 
@@ -344,7 +348,7 @@ def probe(requirements, import_modules=True, check_kernels=True):
     return out
 
 
-def device_choices(environment):
+def device_choices(environment: Optional[Mapping[str, Any]]) -> List[str]:
     """Devices a panel can offer from an environment check / ``info`` answer:
     ["auto", "cpu", "cuda:0", "cuda:1", ...] (only the usable GPUs)."""
     gpus = [d["device"] for d in (environment or {}).get("cuda_devices") or [] if d.get("usable", True)]
@@ -352,7 +356,7 @@ def device_choices(environment):
 
 
 # ----------------------------------------------------------------------------------- command line
-def _write_bundled(path=None):
+def _write_bundled(path: Optional[str] = None) -> Tuple[str, str]:
     lines, source = declared_dependencies()
     path = path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bundled_requirements.py")
     body = "".join("    %s,\n" % json.dumps(line) for line in lines)
@@ -364,7 +368,7 @@ def _write_bundled(path=None):
     return path, source
 
 
-def _main(argv):
+def _main(argv: List[str]) -> int:
     if len(argv) >= 2 and argv[0] == "--probe":
         # argv[1]: JSON list of requirement dicts, or "-": that list, then an options object, one
         # per line on stdin. The answer is the last line of stdout (imports may print before it).

@@ -7,6 +7,8 @@ at a time on a job thread, control requests (cancel, stats...) are answered whil
 Everything heavy (numpy, torch, the pipelines) is imported lazily. See docs/worker-protocol.md.
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import os
@@ -17,6 +19,7 @@ import threading
 import time
 import traceback
 import warnings
+from typing import IO, Any, Callable, Dict, Hashable, NoReturn, Optional, Sequence
 
 from .. import __version__
 from .protocol import MAX_REQUEST_BYTES, PROTOCOL_VERSION, decode, encode, error_kind_for
@@ -27,7 +30,7 @@ _SENTINEL = object()
 class LRUCache:
     """Least-recently-used cache of (value, nbytes) under a byte budget; thread-safe."""
 
-    def __init__(self, budget_bytes):
+    def __init__(self, budget_bytes: float) -> None:
         from collections import OrderedDict
         self.budget = int(budget_bytes)
         self._items = OrderedDict()
@@ -36,7 +39,7 @@ class LRUCache:
         self.misses = 0
         self.evictions = 0
 
-    def get(self, key, default=None):
+    def get(self, key: Hashable, default: Any = None) -> Any:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -45,7 +48,7 @@ class LRUCache:
             self.misses += 1
             return default
 
-    def put(self, key, value, nbytes):
+    def put(self, key: Hashable, value: Any, nbytes: int) -> bool:
         nbytes = int(nbytes)
         with self._lock:
             self._items.pop(key, None)
@@ -57,11 +60,11 @@ class LRUCache:
                 self.evictions += 1
             return True
 
-    def clear(self):
+    def clear(self) -> None:
         with self._lock:
             self._items.clear()
 
-    def stats(self):
+    def stats(self) -> Dict[str, Any]:
         with self._lock:
             kinds = {}
             for key, (_, n) in self._items.items():
@@ -77,7 +80,8 @@ class LRUCache:
 class JobContext:
     """What a task function gets: its request, a cancel event, progress/log senders and the caches."""
 
-    def __init__(self, server, job_id, pipeline, params, inputs, output_dir):
+    def __init__(self, server: Server, job_id: str, pipeline: str, params: Dict[str, Any], inputs: Dict[str, str],
+                 output_dir: str) -> None:
         self.server = server
         self.id = job_id
         self.pipeline = pipeline
@@ -90,7 +94,7 @@ class JobContext:
         self._last_sent = 0.0
         self._last_fraction = -1.0
 
-    def progress(self, fraction, message=""):
+    def progress(self, fraction: float, message: str = "") -> None:
         """Progress callback for pipelines: raises Cancelled once cancel is set, throttles sends."""
         from ..errors import Cancelled
         if self.cancel.is_set():
@@ -102,22 +106,22 @@ class JobContext:
             self._last_sent, self._last_fraction = now, fraction
             self.server.send({"type": "progress", "id": self.id, "fraction": fraction, "message": str(message)})
 
-    def log(self, line):
+    def log(self, line: object) -> None:
         self.server.send({"type": "log", "id": self.id, "line": str(line)})
 
-    def check(self):
+    def check(self) -> None:
         from ..errors import Cancelled
         if self.cancel.is_set():
             raise Cancelled("Cancelled by the user.")
 
 
 class _ProtocolLogHandler(logging.Handler):
-    def __init__(self, server):
+    def __init__(self, server: Server) -> None:
         super().__init__(logging.INFO)
         self.server = server
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             current = self.server.current
             self.server.send({"type": "log", "id": current.id if current else None, "line": self.format(record)})
@@ -126,7 +130,7 @@ class _ProtocolLogHandler(logging.Handler):
 
 
 class Server:
-    def __init__(self, out_stream, cache_mb=2048, preload=False):
+    def __init__(self, out_stream: IO[bytes], cache_mb: float = 2048, preload: bool = False) -> None:
         self._out = out_stream
         self._out_lock = threading.Lock()
         self.cache = LRUCache(float(cache_mb) * 1024 * 1024)
@@ -142,13 +146,13 @@ class Server:
         self._runner.start()
 
     # -------------------------------------------------------------------------- output
-    def send(self, message):
+    def send(self, message: Dict[str, Any]) -> None:
         data = encode(message)
         with self._out_lock:
             self._out.write(data)
             self._out.flush()
 
-    def ack(self, request_id, error=None, **extra):
+    def ack(self, request_id: Optional[str], error: Optional[Dict[str, Any]] = None, **extra: Any) -> None:
         msg = {"type": "ack", "id": request_id}
         if error is not None:
             msg["error"] = error
@@ -156,7 +160,7 @@ class Server:
         self.send(msg)
 
     # -------------------------------------------------------------------------- input
-    def serve(self, stdin):
+    def serve(self, stdin: IO[bytes]) -> int:
         """Read requests until EOF or shutdown; returns the exit code."""
         while True:
             line = stdin.readline(MAX_REQUEST_BYTES + 1)
@@ -179,7 +183,7 @@ class Server:
                 self.send({"type": "log", "id": None, "line": traceback.format_exc()})
                 self.ack(None, {"kind": "internal", "message": f"Request handling failed: {exc}"})
 
-    def handle(self, line):
+    def handle(self, line: bytes) -> object:
         try:
             req = decode(line)
         except ValueError as exc:
@@ -198,7 +202,7 @@ class Server:
         return handler(rid, req)
 
     # -------------------------------------------------------------------------- operations
-    def op_hello(self, rid, req):
+    def op_hello(self, rid: str, req: Dict[str, Any]) -> None:
         proto = req.get("protocol")
         info = {"protocol": PROTOCOL_VERSION, "pantheon": __version__, "python": sys.executable,
                 "python_version": platform.python_version(), "pid": os.getpid()}
@@ -214,16 +218,16 @@ class Server:
             threading.Thread(target=self._preload, daemon=True).start()
         return None
 
-    def _preload(self):
+    def _preload(self) -> None:
         try:
             import pantheon.pipelines.nemesis  # noqa: F401  (warms the torch import for the first job)
         except Exception as exc:
             self.send({"type": "log", "id": None, "line": f"preload failed: {exc}"})
 
-    def op_info(self, rid, req):
+    def op_info(self, rid: str, req: Dict[str, Any]) -> None:
         self.ack(rid)
 
-        def answer():
+        def answer() -> None:
             from .requirements import torch_report
             data = {"protocol": PROTOCOL_VERSION, "pantheon": __version__, "python": sys.executable,
                     "python_version": platform.python_version(), "pid": os.getpid()}
@@ -238,19 +242,19 @@ class Server:
             self.send({"type": "reply", "id": rid, "data": data})
         threading.Thread(target=answer, daemon=True).start()
 
-    def op_stats(self, rid, req):
+    def op_stats(self, rid: str, req: Dict[str, Any]) -> None:
         self.ack(rid)
         current = self.current
         self.send({"type": "reply", "id": rid, "data": {
             "cache": self.cache.stats(), "jobs_done": self.jobs_done, "running": current.id if current else None,
             "queued": list(self._queued), "pid": os.getpid(), "uptime_s": time.time() - self.started}})
 
-    def op_clear(self, rid, req):
+    def op_clear(self, rid: str, req: Dict[str, Any]) -> None:
         self.ack(rid)
         self.cache.clear()
         self.send({"type": "reply", "id": rid, "data": {"cache": self.cache.stats()}})
 
-    def op_cancel(self, rid, req):
+    def op_cancel(self, rid: str, req: Dict[str, Any]) -> None:
         job_id = req.get("job")
         self.ack(rid)
         with self._state_lock:
@@ -262,10 +266,11 @@ class Server:
                 state = "cancelled" if ctx is not None else "unknown"
         if ctx is not None:
             ctx.cancel.set()
-            self.send({"type": "error", "id": job_id, "error": {"kind": "cancelled", "message": "Cancelled by the user."}})
+            self.send({"type": "error", "id": job_id,
+                       "error": {"kind": "cancelled", "message": "Cancelled by the user."}})
         self.send({"type": "reply", "id": rid, "data": {"job": job_id, "state": state}})
 
-    def op_shutdown(self, rid, req):
+    def op_shutdown(self, rid: str, req: Dict[str, Any]) -> object:
         self.shutdown_requested = True
         self.ack(rid)
         with self._state_lock:
@@ -276,16 +281,18 @@ class Server:
         self.send({"type": "reply", "id": rid, "data": {"pid": os.getpid()}})
         return _SENTINEL
 
-    def op_submit(self, rid, req):
+    def op_submit(self, rid: str, req: Dict[str, Any]) -> None:
         from .tasks import available_pipelines
         pipelines = available_pipelines()
-        name, params, inputs, out = req.get("pipeline"), req.get("params", {}), req.get("inputs", {}), req.get("output_dir")
+        name, params, inputs, out = (req.get("pipeline"), req.get("params", {}), req.get("inputs", {}),
+                                     req.get("output_dir"))
         problem = None
         if name not in pipelines:
             problem = f"Unknown pipeline {name!r}; this worker serves {', '.join(sorted(pipelines))}."
         elif not isinstance(params, dict):
             problem = "'params' must be a JSON object."
-        elif not isinstance(inputs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in inputs.items()):
+        elif not isinstance(inputs, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in inputs.items()):
             problem = "'inputs' must map names to file paths (strings)."
         elif not isinstance(out, str) or not out:
             problem = "'output_dir' must be a folder path."
@@ -300,7 +307,7 @@ class Server:
         return None
 
     # -------------------------------------------------------------------------- jobs
-    def _run_jobs(self):
+    def _run_jobs(self) -> None:
         from .tasks import available_pipelines
         while True:
             ctx = self._queue.get()
@@ -331,7 +338,7 @@ class Server:
 
 
 # ------------------------------------------------------------------------------ parent watchdog
-def _pid_gone(pid):
+def _pid_gone(pid: int) -> bool:
     """True once process ``pid`` has exited (a zombie counts as gone)."""
     try:
         os.kill(pid, 0)
@@ -349,7 +356,7 @@ def _pid_gone(pid):
         return False
 
 
-def _wait_for_exit(pid, poll_s=0.5):
+def _wait_for_exit(pid: int, poll_s: float = 0.5) -> None:
     """Block until process ``pid`` exits."""
     if os.name == "nt":
         import ctypes
@@ -381,7 +388,7 @@ def _wait_for_exit(pid, poll_s=0.5):
         time.sleep(poll_s)
 
 
-def own_process_group(parent_pid):
+def own_process_group(parent_pid: Optional[int]) -> Optional[int]:
     """This worker's process group when the client started it in a session of its own (POSIX
     ``start_new_session``: the group is the worker, its launcher and their children, nothing
     else), else None. Only then may the worker end the whole group when it is orphaned."""
@@ -396,7 +403,7 @@ def own_process_group(parent_pid):
     return None
 
 
-def end_orphaned(group, code=0):
+def end_orphaned(group: Optional[int], code: int = 0) -> NoReturn:
     """Exit now, taking the rest of our own process group (launcher, children) along."""
     try:
         sys.stderr.flush()
@@ -411,13 +418,13 @@ def end_orphaned(group, code=0):
     os._exit(code)
 
 
-def watch_parent(pid, on_gone=None):
+def watch_parent(pid: int, on_gone: Optional[Callable[[int], Any]] = None) -> threading.Thread:
     """Exit this worker when the process that started it (the client, e.g. Slicer) dies.
 
     The worker normally learns that from EOF on stdin, but a killed client's pipe can stay open
     when another process inherited it; a worker holding GPU memory must not outlive Slicer.
     """
-    def watch():
+    def watch() -> None:
         _wait_for_exit(pid)
         try:
             sys.stderr.write(f"pantheon worker: the client process {pid} is gone; exiting\n")
@@ -428,7 +435,7 @@ def watch_parent(pid, on_gone=None):
     return thread
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
     parser = argparse.ArgumentParser(prog="python -m pantheon.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--cache-mb", type=float, default=2048, help="memory budget for models and features")
     parser.add_argument("--preload", action="store_true", help="import torch and the pipelines after the handshake")

@@ -2,7 +2,9 @@
 
 Paper: "MATHENA: Mamba-based Architectural Tooth Hierarchical Estimator and Holistic Evaluation
 Network for Anatomy", Kim et al., arXiv 2604.00537 (2026). No public code; this is a
-reconstruction following ``docs/mathena-spec.md`` (assumptions are constructor arguments).
+reconstruction from the paper's abstract and the authors' blog post (team-sudal.tistory.com/134:
+VSS blocks at P4/P5, BiFPN neck, GCST at the HENA bottleneck, binary caries/anomaly labels), with
+VMamba / Mamba-UNet / EfficientDet / FCOS building blocks; every assumption is a constructor argument.
 
 - :class:`MATHEDetector` (``detector.py``): CNN backbone with four-directional VSS blocks at P4/P5,
   BiFPN neck, FCOS-style anchor-free head over FDI tooth classes.
@@ -13,11 +15,32 @@ reconstruction following ``docs/mathena-spec.md`` (assumptions are constructor a
 - ``save_mathena`` / ``load_mathena`` (``checkpoint.py``): safetensors with config metadata.
 """
 
-from .checkpoint import check_state_dict, load_mathena, read_mathena, save_mathena
-from .detector import (ALL_FDI, PERMANENT_FDI, PRIMARY_FDI, BiFPN, MATHEBackbone, MATHEDetector, class_to_fdi,
-                       fdi_mirror, fdi_to_class)
-from .hena import DEMIRJIAN_STAGES, GCST, HENA, STAGES, HENAOutput
-from .vss import SS2D, VSSBlock, set_scan_backend
+from .. import lazy_exports
+
+_EXPORTS = {
+    "check_state_dict": ".checkpoint",
+    "load_mathena": ".checkpoint",
+    "read_mathena": ".checkpoint",
+    "save_mathena": ".checkpoint",
+    "ALL_FDI": ".detector",
+    "PERMANENT_FDI": ".detector",
+    "PRIMARY_FDI": ".detector",
+    "BiFPN": ".detector",
+    "MATHEBackbone": ".detector",
+    "MATHEDetector": ".detector",
+    "class_to_fdi": ".detector",
+    "fdi_mirror": ".detector",
+    "fdi_to_class": ".detector",
+    "DEMIRJIAN_STAGES": ".hena",
+    "GCST": ".hena",
+    "HENA": ".hena",
+    "STAGES": ".hena",
+    "HENAOutput": ".hena",
+    "SS2D": ".vss",
+    "VSSBlock": ".vss",
+    "set_scan_backend": ".vss",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 PAPER = "arXiv:2604.00537"
 

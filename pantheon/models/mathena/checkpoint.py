@@ -14,7 +14,8 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from ...errors import CheckpointError
-from ..checkpoints import check_state_dict as _check_state_dict, read_safetensors, save_safetensors
+from ..checkpoints import check_state_dict as _check_state_dict
+from ..checkpoints import read_safetensors, save_safetensors
 from .detector import MATHEDetector
 from .hena import HENA
 

@@ -1,7 +1,8 @@
 """MATHE: the MATHENA tooth detector (arXiv 2604.00537).
 
-Stated by the authors (spec sections 2 and 4.2): a multi-resolution CNN + SSM hybrid backbone with
-four-directional VSS blocks at the P4 and P5 stages, a BiFPN neck, evaluated by mAP@50. Everything
+Stated by the authors (the paper's abstract and their blog post, team-sudal.tistory.com/134): a
+multi-resolution CNN + SSM hybrid backbone with four-directional VSS blocks at the P4 and P5 stages,
+a BiFPN neck, evaluated by mAP@50. Everything
 else is a reconstruction, marked as an assumption in the argument docs:
 
 - Backbone: YOLOv8-style conv stages (stride-2 Conv-BN-SiLU + C2f) for P1-P3; at P4 (stride 16)
@@ -11,8 +12,8 @@ else is a reconstruction, marked as an assumption in the argument docs:
   followed by a depthwise-separable 3x3 conv + BN + SiLU.
 - Head: FCOS-style anchor-free head (Tian et al., arXiv 1904.01355) shared across levels:
   classification logits (``num_classes``), box regression as ltrb distances in pixels, centre-ness
-  (on the regression tower). The spec suggests a YOLOv8 head with TAL + DFL; the brief asked for
-  FCOS/centre-ness, which is simpler and needs no assigner hyper-parameters beyond size ranges.
+  (on the regression tower). The paper does not give the head; FCOS/centre-ness is simpler than a
+  YOLOv8 head with TAL + DFL and needs no assigner hyper-parameters beyond size ranges.
 
 Boxes are ``(x0, y0, x1, y1)`` in input pixels, x along the width (last) axis; box geometry (IoU,
 GIoU, NMS, clipping, areas, inside tests) uses :mod:`monai.data.box_utils`, the classification
@@ -57,7 +58,7 @@ def class_to_fdi(idx: int) -> int:
 
 def fdi_mirror(fdi: int) -> int:
     """FDI number of the same tooth on the other side (left-right image flip swaps quadrants
-    1<->2, 3<->4, 5<->6, 7<->8); spec section 4.2 warns that flips must remap labels."""
+    1<->2, 3<->4, 5<->6, 7<->8): a flip must remap the labels."""
     fdi_to_class(fdi)
     q, t = divmod(int(fdi), 10)
     return (q + 1 if q % 2 else q - 1) * 10 + t
@@ -268,16 +269,16 @@ class MATHEDetector(nn.Module):
     ``"strides"``. :meth:`decode` turns it into boxes; :meth:`loss` trains it.
 
     Args:
-        num_classes: 32 FDI permanent teeth; 52 with primary teeth (``include_primary``). Spec
-            section 4.2 [INF]: the class set is unknown; a 1-class "tooth" detector also works.
+        num_classes: 32 FDI permanent teeth; 52 with primary teeth (``include_primary``). The
+            paper's class set is unknown (assumption); a 1-class "tooth" detector also works.
         include_primary: shorthand for ``num_classes=52`` (when num_classes is None).
         in_channels: input channels; 3 (grayscale OPG repeated) is an assumption, 1 works too.
-        widths: P1..P5 backbone widths. Assumption (spec: "YOLOv8-s-like", P3/P4/P5 = 128/256/512).
+        widths: P1..P5 backbone widths. Assumption (YOLOv8-s has P3/P4/P5 = 128/256/512).
         c2f_depth: bottlenecks per C2f at P2/P3. Assumption.
-        num_vss: VSS blocks after the stride-2 conv at P4 and at P5. Assumption (spec default 2).
-        d_state, ssm_ratio, d_conv: SS2D settings (spec: 16, 2, 3).
-        neck_channels: BiFPN width. Assumption (spec: 128 or 160).
-        bifpn_repeats: number of BiFPN layers. Assumption (spec: 2-3).
+        num_vss: VSS blocks after the stride-2 conv at P4 and at P5. Assumption (2 is a common choice).
+        d_state, ssm_ratio, d_conv: SS2D settings (VMamba v0: 16, 2, 3).
+        neck_channels: BiFPN width. Assumption (EfficientDet D0-D7 use 64-384).
+        bifpn_repeats: number of BiFPN layers. Assumption (EfficientDet D0-D7 use 3-8).
         head_convs: convs per head tower. Assumption (FCOS uses 4).
         size_ranges: FCOS target assignment, the range of max(l, t, r, b) each level (P3, P4, P5)
             is responsible for, in pixels. Assumption (FCOS values with P6/P7 folded into P5).
@@ -348,7 +349,8 @@ class MATHEDetector(nn.Module):
 
     @torch.no_grad()
     def decode(self, outputs, image_size: Sequence[int], score_thresh: float = 0.05, nms_thresh: float = 0.6,
-               max_det: int = 100, pre_nms_topk: int = 1000, class_agnostic: bool = False) -> List[Dict[str, torch.Tensor]]:
+               max_det: int = 100, pre_nms_topk: int = 1000,
+               class_agnostic: bool = False) -> List[Dict[str, torch.Tensor]]:
         """Per image ``{"boxes": (n, 4) x0 y0 x1 y1, "scores": (n,), "labels": (n,) class indices}``.
 
         Score = sqrt(sigmoid(cls) * sigmoid(centre-ness)) (FCOS); candidates above ``score_thresh``

@@ -1,10 +1,11 @@
 """HENA: the MATHENA per-tooth network (arXiv 2604.00537).
 
-Stated by the authors (spec sections 2 and 4.4): a lightweight Mamba-based U-shaped encoder-decoder
-(Mamba-UNet) on per-tooth crops, a Global Context State Token (GCST) at the bottleneck, and a
-triple head: caries segmentation (CarSeg, trained first), anomaly detection (AD, fine-tuned on the
-frozen shared representation) and dental developmental staging (DDS, linear probe). Everything
-else is a reconstruction; assumptions are marked in the argument docs.
+Stated by the authors (the paper's abstract and their blog post, team-sudal.tistory.com/134): a
+lightweight Mamba-based U-shaped encoder-decoder (Mamba-UNet) on per-tooth crops, a Global Context
+State Token (GCST) at the bottleneck, and a triple head: caries segmentation (CarSeg, trained
+first), anomaly detection (AD, fine-tuned on the frozen shared representation) and dental
+developmental staging (DDS, linear probe). Everything else is a reconstruction; assumptions are
+marked in the argument docs.
 
 Topology (Mamba-UNet, ``ziyangwang007/Mamba-UNet code/networks/mamba_sys.py``, channels-last):
 
@@ -17,13 +18,14 @@ Topology (Mamba-UNet, ``ziyangwang007/Mamba-UNet code/networks/mamba_sys.py``, c
   Linear 2C->C, ``decoder_depths`` VSS blocks; final x``patch_size`` expand (Linear, pixel
   shuffle, LN) to the crop resolution with ``embed_dim`` channels.
 
-GCST (spec section 4.4, reading A with the brief's "prepended" token): a learnable token
-g0 (N(0, 0.02)) plus a linear map of the mean-pooled bottleneck tokens forms g. A VSS block scans
-the bottleneck with g placed first in each of the four scan sequences (every direction starts from
-the global-context state) and again last (its output there has seen the whole crop); the four
-read-outs are summed into the GCST feature z_g (LayerNorm). z_g then modulates every bottleneck
-token by FiLM, x <- x * (1 + gamma(z_g)) + beta(z_g). ``use_gcst=False`` removes token, scan and
-FiLM (the "w/o GCST" ablation).
+GCST (the paper gives only its name and its place at the bottleneck; this reading is an
+assumption, a summary token in the manner of Vim's class token and Mamba(R)'s registers): a
+learnable token g0 (N(0, 0.02)) plus a linear map of the mean-pooled bottleneck tokens forms g.
+A VSS block scans the bottleneck with g placed first in each of the four scan sequences (every
+direction starts from the global-context state) and again last (its output there has seen the
+whole crop); the four read-outs are summed into the GCST feature z_g (LayerNorm). z_g then
+modulates every bottleneck token by FiLM, x <- x * (1 + gamma(z_g)) + beta(z_g).
+``use_gcst=False`` removes token, scan and FiLM (the "w/o GCST" ablation).
 
 Heads (``forward`` returns a :class:`HENAOutput`):
 
@@ -36,12 +38,13 @@ Heads (``forward`` returns a :class:`HENAOutput`):
 - ``stage`` (B, 8) Demirjian A-H logits: a single Linear layer (linear probe) on the probe features
   = mean-pooled bottleneck tokens (after GCST), concatenated with z_g when ``use_gcst``.
 
-Staged training (spec section 4.5): "carseg" trains stem, encoder, bottleneck/GCST, decoder and the
+Staged training (order stated in the paper's abstract: CarSeg first, then frozen, AD fine-tuned,
+DDS linear probe): "carseg" trains stem, encoder, bottleneck/GCST, decoder and the
 caries head (the *shared* part plus its head); :meth:`freeze_shared` then freezes the shared part
 (requires_grad False, kept in eval mode); "ad" trains only the AD part; "dds" only the probe.
 
 AD branch (assumption; the paper says only that AD is "fine-tuned" on the frozen shared
-representation, spec section 3 item 5 leaves open which modules train): with ``ad_branch=True``
+representation, not which modules train): with ``ad_branch=True``
 the AD head reads a decoder of its own (same topology as the shared decoder: PatchExpand, skip
 concat, VSS blocks, final expand) fed by the frozen encoder skips and the frozen bottleneck
 (after GCST). When the "ad" stage starts, the branch is initialised as a copy of the trained
@@ -164,16 +167,16 @@ class HENA(nn.Module):
 
     Args:
         in_channels: crop channels (grayscale: 1).
-        embed_dim: stage-1 width; stage i has ``embed_dim * 2**i``. Assumption ("lightweight",
-            spec section 4.4 suggests 48 or 64; Mamba-UNet uses 96).
+        embed_dim: stage-1 width; stage i has ``embed_dim * 2**i``. Assumption (the paper says
+            "lightweight"; Mamba-UNet uses 96).
         depths: VSS blocks per encoder stage (the last is the bottleneck). Assumption ([2,2,2,2]).
         decoder_depths: VSS blocks per decoder level, deepest first (``len(depths) - 1``
             entries; default: the encoder depths reversed without the bottleneck). Assumption.
         patch_size: stem stride (Mamba-UNet: 4).
-        d_state, ssm_ratio, d_conv: SS2D settings (spec: 16, 2, 3).
+        d_state, ssm_ratio, d_conv: SS2D settings (VMamba v0 / Mamba-UNet: 16, 2, 3).
         use_gcst: GCST at the bottleneck; False is the ablation.
-        num_stages: DDS classes (Demirjian A-H = 8). Assumption (spec section 5.3).
-        drop_path: maximum stochastic-depth rate (linear over encoder blocks; spec: 0.2 in
+        num_stages: DDS classes (Demirjian A-H = 8). Assumption (the paper does not give the stages).
+        drop_path: maximum stochastic-depth rate (linear over encoder blocks; 0.2 in
             Mamba-UNet training, default 0 here).
         ad_branch: give the AD head its own decoder branch (see the module docstring). Assumption.
             Checkpoints written before this option existed load with ``ad_branch=False``.
@@ -335,12 +338,11 @@ class HENA(nn.Module):
 
     @staticmethod
     def _bce_dice(logits, target, eps: float = 1.0):
-        target = target.to(logits.dtype)
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-        p = torch.sigmoid(logits).flatten(1)
-        t = target.flatten(1)
-        dice = 1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
-        return bce + dice.mean()
+        """Pixel BCE + soft Dice (1:1) of (B, 1, H, W) logits: MONAI ``DiceCELoss`` (one channel, so
+        BCE with logits; Dice per crop, ``eps`` added to numerator and denominator, mean over the batch).
+        Same values as the hand-written loss it replaced (``Testing/test_metrics.py``)."""
+        from monai.losses import DiceCELoss
+        return DiceCELoss(sigmoid=True, smooth_nr=eps, smooth_dr=eps)(logits, target.to(logits.dtype))
 
     @staticmethod
     def ad_loss(out: HENAOutput, targets: dict, eps: float = 1.0) -> torch.Tensor:
@@ -369,7 +371,7 @@ class HENA(nn.Module):
         return bce + dice + image
 
     def loss(self, out: HENAOutput, targets: dict, stage: str) -> torch.Tensor:
-        """Loss of one training stage (spec section 4.5).
+        """Loss of one training stage (see "Staged training" in the module docstring).
 
         "carseg": BCE + soft Dice (1:1) on ``targets["caries"]`` (B, 1, H, W);
         "ad": :meth:`ad_loss`;

@@ -34,10 +34,11 @@ alignment (like sequence alignment), exact in O(boxes x 16) per jaw. Box geometr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...defaults import MATHENA_SCORE_THRESHOLD
 from .detector import ALL_FDI
 
 _EPS = 1e-9
@@ -94,7 +95,7 @@ def _logit(p):
 EVIDENCE_LOGIT_OFFSET, EVIDENCE_SLOPE = 0.565, 3.3
 
 
-def tooth_evidence(scores, score_thresh: float = 0.3, slope: float = EVIDENCE_SLOPE,
+def tooth_evidence(scores, score_thresh: float = MATHENA_SCORE_THRESHOLD, slope: float = EVIDENCE_SLOPE,
                    offset: float = EVIDENCE_LOGIT_OFFSET) -> np.ndarray:
     """``p_real`` of detection scores (see :data:`EVIDENCE_LOGIT_OFFSET`)."""
     s = np.asarray(scores, np.float64)
@@ -173,7 +174,7 @@ def _expected_distance(widths: np.ndarray) -> np.ndarray:
 
 
 def number_teeth(boxes, scores, class_scores, classes: Optional[Sequence[int]] = None,
-                 score_thresh: float = 0.3, axis: Optional[Sequence[float]] = None,
+                 score_thresh: float = MATHENA_SCORE_THRESHOLD, axis: Optional[Sequence[float]] = None,
                  spacing_sigma: Optional[float] = 0.2, spacing_cap: float = 6.0,
                  evidence_slope: float = EVIDENCE_SLOPE, evidence_offset: float = EVIDENCE_LOGIT_OFFSET) -> Numbering:
     """FDI numbers for one image's class-agnostic detections (module docstring).
@@ -274,7 +275,7 @@ def _spacing_scale(groups, pos) -> Optional[float]:
 AGNOSTIC_NMS_IOU = 0.6
 
 
-def detect_and_number(detector, gray: np.ndarray, score_thresh: float = 0.3, input_hw=None,
+def detect_and_number(detector, gray: np.ndarray, score_thresh: float = MATHENA_SCORE_THRESHOLD, input_hw=None,
                       nms_thresh: float = AGNOSTIC_NMS_IOU, **numbering_kw) -> dict:
     """Detector + numbering on one (H, W) [0, 1] image, boxes in source pixels (pixel edges).
 
@@ -326,4 +327,5 @@ def duplicate_numbers(fdis: Sequence[int]) -> int:
     return len(f) - len(set(f))
 
 
-__all__ = ["ARCH_SEQUENCES", "TOOTH_WIDTH_MM", "AGNOSTIC_NMS_IOU", "detect_and_number", "tooth_evidence", "Numbering", "arch_axis", "ordered_assignment", "number_teeth", "duplicate_numbers"]
+__all__ = ["ARCH_SEQUENCES", "TOOTH_WIDTH_MM", "AGNOSTIC_NMS_IOU", "detect_and_number", "tooth_evidence", "Numbering",
+           "arch_axis", "ordered_assignment", "number_teeth", "duplicate_numbers"]

@@ -14,7 +14,7 @@ Conventions (shared by training, inference and the pipeline):
   enlarged box (letterbox padding) and outside the image. :class:`ToothCrop` maps crop-space maps back
   (bilinear) and full-size masks into the crop (nearest).
 
-Assumptions (spec section 4.3 leaves them open): ``DETECTOR_INPUT_HW = (256, 512)`` (OPG aspect
+Assumptions (the paper gives no input or crop sizes): ``DETECTOR_INPUT_HW = (256, 512)`` (OPG aspect
 about 1:2, multiples of 32), ``CROP_SIZE = 64`` (HENA needs multiples of ``patch_size * 2**3 = 32``
 with its defaults), ``CROP_MARGIN = 0.15``.
 """

@@ -3,7 +3,7 @@
 Paper: MATHENA (arXiv 2604.00537) builds both its detector (MATHE, VSS blocks at P4/P5) and its
 crop network (HENA, a Mamba-UNet) from "four-directional Vision State Space (VSS) blocks". The
 block itself follows VMamba v0 (Liu et al., arXiv 2401.10166), as reproduced in Mamba-UNet
-``code/networks/mamba_sys.py`` ``SS2D.forward_corev0`` (see the MATHENA spec, section 6.1):
+``code/networks/mamba_sys.py`` ``SS2D.forward_corev0`` (github.com/ziyangwang007/Mamba-UNet):
 
     in_proj -> (x, z);  x -> depthwise conv -> SiLU -> cross_scan (4 directions: row-major,
     column-major, both reversed) -> x_proj (dt, B, C per direction) -> dt_proj -> selective scan
@@ -59,10 +59,10 @@ class SS2D(nn.Module):
 
     Args:
         d_model: channels C of input and output.
-        d_state: SSM state size N (spec section 6.1: 16).
-        ssm_ratio: expansion D = ssm_ratio * C (spec: 2).
-        dt_rank: rank R of the dt projection; ``"auto"`` = ceil(C / 16) (spec).
-        d_conv: depthwise conv kernel size (spec: 3).
+        d_state: SSM state size N (VMamba v0: 16).
+        ssm_ratio: expansion D = ssm_ratio * C (VMamba v0: 2).
+        dt_rank: rank R of the dt projection; ``"auto"`` = ceil(C / 16) (VMamba v0).
+        d_conv: depthwise conv kernel size (VMamba v0: 3).
         conv_bias: bias of the depthwise conv (VMamba v0: True).
         dt_min, dt_max, dt_init_floor, dt_scale: dt initialisation (VMamba / mamba-ssm defaults).
         dropout: dropout on the output.
@@ -155,7 +155,8 @@ class VSSBlock(nn.Module):
     """``x + DropPath(SS2D(LN(x)))`` [+ ``x + DropPath(MLP(LN(x)))``].
 
     ``mlp_ratio=0`` (default) is the VMamba v0 / Mamba-UNet block; ``mlp_ratio=4`` the VMamba v2
-    block (spec section 6.1). Channels-last ``(B, H, W, C)`` unless ``channel_first=True``.
+    block (MzeroMiko/VMamba ``classification/models/vmamba.py``). Channels-last ``(B, H, W, C)``
+    unless ``channel_first=True``.
 
     Args:
         d_model, d_state, ssm_ratio, dt_rank, d_conv, backend: see :class:`SS2D`.

@@ -154,8 +154,8 @@ def load_int8(model: NemesisMAE, weights_sha256: str = "", cache_dir: Optional[P
     file that cannot be read or does not fit is rebuilt, never trusted."""
     if not weights_sha256:
         return quantize_int8(model)
-    from ..checkpoints import read_safetensors, save_safetensors
     from ...errors import CheckpointError
+    from ..checkpoints import read_safetensors, save_safetensors
     path = Path(cache_dir or default_int8_cache_dir()) / f"nemesis-{_cache_key(weights_sha256, model)}.safetensors"
     if path.is_file():
         try:

@@ -16,7 +16,8 @@ from typing import Dict, Mapping, Tuple
 import torch
 
 from ...errors import CheckpointError
-from ..checkpoints import check_state_dict as _check_state_dict, read_safetensors, save_safetensors, torch_load_tensors
+from ..checkpoints import check_state_dict as _check_state_dict
+from ..checkpoints import read_safetensors, save_safetensors, torch_load_tensors
 from .mae import NemesisMAE
 
 PAPER_DEFAULTS = dict(num_heads=8, decoder_num_heads=8, superpatch_size=(128, 128, 128))

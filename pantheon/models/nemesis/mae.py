@@ -13,7 +13,8 @@ reference code, each deliberate:
   head split done by views, avoiding the layout copies of ``nn.MultiheadAttention``.
 - Visible tokens are gathered in ascending index order on every device. The reference takes the
   order from ``torch.argsort(mask)``, which is stable only on CUDA; on CPU it scrambles the
-  depth-slice grouping the blocks rely on (see the spec).
+  depth-slice grouping the blocks rely on (the weights were trained on CUDA; the fixtures in
+  ``Testing/fixtures/nemesis`` use the ascending order).
 - Masking is explicit (``mask_ratio`` argument, optional ``torch.Generator``) instead of a
   training-mode switch, so masked reconstruction can be explored in eval mode reproducibly.
 """
@@ -229,7 +230,8 @@ class NemesisMAE(nn.Module):
         self.patch_size = _triple(patch_size)
         for s, p in zip(self.superpatch_size, self.patch_size):
             if s % p:
-                raise ValueError(f"superpatch size {self.superpatch_size} is not a multiple of patch size {self.patch_size}")
+                raise ValueError(f"superpatch size {self.superpatch_size} is not a multiple of "
+                                 f"patch size {self.patch_size}")
         self.grid = tuple(s // p for s, p in zip(self.superpatch_size, self.patch_size))
         self.config = dict(superpatch_size=list(self.superpatch_size), patch_size=list(self.patch_size),
                            embed_dim=embed_dim, depth=depth, num_heads=num_heads, decoder_depth=decoder_depth,

@@ -12,18 +12,46 @@ Papers (Seoul National University, IMSI Lab, with Samsung Medical Center and NVI
 Only the abstracts are available, so the architectures are built from MONAI components
 (``AutoencoderKL``, ``DiffusionModelUNet``, ``ControlNet``, ``DDPMScheduler``/``DDIMScheduler``,
 ``UNet``, ``sliding_window_inference``). **Every inferred size is a constructor argument whose docstring
-says it is an assumption** (see the project's NeoNet spec, §7 and §10). No published weights exist.
+says it is an assumption.** Where a default is not a guess of ours it comes from the group's sibling
+PNI works on other cohorts (SCINTILLA-SNN; the MMA-Former code, github.com/youngunghan/mma-former:
+1.5625 x 1.5625 x 4 mm spacing, 96 x 96 x 48 tumour-centred crops, patient-level 5-fold CV with the
+checkpoint chosen by validation AUC, AdamW, flips + intensity jitter) or from MONAI's MAISI configs
+(Project-MONAI/tutorials ``generation/maisi``). The paper does not give the crop, the network sizes,
+the sampler or the classifier head. No published weights exist.
 
 Modules: ``neoseg`` (NeoSeg), ``neogen`` (NeoGen), ``pattennet`` (PattenNet), ``checkpoint``
 (safetensors save/load). TLCR lives in ``tlcr``.
 """
 
-from .checkpoint import (KINDS, check_component_state, load_neonet_component, read_neonet_checkpoint,
-                         save_neonet_component)
-from .neogen import MASK_CHANNELS, PNI_NEGATIVE, PNI_POSITIVE, NeoGen, build_neogen, masks_from_labels
-from .neoseg import NEOSEG_CLASSES, NeoSeg, build_neoseg
-from .pattennet import DualAttentionBlock3D, PattenNet, attention_to_image, build_pattennet
-from .tlcr import CropBox, apply_crop, box_as_roi, invert_crop, largest_component, tlcr_box
+from .. import lazy_exports
+
+_EXPORTS = {
+    "KINDS": ".checkpoint",
+    "check_component_state": ".checkpoint",
+    "load_neonet_component": ".checkpoint",
+    "read_neonet_checkpoint": ".checkpoint",
+    "save_neonet_component": ".checkpoint",
+    "MASK_CHANNELS": ".neogen",
+    "PNI_NEGATIVE": ".neogen",
+    "PNI_POSITIVE": ".neogen",
+    "NeoGen": ".neogen",
+    "build_neogen": ".neogen",
+    "masks_from_labels": ".neogen",
+    "NEOSEG_CLASSES": ".neoseg",
+    "NeoSeg": ".neoseg",
+    "build_neoseg": ".neoseg",
+    "DualAttentionBlock3D": ".pattennet",
+    "PattenNet": ".pattennet",
+    "attention_to_image": ".pattennet",
+    "build_pattennet": ".pattennet",
+    "CropBox": ".tlcr",
+    "apply_crop": ".tlcr",
+    "box_as_roi": ".tlcr",
+    "invert_crop": ".tlcr",
+    "largest_component": ".tlcr",
+    "tlcr_box": ".tlcr",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = ["NeoSeg", "build_neoseg", "NEOSEG_CLASSES", "NeoGen", "build_neogen", "masks_from_labels",
            "MASK_CHANNELS", "PNI_NEGATIVE", "PNI_POSITIVE", "PattenNet", "build_pattennet", "DualAttentionBlock3D",

@@ -20,7 +20,7 @@ from ..checkpoints import check_state_dict, read_safetensors, save_safetensors
 FORMAT = "pantheon-neonet-v1"
 
 
-def _builders():
+def component_builders():
     from .neogen import NeoGen
     from .neoseg import NeoSeg
     from .pattennet import PattenNet
@@ -71,7 +71,7 @@ def load_neonet_component(path, kind: Optional[str] = None, map_location="cpu") 
     if kind is not None and saved != kind:
         raise CheckpointError(f"Checkpoint {path} holds a {saved} component, not a {kind}.")
     try:
-        model = _builders()[saved](dict(meta["config"]))
+        model = component_builders()[saved](dict(meta["config"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot build a {saved} from its stored config: {exc}") from None
     check_component_state(model, state, path, saved)

@@ -9,7 +9,7 @@ generator. No code or architecture table is public, so this follows the MONAI/MA
 - stage "ldm": ``monai.networks.nets.DiffusionModelUNet`` on scaled latents, epsilon prediction with
   ``DDPMScheduler`` noise, MSE; PNI class conditioning through ``num_class_embeds=2``
   (``class_labels``: 0 = PNI-, 1 = PNI+) -- class embeddings are added to the time embedding, which
-  MONAI supports without cross-attention; option (b) of spec §3.3;
+  MONAI supports without cross-attention; the paper does not say whether the class is a condition;
 - stage "controlnet": ``monai.networks.nets.ControlNet`` mirroring the UNet, fed the one-hot
   anatomical masks (tumour, liver) at *image* resolution (MAISI style); its conditioning embedding
   downsamples by the autoencoder's factor, so its residuals land on the latent grid. The UNet is
@@ -18,7 +18,8 @@ generator. No code or architecture table is public, so this follows the MONAI/MA
   added to the UNet at every step, then the autoencoder decodes. By default from pure noise; with
   ``init_strength`` < 1 from a noised mask-painted guide image (SDEdit-style, an assumption).
 
-Every size and hyper-parameter default is an **assumption** (spec §3.3, §7) unless stated.
+Every size and hyper-parameter default is an **assumption** (mostly MAISI's, see
+``pantheon.models.neonet``) unless stated.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...defaults import NEOGEN_DDIM_STEPS
 from ...errors import InputError
 from ...progress import Reporter
 
@@ -73,7 +75,7 @@ def masks_from_labels(label_map: torch.Tensor, tumour_label: int = 2, liver_labe
 class NeoGen(nn.Module):
     """The NeoGen generator: AutoencoderKL + latent DiffusionModelUNet + ControlNet + schedulers.
 
-    Args (all sizes are assumptions unless noted; spec §7):
+    Args (all sizes are assumptions unless noted):
         in_channels: image channels (1: T1 HBP MRI, intensities scaled to [0, 1] or [-1, 1]).
         patch_size: nominal patch (D, H, W) used to validate the configuration. Assumption: 96x96x48
             (the group's TLCR crop on sibling cohorts). Any size meeting the divisibility rules works.
@@ -266,7 +268,8 @@ class NeoGen(nn.Module):
     # ----------------------------------------------------------------------------- training
     def stage_parameters(self, stage: str) -> Iterator[nn.Parameter]:
         """The parameters an optimiser should train in ``stage`` ("vae", "ldm" or "controlnet")."""
-        return {"vae": self.autoencoder, "ldm": self.unet, "controlnet": self.controlnet}[self._stage(stage)].parameters()
+        return {"vae": self.autoencoder, "ldm": self.unet,
+                "controlnet": self.controlnet}[self._stage(stage)].parameters()
 
     @staticmethod
     def _stage(stage: str) -> str:
@@ -334,7 +337,8 @@ class NeoGen(nn.Module):
         with torch.no_grad():
             z = self.encode(x, sample=True)
         dev = generator.device if generator is not None else z.device
-        t = torch.randint(0, self.noise_scheduler.num_train_timesteps, (B,), generator=generator, device=dev).to(z.device)
+        t = torch.randint(0, self.noise_scheduler.num_train_timesteps, (B,), generator=generator,
+                          device=dev).to(z.device)
         noise = torch.randn(z.shape, generator=generator, device=dev, dtype=z.dtype).to(z.device)
         noisy = self.noise_scheduler.add_noise(original_samples=z, noise=noise, timesteps=t)
         if stage == "ldm":
@@ -360,7 +364,7 @@ class NeoGen(nn.Module):
         return {"mse": mse, "loss": mse}
 
     # ----------------------------------------------------------------------------- sampling
-    def make_sampler(self, num_inference_steps: int = 50):
+    def make_sampler(self, num_inference_steps: int = NEOGEN_DDIM_STEPS):
         """A fresh DDIM scheduler with the training beta schedule, set to ``num_inference_steps``."""
         from monai.networks.schedulers import DDIMScheduler
         cfg = self.config
@@ -389,7 +393,7 @@ class NeoGen(nn.Module):
         return img.expand(-1, self.config["in_channels"], *img.shape[2:])
 
     @torch.no_grad()
-    def generate(self, masks: torch.Tensor, labels=PNI_POSITIVE, num_inference_steps: int = 50,
+    def generate(self, masks: torch.Tensor, labels=PNI_POSITIVE, num_inference_steps: int = NEOGEN_DDIM_STEPS,
                  generator: Optional[torch.Generator] = None, progress=None, cancel=None,
                  conditioning_scale: Optional[float] = None, eta: float = 0.0,
                  init_strength: Optional[float] = None) -> torch.Tensor:

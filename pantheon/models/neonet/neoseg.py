@@ -4,7 +4,7 @@ Paper: NeoNet (arXiv 2603.29449) names NeoSeg and TLCR but not the network. The 
 paper (arXiv 2603.29343) trains an "enhanced 3D U-Net" for hepatic segmentation, so the default
 here is MONAI's residual 3D ``UNet`` (``monai.networks.nets.UNet``) with instance norm, trained
 with Dice+CE and run with sliding-window inference. The network choice and every size below are
-**assumptions** (spec §3.2, §7, §10 item 2).
+**assumptions** (the paper gives neither the network nor its training; see ``pantheon.models.neonet``).
 
 Classes, in channel order: 0 background, 1 liver, 2 tumour (cholangiocarcinoma).
 """

@@ -2,7 +2,8 @@
 
 Paper: NeoNet (arXiv 2603.29449) states only that PattenNet combines the **frozen LDM encoder** with
 **3D Dual Attention Blocks (DAB)** to capture subtle intensity variations and spatial patterns of
-perineural invasion. Everything else here is an **assumption** (spec §3.4, §7, §10 item 4):
+perineural invasion. Everything else here is an **assumption** (the paper gives neither the
+encoder layer, the DAB design nor the head):
 
 - the frozen encoder is NeoGen's AutoencoderKL encoder + ``quant_conv_mu`` (posterior mean, times the
   NeoGen latent ``scale_factor``); it stays in eval mode with ``requires_grad=False`` even while the
@@ -51,7 +52,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-
 
 _POOLINGS = ("avg", "avgmax")
 _MASK_POOLINGS = ("avg", "max", "avgmax", "conv")
@@ -152,7 +152,7 @@ class PattenNet(nn.Module):
         mask_channels: extra anatomical-mask channels (e.g. tumour) pooled to the latent grid
             and concatenated before the first DAB. Assumption: 0 (image only); when > 0 pass ``masks``.
         scale_factor: the NeoGen latent scale applied to the encoder output.
-        pooling: global pooling before the head, "avg" (spec §3.4) or "avgmax" (avg and max
+        pooling: global pooling before the head, "avg" or "avgmax" (avg and max
             concatenated). Assumption: "avg".
         mask_pooling: how masks reach the latent grid, "avg", "max", "avgmax" or "conv" (learned stem).
             Assumption: "avg".
@@ -214,7 +214,8 @@ class PattenNet(nn.Module):
         self.mask_stem = None
         if mask_pooling == "conv" and mask_channels:
             f, w = self.ae_factor, int(mask_embed_channels)
-            self.mask_stem = nn.Sequential(nn.Conv3d(int(mask_channels) * (1 + int(bool(radial_channel))), w, 3, padding=1),
+            self.mask_stem = nn.Sequential(nn.Conv3d(int(mask_channels) * (1 + int(bool(radial_channel))), w, 3,
+                                                     padding=1),
                                            nn.SiLU(),
                                            nn.Conv3d(w, w, f, stride=f), nn.SiLU())
             n_mask = w

@@ -1,21 +1,22 @@
 """NeoNet preprocessing: input checks, MRI intensity normalisation, resampling to the model grid.
 
-Spec §3.1 (reconstructed, [INFER]/[SIBLING]): ``Orientation("RAS") -> Spacing(1.5625, 1.5625, 4.0 mm;
-bilinear images / nearest masks) -> ScaleIntensityRangePercentiles(0.5, 99.5 -> [0, 1], clip)
--> TLCR crop``. This module is that chain without MONAI or torch (numpy + SimpleITK on
-:class:`~pantheon.io.volume.Volume`, LPS world):
+Reconstructed (the NeoNet paper, arXiv 2603.29449, gives no preprocessing; spacing and crop follow
+the group's sibling PNI works, the chain itself is an assumption):
+``Orientation("RAS") -> Spacing(1.5625, 1.5625, 4.0 mm; bilinear images / nearest masks)
+-> ScaleIntensityRangePercentiles(0.5, 99.5 -> [0, 1], clip) -> TLCR crop``. This module is that
+chain without MONAI or torch (numpy + SimpleITK on :class:`~pantheon.io.volume.Volume`, LPS world):
 
 - :func:`check_mri` rejects what cannot be a hepatobiliary-phase MRI (2D, NaN/inf, constant,
   a CT in Hounsfield units) with one-sentence :class:`~pantheon.errors.InputError` messages;
 - :func:`normalize_mri` maps the 0.5th/99.5th percentiles to 0/1 and clips;
 - :func:`resample_to_model` reorients *exactly* (axis permutation/flips only) to the closest RAS
-  axes, then resamples to :data:`MODEL_SPACING` with SimpleITK, and returns ``back`` that maps a
-  model-grid Volume onto the original grid (SimpleITK resample with the original as reference).
+  axes, then resamples to :data:`MODEL_SPACING` (:func:`pantheon.io.resample.resample`, SimpleITK),
+  and returns ``back`` that maps a model-grid Volume onto the original grid.
 
 **Model grid (assumption, demo scale).** The paper's sibling works use 1.5625 x 1.5625 x 4.0 mm
-and a 96 x 96 x 48 TLCR box ([SIBLING], spec §3.1/§7; :data:`PAPER_SPACING`,
-:data:`PAPER_PATCH_SHAPE`). The CPU demo models (trained on 2 shared CPU cores) use a much coarser grid, :data:`MODEL_SPACING` =
-4 x 4 x 4 mm, and a TLCR box :data:`PATCH_SHAPE` = (K, J, I) = (24, 32, 32) voxels, i.e.
+and a 96 x 96 x 48 TLCR box (SCINTILLA-SNN, MMA-Former; :data:`PAPER_SPACING`,
+:data:`PAPER_PATCH_SHAPE`). The CPU demo models (trained on 2 shared CPU cores) use a much coarser grid,
+:data:`MODEL_SPACING` = 4 x 4 x 4 mm, and a TLCR box :data:`PATCH_SHAPE` = (K, J, I) = (24, 32, 32) voxels, i.e.
 128 x 128 x 96 mm (about 85% of the paper's in-plane field, half its cranio-caudal extent).
 Every function takes the spacing/shape as arguments, so full-resolution models only change the
 constants they are called with.
@@ -28,6 +29,9 @@ from typing import Callable, Sequence, Tuple
 import numpy as np
 
 from pantheon.errors import InputError
+from pantheon.io.resample import resample
+from pantheon.io.resample import resample_like as _resample_like
+from pantheon.io.validate import AIR_HU, check_scan, sample_values
 from pantheon.io.volume import Volume
 
 __all__ = ["MODEL_SPACING", "PATCH_SHAPE", "NEOSEG_ROI", "PAPER_SPACING", "PAPER_PATCH_SHAPE",
@@ -41,7 +45,8 @@ MODEL_SPACING: Tuple[float, float, float] = (4.0, 4.0, 4.0)
 PATCH_SHAPE: Tuple[int, int, int] = (24, 32, 32)
 #: NeoSeg sliding-window ROI (K, J, I) at :data:`MODEL_SPACING` (divisible by 8). Assumption.
 NEOSEG_ROI: Tuple[int, int, int] = (16, 48, 48)
-#: Spacing and crop of the sibling PNI works (spec §3.1) in (si, sj, sk) mm and (K, J, I) voxels.
+#: Spacing and crop of the sibling PNI works (SCINTILLA-SNN, MMA-Former) in (si, sj, sk) mm and
+#: (K, J, I) voxels.
 PAPER_SPACING: Tuple[float, float, float] = (1.5625, 1.5625, 4.0)
 PAPER_PATCH_SHAPE: Tuple[int, int, int] = (48, 96, 96)
 
@@ -49,33 +54,13 @@ PAPER_PATCH_SHAPE: Tuple[int, int, int] = (48, 96, 96)
 def check_mri(volume: Volume, name: str = "input", max_voxels=None) -> None:
     """Raise InputError with one sentence when ``volume`` cannot be a 3D hepatobiliary-phase MRI
     (or has more than ``max_voxels`` voxels; None or 0 = no limit)."""
-    from pantheon.io.validate import check_pixel_count, require_3d
-
-    if not isinstance(volume, Volume):
-        raise InputError(f"The {name} image must be a pantheon Volume, got {type(volume).__name__}.")
-    if volume.components != 1:
-        raise InputError(f"The {name} image has {volume.components} components; PNIPredict needs a "
-                         "single-channel MRI.")
-    require_3d(volume, name, "PNIPredict needs a 3D hepatobiliary-phase MRI volume")
-    check_pixel_count(volume.size_ijk, max_voxels or 0, f"The {name} image", two_d=False)
-    modality = str(volume.metadata.get("modality", "")).strip().upper()
-    if modality and modality not in ("MR", "OT"):
-        raise InputError(f"The {name} image is a DICOM {modality} image (Modality {modality}); PNIPredict needs a "
-                         "hepatobiliary-phase MRI.")
-    a = volume.array
-    if a.size == 0:
-        raise InputError(f"The {name} image is empty.")
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-        bad = int((~np.isfinite(a)).sum())
-        raise InputError(f"The {name} image contains {bad} NaN or infinite voxels; fix or mask them first.")
-    lo, hi = float(a.min()), float(a.max())
-    if lo == hi:
-        raise InputError(f"The {name} image is constant ({lo:g}); there is nothing to analyse.")
-    sample = a.reshape(-1)[:: max(1, a.size // 2_000_000)].astype(np.float32)
-    frac_air = float(np.mean(sample < -500.0))
-    if lo < -500.0 and frac_air > 0.02:
+    a, lo, hi = check_scan(volume, name, "PNIPredict", "hepatobiliary-phase MRI", "MRI", ("MR", "OT"), max_voxels,
+                           "fix or mask them first")
+    sample = sample_values(a).astype(np.float32)
+    frac_air = float(np.mean(sample < AIR_HU))
+    if lo < AIR_HU and frac_air > 0.02:
         raise InputError(f"The {name} image values run from {lo:g} to {hi:g} with {100 * frac_air:.0f}% of voxels "
-                         "below -500; it looks like CT in Hounsfield units; PNIPredict needs a "
+                         f"below {AIR_HU:g}; it looks like CT in Hounsfield units; PNIPredict needs a "
                          "hepatobiliary-phase MRI.")
 
 
@@ -88,7 +73,7 @@ def normalize_mri(array, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
     a = np.asarray(array, dtype=np.float32)
     if a.size == 0:
         return a.copy()
-    sample = a.reshape(-1)[:: max(1, a.size // 2_000_000)]
+    sample = sample_values(a)
     p_lo, p_hi = (float(v) for v in np.percentile(sample, [lower, upper]))
     if not p_hi > p_lo:
         return np.zeros_like(a, dtype=np.float32)
@@ -96,50 +81,9 @@ def normalize_mri(array, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def _sitk(vol: Volume, interpolation: str):
-    import SimpleITK as sitk
-
-    src = vol.array
-    if interpolation == "linear":
-        src = src.astype(np.float64 if src.dtype == np.float64 else np.float32, copy=False)
-    elif src.dtype == bool:
-        src = src.astype(np.uint8)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(src))
-    img.SetSpacing(tuple(float(s) for s in vol.spacing))
-    img.SetOrigin(tuple(float(o) for o in vol.origin))
-    img.SetDirection(tuple(float(x) for x in np.asarray(vol.direction, dtype=np.float64).ravel()))
-    return img
-
-
-def _resample(vol: Volume, shape, spacing, origin, direction, interpolation: str,
-              extrapolate: bool = True, fill: float = 0.0) -> Volume:
-    """SimpleITK resample of ``vol`` onto a (K, J, I) grid; nearest-neighbour extrapolation by default."""
-    import SimpleITK as sitk
-
-    interp = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}.get(interpolation)
-    if interp is None:
-        raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
-    img = _sitk(vol, interpolation)
-    f = sitk.ResampleImageFilter()
-    f.SetSize([int(s) for s in tuple(shape)[::-1]])
-    f.SetOutputSpacing([float(s) for s in spacing])
-    f.SetOutputOrigin([float(o) for o in origin])
-    f.SetOutputDirection([float(x) for x in np.asarray(direction, dtype=np.float64).ravel()])
-    f.SetInterpolator(interp)
-    f.SetDefaultPixelValue(float(fill))
-    f.SetUseNearestNeighborExtrapolator(bool(extrapolate))
-    f.SetOutputPixelType(img.GetPixelID())
-    out = sitk.GetArrayFromImage(f.Execute(img))
-    if interpolation == "nearest" and vol.array.dtype != bool:
-        out = out.astype(vol.array.dtype, copy=False)
-    return Volume(out, tuple(float(s) for s in spacing), tuple(float(o) for o in origin),
-                  np.asarray(direction, dtype=np.float64).copy())
-
-
 def resample_like(volume: Volume, reference: Volume, interpolation: str = "linear") -> Volume:
     """``volume`` resampled onto ``reference``'s grid (nearest-neighbour extrapolation at the edges)."""
-    return _resample(volume, reference.shape, reference.spacing, reference.origin, reference.direction,
-                     interpolation)
+    return _resample_like(volume, reference, interpolation, extrapolate=True)
 
 
 def resample_to_model(volume: Volume, spacing: Sequence[float] = MODEL_SPACING,
@@ -177,14 +121,15 @@ def resample_to_model(volume: Volume, spacing: Sequence[float] = MODEL_SPACING,
         pad = [(0, 1 if a.shape[d] > 1 else 0) for d in range(3)]
         a = np.pad(a, pad, mode="reflect", reflect_type="odd")
         src = Volume(a, canon.spacing, canon.origin, canon.direction)
-    model = _resample(src, shape, tuple(sp), canon.origin, canon.direction, interpolation)
+    model = resample(src, shape, tuple(sp), canon.origin, canon.direction, interpolation, extrapolate=True)
     reference = Volume(np.zeros((1, 1, 1), np.uint8), volume.spacing, volume.origin, volume.direction)
     ref_shape = volume.shape
 
     def back(v: Volume, interpolation: str = "linear") -> Volume:
         if not isinstance(v, Volume):
             raise InputError(f"expected a pantheon Volume, got {type(v).__name__}")
-        return _resample(v, ref_shape, reference.spacing, reference.origin, reference.direction, interpolation)
+        return resample(v, ref_shape, reference.spacing, reference.origin, reference.direction, interpolation,
+                        extrapolate=True)
 
     return model, back
 

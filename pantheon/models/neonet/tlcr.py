@@ -3,7 +3,7 @@
 NeoNet (Han et al., "NeoNet: An End-to-End 3D MRI-Based Deep Learning Framework for
 Non-Invasive Prediction of Perineural Invasion via Generation-Driven Classification",
 arXiv:2603.29449) states only that NeoSeg "utilises" a Tumor-Localized ROI Crop (TLCR). Its
-parameters are not published (see docs/neonet-spec.md §3.2). What this module implements, and
+parameters are not published (only the abstract is available). What this module implements, and
 how sure each part is:
 
 - crop centred on the tumour: stated by the name ("tumor-localized") [PAPER];
@@ -17,9 +17,10 @@ how sure each part is:
   (:meth:`Volume.axis_permutation_to_canonical`), as MONAI's ``Orientationd("RAS")`` +
   ``Spacingd`` would give: i -> patient Right, j -> Anterior, k -> Superior (closest), keeping an
   oblique acquisition's tilt [INFER]. ``axes="world"`` gives exact RAS world axes instead;
-- resampling with SimpleITK: linear for images, nearest for masks; outside the image the crop
-  is padded with ``fill`` (default: the image minimum for images, 0 for masks) [INFER: the
-  spec allows zero- or reflect-padding; a constant at the minimum intensity is used].
+- resampling with SimpleITK (:func:`pantheon.io.resample.resample`): linear for images, nearest
+  for masks; outside the image the crop is padded with ``fill`` (default: the image minimum for
+  images, 0 for masks) [INFER: zero- or reflect-padding would do as well; a constant at the
+  minimum intensity is used].
 
 Everything here is geometry on :class:`~pantheon.io.volume.Volume` (LPS world), pure numpy,
 scipy and SimpleITK (imported lazily); no torch.
@@ -42,6 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from pantheon.errors import InputError
+from pantheon.io.resample import resample, resample_like
 from pantheon.io.volume import LPS_TO_RAS, Volume
 
 __all__ = [
@@ -185,36 +187,6 @@ def tlcr_box(tumour_mask: Volume, image: Optional[Volume] = None, *,
                    tuple(float(v) for v in origin), direction, tuple(float(v) for v in c))
 
 
-def _resample(vol: Volume, shape, spacing, origin, direction, interpolation: str, fill: float,
-              out_dtype) -> Volume:
-    import SimpleITK as sitk
-
-    interp = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}.get(interpolation)
-    if interp is None:
-        raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
-    src = vol.array
-    if interpolation == "linear":
-        src = src.astype(np.float64 if src.dtype == np.float64 else np.float32, copy=False)
-    elif src.dtype == bool:
-        src = src.astype(np.uint8)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(src))
-    img.SetSpacing(tuple(float(s) for s in vol.spacing))
-    img.SetOrigin(tuple(float(o) for o in vol.origin))
-    img.SetDirection(tuple(float(x) for x in np.asarray(vol.direction, dtype=np.float64).ravel()))
-    f = sitk.ResampleImageFilter()
-    f.SetSize([int(s) for s in shape[::-1]])
-    f.SetOutputSpacing([float(s) for s in spacing])
-    f.SetOutputOrigin([float(o) for o in origin])
-    f.SetOutputDirection([float(x) for x in np.asarray(direction, dtype=np.float64).ravel()])
-    f.SetInterpolator(interp)
-    f.SetDefaultPixelValue(float(fill))
-    f.SetOutputPixelType(img.GetPixelID())
-    out = sitk.GetArrayFromImage(f.Execute(img))
-    if out_dtype is not None:
-        out = out.astype(out_dtype, copy=False)
-    return Volume(out, tuple(spacing), tuple(origin), np.asarray(direction, dtype=np.float64).copy())
-
-
 def apply_crop(volume: Volume, box: CropBox, interpolation: str = "linear",
                fill: Optional[float] = None) -> Volume:
     """Resample ``volume`` onto the box grid (same box for the image and all its masks).
@@ -226,8 +198,7 @@ def apply_crop(volume: Volume, box: CropBox, interpolation: str = "linear",
     _check_volume(volume, "the volume to crop")
     if fill is None:
         fill = float(np.min(volume.array)) if interpolation == "linear" else 0.0
-    out_dtype = None if interpolation == "linear" else (np.uint8 if volume.array.dtype == bool else volume.array.dtype)
-    return _resample(volume, box.shape, box.spacing, box.origin, box.direction, interpolation, fill, out_dtype)
+    return resample(volume, box.shape, box.spacing, box.origin, box.direction, interpolation, fill)
 
 
 def invert_crop(crop_volume: Volume, reference: Volume, interpolation: str = "linear",
@@ -238,10 +209,7 @@ def invert_crop(crop_volume: Volume, reference: Volume, interpolation: str = "li
     """
     _check_volume(crop_volume, "the crop-space volume")
     _check_volume(reference, "the reference image")
-    out_dtype = None if interpolation == "linear" else (
-        np.uint8 if crop_volume.array.dtype == bool else crop_volume.array.dtype)
-    return _resample(crop_volume, reference.shape, reference.spacing, reference.origin, reference.direction,
-                     interpolation, fill, out_dtype)
+    return resample_like(crop_volume, reference, interpolation, fill)
 
 
 def box_as_roi(box: CropBox) -> dict:

@@ -12,8 +12,14 @@ PyTorch, runs anywhere, differentiable) and ``"cuda"`` (mamba-ssm's kernel, when
 
 from .cross_scan import cross_merge, cross_scan
 from .module import SelectiveScan
-from .selective_scan import (BACKENDS, cuda_kernel_available, default_chunk_size, selective_scan_chunked,
-                             selective_scan_fn, selective_scan_ref)
+from .selective_scan import (
+                             BACKENDS,
+                             cuda_kernel_available,
+                             default_chunk_size,
+                             selective_scan_chunked,
+                             selective_scan_fn,
+                             selective_scan_ref,
+)
 
 __all__ = ["selective_scan_fn", "selective_scan_ref", "selective_scan_chunked", "cuda_kernel_available",
            "default_chunk_size", "BACKENDS", "cross_scan", "cross_merge", "SelectiveScan"]

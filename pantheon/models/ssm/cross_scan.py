@@ -1,4 +1,5 @@
-"""Four-directional cross scan / merge of VMamba's SS2D (see the spec, section 6.1).
+"""Four-directional cross scan / merge of VMamba's SS2D (Liu et al., arXiv 2401.10166; as in
+``SS2D.forward_corev0`` of Mamba-UNet's ``code/networks/mamba_sys.py``, identical to VMamba v0).
 
 Directions, in this order: 0 row-major (left to right, top to bottom), 1 column-major (top to
 bottom, left to right), 2 row-major reversed, 3 column-major reversed.

@@ -1,7 +1,7 @@
 """Worker tasks for NeoNet (``pni.*``): PNI prediction and NeoGen synthesis on MRI.
 
-Same contract as :mod:`pantheon.worker.tasks`: each task takes a JobContext and returns the
-result document; heavy imports stay inside the functions.
+Declared by :mod:`pantheon.models.neonet.plugin`; same contract as :mod:`pantheon.worker.tasks`: each task takes a
+JobContext and returns the result document; heavy imports stay inside the functions.
 
 ``pni.predict``
     inputs: ``volume`` (the MRI), optional ``tumour_mask`` (label volume on the MRI's grid: binary =
@@ -22,51 +22,41 @@ stamp, device)``: a second request with the same weights does not reload them (n
 """
 
 import dataclasses
-import os
 
-from ..errors import InputError
-from .tasks import _sub, read_input, write_outputs
+from ...defaults import NEOGEN_DDIM_STEPS, NEOGEN_MAX_DDIM_STEPS, NEOGEN_MAX_PATCHES
+from ...errors import InputError
+from ...runtime import cached, parameter_bytes, pick_device, weights_identity
+from ...worker.tasks import progress_span, read_input, write_outputs
 
 PARAM_OF = {"neoseg": "neoseg", "neogen": "neogen", "pattennet": "pattennet"}
-MAX_STEPS = 1000
-MAX_PATCHES = 16
-
-
-def _weights_stamp(arg):
-    if arg and os.path.isfile(os.path.expanduser(arg)):
-        p = os.path.expanduser(arg)
-        st = os.stat(p)
-        return (os.path.realpath(p), st.st_size, st.st_mtime_ns)
-    return None
+MAX_STEPS = NEOGEN_MAX_DDIM_STEPS
+MAX_PATCHES = NEOGEN_MAX_PATCHES
 
 
 def _device(ctx):
-    from ..pipelines.nemesis import pick_device
     return str(pick_device(ctx.params.get("device") or "auto"))
 
 
 def get_models(ctx, kinds):
     """A NeoNetModels holding the ``kinds`` components, each from the cache when possible."""
-    from ..pipelines.neonet import load_neonet_models
+    from ...pipelines.neonet import load_neonet_models
     device = _device(ctx)
     loaded, ids, demo, base, hits = {}, {}, False, None, []
     for kind in kinds:
         arg = ctx.params.get(PARAM_OF[kind]) or None
         if arg is not None and not isinstance(arg, str):
             raise InputError(f"'{kind}' must be a weights path or a model-card id, got {arg!r}.")
-        key = ("neonet", kind, arg or "", _weights_stamp(arg), device)
-        entry = ctx.cache.get(key)
-        hits.append(entry is not None)
-        if entry is None:
+        key = ("neonet", kind, weights_identity(arg), device)
+
+        def load(kind=kind, arg=arg):
             ctx.progress(0.0, f"Loading {kind}")
             try:
                 models = load_neonet_models(**{kind: arg}, components=(kind,), device=device)
             except ValueError as exc:
                 raise InputError(str(exc)) from exc
-            module = getattr(models, kind)
-            nbytes = sum(p.numel() * p.element_size() for p in module.parameters())
-            entry = (models, module)
-            ctx.cache.put(key, entry, nbytes)
+            return models, getattr(models, kind)
+        entry, hit = cached(ctx.cache, key, load, lambda e: parameter_bytes(e[1]))
+        hits.append(hit)
         models, module = entry
         base = base or models
         loaded[kind] = module
@@ -91,12 +81,12 @@ def _int_param(ctx, name, default, lo, hi):
 
 
 def task_predict(ctx):
-    from ..pipelines import neonet
+    from ...pipelines import neonet
     vol, _ = read_input(ctx, "volume")
     mask = read_input(ctx, "tumour_mask")[0] if ctx.inputs.get("tumour_mask") else None
     kinds = ("pattennet",) if mask is not None else ("neoseg", "pattennet")
     models = get_models(ctx, kinds)
-    res = neonet.predict(vol, models, tumour_mask=mask, progress=_sub(ctx, 0.05, 0.9), cancel=ctx.cancel)
+    res = neonet.predict(vol, models, tumour_mask=mask, progress=progress_span(ctx, 0.05, 0.9), cancel=ctx.cancel)
     ctx.progress(0.9, "Writing results")
     doc = write_outputs(res, ctx.output_dir, ctx.notes)
     ctx.progress(1.0, "Done")
@@ -104,22 +94,22 @@ def task_predict(ctx):
 
 
 def task_synthesize(ctx):
-    from ..pipelines import neonet
-    steps = _int_param(ctx, "steps", 50, 1, MAX_STEPS)
+    from ...pipelines import neonet
+    steps = _int_param(ctx, "steps", NEOGEN_DDIM_STEPS, 1, MAX_STEPS)
     seed = _int_param(ctx, "seed", 0, 0, 2 ** 31 - 1)
     pni = _int_param(ctx, "pni", 1, 0, 1)
     n = _int_param(ctx, "n", 1, 1, MAX_PATCHES)
     labels, _ = read_input(ctx, "mask")
     models = get_models(ctx, ("neogen",))
     res = neonet.synthesize(labels, models, pni=pni, n=n, steps=steps, seed=seed,
-                            progress=_sub(ctx, 0.05, 0.9), cancel=ctx.cancel)
+                            progress=progress_span(ctx, 0.05, 0.9), cancel=ctx.cancel)
     ctx.progress(0.9, "Writing results")
     doc = write_outputs(res, ctx.output_dir, ctx.notes)
     ctx.progress(1.0, "Done")
     return doc
 
 
-NEONET_PIPELINES = {
+TASKS = {
     "pni.predict": task_predict,
     "pni.synthesize": task_synthesize,
 }

@@ -1,7 +1,7 @@
 """Worker tasks for MATHENA (``mathena.*``): dental panoramic X-ray analysis.
 
-Same contract as :mod:`pantheon.worker.tasks`: each task takes a JobContext and returns the
-result document; heavy imports stay inside the functions.
+Declared by :mod:`pantheon.models.mathena.plugin`; same contract as :mod:`pantheon.worker.tasks`: each task takes a
+JobContext and returns the result document; heavy imports stay inside the functions.
 
 ``mathena.analyze`` (input ``volume``: one 2D OPG, grayscale or RGB, in any geometry):
 
@@ -19,23 +19,14 @@ a weights *file* is identified by (real path, size, mtime): a replaced file is r
 """
 
 import json
-import os
 from pathlib import Path
 
-from ..errors import InputError
+from ...defaults import MATHENA_SCORE_THRESHOLD
+from ...errors import InputError
+from ...runtime import cached, parameter_bytes, pick_device, weights_identity
+from ...worker.tasks import progress_span, read_input, write_outputs
 
 CHART_FILE = "chart.png"
-
-
-def _weights_key(ref):
-    """Cache identity of a weights argument: a card id as is, a file by path, size and mtime."""
-    if not ref:
-        return ("", None)
-    p = os.path.expanduser(str(ref))
-    if os.path.isfile(p):
-        st = os.stat(p)
-        return (os.path.realpath(p), st.st_size, st.st_mtime_ns)
-    return (str(ref), None)
 
 
 def _param_str(ctx, name):
@@ -49,25 +40,22 @@ def _param_str(ctx, name):
 
 def get_mathena_models(ctx):
     """MathenaModels for the request's ``detector`` / ``hena`` / ``device``, cached between requests."""
-    from ..pipelines import mathena as mt
-    from ..pipelines.nemesis import pick_device
+    from ...pipelines import mathena as mt
     detector, hena = _param_str(ctx, "detector"), _param_str(ctx, "hena")
     device = ctx.params.get("device") or "auto"
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise InputError(f"device must be auto, cpu or cuda, got {device!r}.")
     dev = pick_device(device)
-    key = ("mathena", _weights_key(detector), _weights_key(hena), str(dev))
-    models = ctx.cache.get(key)
-    if models is not None:
-        ctx.notes["model_cache"] = "hit"
+    key = ("mathena", weights_identity(detector), weights_identity(hena), str(dev))
+
+    def load():
+        ctx.progress(0.0, "Loading the MATHENA models")
+        models = mt.load_mathena_models(detector, hena)
+        models.detector.to(dev).eval()
+        models.hena.to(dev).eval()
         return models
-    ctx.progress(0.0, "Loading the MATHENA models")
-    models = mt.load_mathena_models(detector, hena)
-    models.detector.to(dev).eval()
-    models.hena.to(dev).eval()
-    nbytes = sum(p.numel() * p.element_size() for m in (models.detector, models.hena) for p in m.parameters())
-    ctx.cache.put(key, models, nbytes)
-    ctx.notes["model_cache"] = "miss"
+    models, hit = cached(ctx.cache, key, load, lambda m: parameter_bytes(m.detector, m.hena))
+    ctx.notes["model_cache"] = "hit" if hit else "miss"
     return models
 
 
@@ -92,10 +80,9 @@ def add_tooth_geometry(volume, rows):
 
 
 def task_analyze(ctx):
-    from ..pipelines import mathena as mt
-    from .tasks import _sub, read_input, write_outputs
+    from ...pipelines import mathena as mt
     try:
-        score = float(ctx.params.get("score_thresh", 0.3))
+        score = float(ctx.params.get("score_thresh", MATHENA_SCORE_THRESHOLD))
     except (TypeError, ValueError):
         raise InputError(f"score_thresh must be a number, got {ctx.params.get('score_thresh')!r}.") from None
     if not 0.0 <= score <= 1.0:
@@ -104,7 +91,7 @@ def task_analyze(ctx):
     vol, _ = read_input(ctx)
     mt.opg_to_gray(vol)  # a bad input fails before any model is loaded
     models = get_mathena_models(ctx)
-    res = mt.analyze(vol, models, None, score, progress=_sub(ctx, 0.05, 0.85), cancel=ctx.cancel)
+    res = mt.analyze(vol, models, None, score, progress=progress_span(ctx, 0.05, 0.85), cancel=ctx.cancel)
     add_tooth_geometry(vol, res.tables.get("findings", []))
     ctx.progress(0.85, "Writing results")
     doc = write_outputs(res, ctx.output_dir, ctx.notes)
@@ -118,6 +105,6 @@ def task_analyze(ctx):
     return doc
 
 
-MATHENA_PIPELINES = {
+TASKS = {
     "mathena.analyze": task_analyze,
 }
