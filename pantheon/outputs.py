@@ -128,8 +128,11 @@ def _write_heatmap(heatmap: HeatmapOutput, path: Path, fmt: str, compress: bool,
     """Write one heatmap; returns how it is stored (result.json's ``"stored"``)."""
     step = heatmap_step(heatmap) if compact else None
     if step is None:
-        write_volume(heatmap.volume, path, compress=compress)
-        return {"dtype": str(np.asarray(heatmap.volume.array).dtype), "max_error": 0.0}
+        volume = heatmap.volume
+        if volume.array.dtype == np.float16:  # held compactly in memory (organ maps); NRRD has no half floats
+            volume = volume.with_array(volume.array.astype(np.float32))
+        write_volume(volume, path, compress=compress)
+        return {"dtype": str(np.asarray(volume.array).dtype), "max_error": 0.0}
     lo = float(heatmap.value_range[0])
     codes = heatmap_codes(heatmap.volume.array, lo, step)
     stored = {"step": step, "max_error": step / 2}

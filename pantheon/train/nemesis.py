@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..defaults import PROBE_EPOCHS, PROBE_HOLDOUT_FRACTION, PROBE_PRESENCE_MIN_VOXELS
 from ..errors import InputError
 from ..io.volume import Volume
 from ..models.nemesis import NemesisMAE, OrganProbe, save_nemesis
@@ -146,7 +147,7 @@ def pretrain(volumes: Sequence[Volume], out_dir, cfg: PretrainConfig = PretrainC
 
 
 # ============================================================================ organ probe
-def probe_targets(label_tile: np.ndarray, min_voxels: int = 100) -> np.ndarray:
+def probe_targets(label_tile: np.ndarray, min_voxels: int = PROBE_PRESENCE_MIN_VOXELS) -> np.ndarray:
     """8 binary labels for one superpatch: organ present when it covers more than ``min_voxels`` voxels."""
     counts = np.bincount(label_tile.reshape(-1).astype(np.int64), minlength=16)
     return np.array([counts[idx] > min_voxels if idx < len(counts) else False for _, idx, *_ in BTCV_ORGANS],
@@ -154,8 +155,8 @@ def probe_targets(label_tile: np.ndarray, min_voxels: int = 100) -> np.ndarray:
 
 
 def extract_probe_samples(pairs: Iterable[Tuple[Volume, Volume]], engine: NemesisEngine, stride=None,
-                          min_voxels: int = 100, window=HU_WINDOW, orientation=DEFAULT_ORIENTATION,
-                          progress=None, cancel=None):
+                          min_voxels: int = PROBE_PRESENCE_MIN_VOXELS, window=HU_WINDOW,
+                          orientation=DEFAULT_ORIENTATION, progress=None, cancel=None):
     """Mean encoder token and organ targets of every superpatch tile: (X (n, E), Y (n, 8), case index (n,))."""
     rep = Reporter(progress, cancel)
     pairs = list(pairs)
@@ -180,7 +181,7 @@ def extract_probe_samples(pairs: Iterable[Tuple[Volume, Volume]], engine: Nemesi
     return np.asarray(X, np.float32), np.asarray(Y, np.float32), np.asarray(case)
 
 
-def fit_probe(X: np.ndarray, Y: np.ndarray, epochs: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4,
+def fit_probe(X: np.ndarray, Y: np.ndarray, epochs: int = PROBE_EPOCHS, lr: float = 1e-2, weight_decay: float = 1e-4,
               seed: int = 0) -> OrganProbe:
     """Full-batch AdamW on pooled features with BCE-with-logits (features are few and small)."""
     torch.manual_seed(seed)
@@ -213,7 +214,8 @@ def per_organ_auroc(probe: OrganProbe, X: np.ndarray, Y: np.ndarray) -> dict:
 
 
 def train_probe(pairs: Sequence[Tuple[Volume, Volume]], engine: NemesisEngine, out_path=None,
-                holdout_fraction: float = 0.25, stride=None, min_voxels: int = 100, epochs: int = 300,
+                holdout_fraction: float = PROBE_HOLDOUT_FRACTION, stride=None,
+                min_voxels: int = PROBE_PRESENCE_MIN_VOXELS, epochs: int = PROBE_EPOCHS,
                 seed: int = 0, window=HU_WINDOW, orientation=DEFAULT_ORIENTATION, progress=None, cancel=None):
     """Fit the organ probe on (image, BTCV label map) pairs with the encoder frozen.
 

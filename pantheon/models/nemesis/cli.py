@@ -185,6 +185,22 @@ def cmd_reconstruct(args, progress):
         vol, eng, lps, ratio, args.noise, args.seed, progress=rep), point=True)
 
 
+def cmd_strokes(args, progress):
+    from ...io import read_volume
+    from ...pipelines import nemesis as nem
+    from ...progress import run_and_write
+    from .strokes import check_strokes, segment_from_strokes
+    run, write = run_and_write(progress)
+    vol = read_input(args.input, args)
+    strokes = read_volume(args.strokes, max_pixels=args.max_pixels)
+    check_strokes(vol, strokes)  # a wrong stroke map costs no model load
+    engine = _engine(args)
+    fg = nem.features(vol, engine, _stride(args), args.cache_dir, progress=run.sub(0, 0.8))
+    result = segment_from_strokes(vol, engine, strokes, feature_grid=fg, progress=run.sub(0.8, 1.0))
+    files = write_outputs(args, result, write, source=vol)
+    return {"files": files, "scalars": result.scalars}
+
+
 def _pairs_from(args):
     """(image, label) volumes from --data (images/ + labels/ with matching names, or a CSV) or phantoms."""
     if args.phantoms:
@@ -355,6 +371,10 @@ def add_commands(sub) -> None:
     p.add_argument("--organs", nargs="+", metavar="ORGAN", help="only these organs (e.g. liver spleen 'left kidney')")
     map_command("pca", "first three principal components of the token features (RGB volume)", cmd_pca)
     map_command("similar", "cosine similarity of every token to the token at a point", cmd_similar, point=True)
+    p = map_command("strokes", "segment one structure from paint strokes (label map: 1 inside, 2 around)",
+                    cmd_strokes)
+    p.add_argument("--strokes", required=True, metavar="LABELMAP",
+                   help="stroke label map on the input's grid: 1 = foreground, 2 = background, 0 = unlabelled")
 
     p = act.add_parser("reconstruct", help="masked reconstruction of the superpatch centred on a point")
     _add_io_args(p)
