@@ -30,7 +30,10 @@ from pantheon.plugins import plugins  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # One Slicer module per model plug-in (pantheon/models/<model>/plugin.py), and the paper its help cites.
-MODULES = tuple(p.slicer_module for p in plugins() if p.slicer_module)
+MODEL_MODULES = tuple(p.slicer_module for p in plugins() if p.slicer_module)
+# Modules that are tools, not models (no plug-in declares them, no paper): reviewing a batch's pseudo-labels.
+TOOL_MODULES = ("PantheonReview",)
+MODULES = MODEL_MODULES + TOOL_MODULES
 PAPER_IDS = {p.slicer_module: re.search(r"\d{4}\.\d{4,5}", p.paper).group(0) for p in plugins() if p.slicer_module}
 EXTENSION_VARS = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
                   "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
@@ -245,8 +248,8 @@ def module_folders(root: Path = REPO) -> set[str]:
 
 def test_root_cmake_adds_every_module_folder(root_cmds):
     """The root adds module folders by a glob (a new model edits nothing there); the folders it
-    finds are exactly the plug-ins' Slicer modules. The extension build (test_extension_build.py)
-    runs the glob in CMake itself."""
+    finds are exactly the plug-ins' Slicer modules and the tool modules. The extension build
+    (test_extension_build.py) runs the glob in CMake itself."""
     globs = [c for c in find(root_cmds, "file") if c.args and c.args[0] == "GLOB"]
     assert any(a.endswith("/*/CMakeLists.txt") for c in globs for a in c.args), "no glob over module folders"
     loops = find(root_cmds, "foreach")
@@ -255,7 +258,7 @@ def test_root_cmake_adds_every_module_folder(root_cmds):
     assert subdirs == ["${module_name}"], f"modules must not be listed by hand: {subdirs}"
     conditions = [c.conditions for c in find(root_cmds, "add_subdirectory")][0]
     assert any("${module_name}.py" in cond for cond in conditions)
-    assert module_folders() == set(MODULES), "module folders and the plug-ins' Slicer modules differ"
+    assert module_folders() == set(MODULES), "module folders and the plug-ins' and tool Slicer modules differ"
     for stray in ("Testing", "docs", "Resources", "pantheon", "ExtensionsIndex"):
         assert stray not in module_folders()
 
@@ -444,7 +447,8 @@ def test_module_metadata(module):
         assert attr in attrs, f"{module}: self.parent.{attr} is not set"
     assert ast.literal_eval(attrs["categories"]) == ["Pantheon"]
     assert _strings(attrs["title"]).strip()
-    assert PAPER_IDS[module] in _strings(attrs["helpText"]), f"{module}: help text must cite the paper"
+    if module in PAPER_IDS:  # a model module; tool modules have no paper
+        assert PAPER_IDS[module] in _strings(attrs["helpText"]), f"{module}: help text must cite the paper"
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -621,7 +625,7 @@ def test_module_runs_against_slicer_stubs(module):
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["title"].strip()
     assert report["categories"] == ["Pantheon"]
-    assert PAPER_IDS[module] in report["helpText"]
+    assert PAPER_IDS[module] in report["helpText"] if module in PAPER_IDS else report["helpText"].strip()
     assert report["logicModuleName"] == module
     assert report["sceneCleared"], "the self-test's setUp clears the scene"
     assert report["heavyLoaded"] == []

@@ -128,6 +128,28 @@ def test_debouncer():
     assert not d.pending
 
 
+def test_stroke_map_and_default_segments():
+    fg, bg = np.zeros((2, 3, 4), bool), np.zeros((2, 3, 4), bool)
+    fg[0, :, :2] = True
+    bg[0, :, 1:3] = True  # column 1 is painted as both: unlabelled
+    strokes = lib.stroke_label_map(fg, bg, "liver", "outside")
+    assert strokes.dtype == np.uint8 and strokes[0, 0].tolist() == [1, 0, 2, 0] and not strokes[1].any()
+    with pytest.raises(lib.StrokesProblem, match=r"^The background segment 'outside' is empty; .*Editor\.$"):
+        lib.stroke_label_map(fg, np.zeros_like(bg), "liver", "outside")
+    with pytest.raises(ValueError, match="also in the 'outside' segment .*unlabelled"):
+        lib.stroke_label_map(fg & bg, bg, "liver", "outside")
+    # a segment named like background is the background, another one the foreground
+    assert lib.default_stroke_segments([("s1", "Background"), ("s2", "liver")]) == ("s2", "s1")
+    assert lib.default_stroke_segments([("s1", "Segment_1"), ("s2", "Segment_2")]) == ("s1", "s2")
+    assert lib.default_stroke_segments([("s1", "liver")]) == ("s1", "")
+    # choices that still exist are kept; a background equal to the foreground is not
+    assert lib.default_stroke_segments([("a", "x"), ("b", "bg"), ("c", "y")], "c", "a") == ("c", "a")
+    assert lib.default_stroke_segments([("a", "x"), ("b", "bg")], "a", "a") == ("a", "b")
+    assert lib.default_stroke_segments([("a", "x")], "gone", "gone") == ("a", "")
+    assert lib.build_params("strokes", stride=8, probability=False)["probability"] is False
+    assert lib.ACTIONS["strokes"] == "nemesis.strokes"
+
+
 def FakeJob(events, state="done", result=None, error=None):
     return ScriptedJob(state, result, error, events=events)
 
@@ -428,9 +450,9 @@ def test_train_probe_from_segmentations(nem, logic, scene, tmp_path):
     import slicer
     import vtk
 
-    from pantheon.slicerbridge.scene import _ensure_converters
+    from pantheon.slicerbridge.scene import ensure_converters
     from pantheon.synth import BTCV_LABELS
-    _ensure_converters()  # slicer-core does not register the segmentation converters (the app does)
+    ensure_converters()  # slicer-core does not register the segmentation converters (the app does)
     names = BTCV_LABELS if isinstance(BTCV_LABELS, dict) else dict(enumerate(BTCV_LABELS))
     pairs = []
     for seed in (2, 3):

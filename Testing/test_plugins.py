@@ -48,7 +48,8 @@ def test_every_declared_part_imports_and_has_the_right_shape():
     from pantheon.batch.pipelines import pipeline_names
     assert pipeline_names() == ["mathena-analyze", "nemesis-organs", "nemesis-pca", "neonet-predict"]
     assert sorted(worker_tasks()) == ["mathena.analyze", "nemesis.features", "nemesis.organs", "nemesis.pca",
-                                      "nemesis.reconstruct", "nemesis.similarity", "nemesis.train_probe",
+                                      "nemesis.reconstruct", "nemesis.similarity", "nemesis.strokes",
+                                      "nemesis.train_probe",
                                       "pni.predict", "pni.synthesize"]
 
 

@@ -193,8 +193,8 @@ def _segmentation(lab, scene, keep=((1, "liver"), (2, "tumour"))):
     import slicer
     import vtk
 
-    from pantheon.slicerbridge.scene import _ensure_converters
-    _ensure_converters()  # the Segmentations module does this in Slicer
+    from pantheon.slicerbridge.scene import ensure_converters
+    ensure_converters()  # the Segmentations module does this in Slicer
     arr, m = lab.to_slicer()
     values = [v for v, _ in keep]
     remap = np.zeros(arr.shape, np.uint8)

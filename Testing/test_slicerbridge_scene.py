@@ -323,6 +323,32 @@ def test_export_segmentation_maps_btcv_and_refuses_unknown(scene, tmp_path):
     np.testing.assert_array_equal(out2.array, expected)  # spleen lost its code and is not named: left out
 
 
+def test_segment_masks_and_import_segment_replace_in_place(scene, tmp_path):
+    """One segment put into a segmentation of the user's, on the input's oblique grid, replaced (same
+    ID) by a later call with the same key; its other segments stay; masks read back exactly."""
+    node, geom = _add_input(scene, seed=11)
+    snap = _snapshot(node)
+    mask = np.random.default_rng(0).random(geom.shape) > 0.6
+    target = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    target.GetSegmentation().AddEmptySegment("kept", "kept")  # an empty segment reads back as all False
+    sid = sb.import_segment(geom.with_array(mask.astype(np.uint8)), target, node, "Result", (1, 0, 0), key="k")
+    n = scene.GetNumberOfNodes()  # the segmentation's display node, no helper left behind
+    kji = geom.with_array(mask.astype(np.uint8)).to_slicer()[0] > 0
+    masks = sb.segment_masks(target, node, [sid, "kept"])
+    np.testing.assert_array_equal(masks[sid], kji)
+    assert not masks["kept"].any() and scene.GetNumberOfNodes() == n
+    again = sb.import_segment(geom.with_array((~mask).astype(np.uint8)), target, node, "Result", key="k")
+    assert again == sid and target.GetSegmentation().GetNumberOfSegments() == 2
+    np.testing.assert_array_equal(sb.segment_masks(target, node, [sid])[sid], ~kji)
+    other = sb.import_segment(geom.with_array(mask.astype(np.uint8)), target, node, "Result", key="other")
+    assert other != sid and target.GetSegmentation().GetNumberOfSegments() == 3 and scene.GetNumberOfNodes() == n
+    path = sb.write_label_array(masks[sid].astype(np.uint8), node, tmp_path / "mask.nrrd")
+    np.testing.assert_allclose(read_volume(path).index_to_ras(), _matrix(node), atol=1e-9)
+    with pytest.raises(InputError, match="has no segment 'nope'"):
+        sb.segment_masks(target, node, ["nope"])
+    _assert_unchanged(node, snap)
+
+
 def test_show_result_without_app(scene, tmp_path):
     node, _ = _add_input(scene)
     geom = sb.volume_from_node(node)

@@ -78,6 +78,39 @@ def test_stroke_voxels_keep_their_labels_and_warm_update_matches(engine, phantom
     np.testing.assert_array_equal(warm.labels["segmentation"].volume.array, cold.labels["segmentation"].volume.array)
 
 
+def test_refining_only_the_possible_tokens_loses_nothing(engine, phantom, monkeypatch):
+    """The voxel pass runs only in the tokens :func:`possible_tokens` keeps (a bound); refining every
+    token of the volume instead must give the same segmentation voxel for voxel, and the same
+    probabilities wherever the bound computed them."""
+    ct, lab, fg = phantom
+    for organ_name, seed in (("liver", 2), ("aorta", 4)):
+        organ = lab.array == VALUE[organ_name]
+        s = S.simulate_strokes(organ, 2, seed=seed, body=ct.array > -500)
+        fast = S.segment_from_strokes(ct, engine, ct.with_array(s), feature_grid=fg)
+        with monkeypatch.context() as m:
+            m.setattr(S, "possible_tokens", lambda logit, *a: np.ones(logit.shape, bool))
+            whole = S.segment_from_strokes(ct, engine, ct.with_array(s), feature_grid=fg)
+        got, want = (r.labels["segmentation"].volume.array for r in (fast, whole))
+        assert want.any() and not want.all()
+        np.testing.assert_array_equal(got, want)
+        p_fast, p_whole = (r.heatmaps["stroke_probability"].volume.array for r in (fast, whole))
+        computed = p_fast > 0
+        assert computed.mean() < 0.9  # the bound left work out
+        np.testing.assert_array_equal(p_fast[computed], p_whole[computed])
+        assert p_whole[~computed].max() <= 0.5
+
+
+def test_intensity_model_range_maximum_matches_brute_force():
+    rng = np.random.default_rng(0)
+    model = S.IntensityModel(rng.normal(60, 15, 500).astype(np.float32), rng.normal(-100, 80, 2000).astype(np.float32))
+    lo = rng.uniform(-1200, 1500, 300).astype(np.float32)
+    hi = lo + rng.uniform(0, 400, 300).astype(np.float32)
+    got = model.max_between(lo, hi)
+    want = [model.table[model.bins(a):model.bins(b) + 1].max() for a, b in zip(lo, hi)]
+    np.testing.assert_array_equal(got, want)
+    assert model(np.float32(60)) > 2 and model(np.float32(-100)) < -2  # foreground / background values
+
+
 def test_oblique_and_permuted_inputs_give_the_same_voxels(engine):
     ct, lab = make_abdomen_phantom(3, shape=(32, 64, 64), orientation="random", oblique=True)
     assert not np.allclose(np.abs(ct.direction), np.eye(3), atol=1e-3)  # really oblique

@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "warning when some cases failed, 2 when all did)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch, interrupt_note=None)
+    from .batch.review_cli import add_review_commands
+    add_review_commands(sub)
+    from .synth.cli import add_commands as add_phantom_commands
+    add_phantom_commands(sub)
     return parser
 
 

@@ -32,6 +32,8 @@ KEY_SCALARS = {
     "psnr_db": ("PSNR", "{:.1f} dB"),
     "ssim": ("SSIM", "{:.3f}"),
     "n_teeth": ("teeth", "{:.0f}"),
+    "best_similarity": ("best match: cosine similarity", "{:.2f}"),
+    "segmented_volume_ml": ("segmented", "{:.1f} ml"),
 }
 
 
@@ -93,7 +95,7 @@ def display_window(volume: Volume) -> Tuple[Tuple[float, float], str]:
 
 def _centre(source: Volume, result: Result) -> Tuple[Optional[np.ndarray], str]:
     """Where the slices go, and why (the point, the labelled structure, the strongest map, the middle)."""
-    point = result.notes.get("point_lps")
+    point = result.notes.get("mark_lps") or result.notes.get("point_lps")  # mark_lps: a point that is not the input's
     if point:
         try:
             return np.asarray(json.loads(point) if isinstance(point, str) else point, float).reshape(3), "point"
@@ -209,7 +211,7 @@ def build_preview(source: Volume, result: Result, max_maps: int = 8, window: Opt
     if labels:
         caption.append("outlined: " + ", ".join(s.name for _n, _v, segs in labels for s in segs))
     if centre_from == "point":
-        caption.append("cross: the chosen point")
+        caption.append("cross: " + str(result.notes.get("point_caption") or "the chosen point"))
     fig.text(0.05, 0.015, textwrap.fill("; ".join(caption), width_chars), fontsize=8, va="bottom")
     fig.suptitle(title, fontsize=11, y=0.995, va="top")
     info = {"window": tuple(float(v) for v in win), "window_kind": win_kind, "centre": centre,

@@ -42,6 +42,8 @@ __all__ = [
     "install_plan", "Debouncer", "NemesisTask", "private_temp_dir", "remove_tree",
     "PHANTOM_SCRIPT", "make_phantom_files", "TaskError", "metrics_text", "environment_text",
     "probe_path_from_result", "ThreadTask",
+    "STROKE_FOREGROUND", "STROKE_BACKGROUND", "StrokesProblem", "stroke_label_map", "default_stroke_segments",
+    "strokes_text", "SimilarityProblem", "point_outside_text", "best_match_text",
 ]
 
 # ------------------------------------------------------------------------------------ choices
@@ -53,6 +55,7 @@ ACTIONS: Dict[str, str] = {
     "similarity": "nemesis.similarity",
     "reconstruct": "nemesis.reconstruct",
     "train_probe": "nemesis.train_probe",
+    "strokes": "nemesis.strokes",
 }
 
 MIN_PROBE_CASES = 2  # one case is held out to measure the probe
@@ -141,7 +144,7 @@ def build_params(action: str, *, weights: Optional[Dict[str, object]] = None, de
     params["device"] = device
     if action != "train_probe":
         params["precision"] = precision
-    if stride and action in ("features", "organs", "pca", "similarity"):
+    if stride and action in ("features", "organs", "pca", "similarity", "strokes"):
         params["stride"] = int(stride)
     if action == "organs":
         chosen = list(organs) if organs else list(ORGAN_NAMES)
@@ -164,6 +167,95 @@ def build_params(action: str, *, weights: Optional[Dict[str, object]] = None, de
         params.update(mask_ratio=[plane, axis], noise_std=float(noise_std), seed=int(seed))
     params.update({k: v for k, v in extra.items() if v is not None})
     return params
+
+
+# ------------------------------------------------------------------------------------ strokes
+# Values of the stroke map the worker reads (pantheon.models.nemesis.strokes, which imports torch-side
+# code and is not imported here).
+STROKE_FOREGROUND, STROKE_BACKGROUND = 1, 2
+_BACKGROUND_WORDS = ("background", "outside", "around", "bg", "not ")
+
+
+class StrokesProblem(ValueError):
+    """What the annotator has to paint or choose before strokes can be segmented (one sentence)."""
+
+
+def stroke_label_map(foreground, background, foreground_name: str = "foreground",
+                     background_name: str = "background"):
+    """The stroke map from two masks on the CT's grid: 1 foreground, 2 background, 0 elsewhere and
+    where the two overlap (a voxel painted as both says nothing). :class:`StrokesProblem`, in one
+    sentence, when no foreground or no background voxel is left."""
+    import numpy as np
+    fg, bg = np.asarray(foreground, bool), np.asarray(background, bool)
+    both = fg & bg
+    out = np.zeros(fg.shape, np.uint8)
+    out[fg & ~both] = STROKE_FOREGROUND
+    out[bg & ~both] = STROKE_BACKGROUND
+    for value, mask, name, other, kind, where in (
+            (STROKE_FOREGROUND, fg, foreground_name, background_name, "foreground", "inside the structure"),
+            (STROKE_BACKGROUND, bg, background_name, foreground_name, "background", "around the structure")):
+        if not (out == value).any():
+            if mask.any():
+                raise StrokesProblem(f"Every voxel of the {name!r} segment is also in the {other!r} segment (voxels in "
+                                 f"both count as unlabelled); paint {kind} strokes where the other segment is not.")
+            raise StrokesProblem(f"The {kind} segment {name!r} is empty; paint at least one stroke {where} with the "
+                             "Segment Editor.")
+    return out
+
+
+def default_stroke_segments(segments: Sequence, foreground: str = "", background: str = ""):
+    """(foreground ID, background ID) to offer for a stroke segmentation's ``segments`` [(ID, name)]:
+    the current choices while they exist, else a segment named like background (background,
+    outside, around, bg) for the background and another for the foreground; "" when there is none."""
+    ids = [sid for sid, _ in segments]
+    named_bg = [sid for sid, name in segments if any(w in f"{name} ".lower() for w in _BACKGROUND_WORDS)]
+    fg = foreground if foreground in ids else ""
+    bg = background if background in ids and background != fg else ""
+    if not bg:
+        bg = next((sid for sid in named_bg if sid != fg), "")
+    if not fg:
+        fg = next((sid for sid in ids if sid != bg and sid not in named_bg), "")
+        fg = fg or next((sid for sid in ids if sid != bg), "")
+    if not bg:
+        bg = next((sid for sid in ids if sid != fg), "")
+    return fg, bg
+
+
+def strokes_text(scalars: dict, output_name: str = "") -> str:
+    """One log line for a stroke segmentation: its volume and where it went."""
+    where = f" in {output_name}" if output_name else ""
+    if "segmented_volume_ml" not in (scalars or {}):
+        return f"Segmented from strokes{where}."
+    return (f"Segmented from strokes{where}: {float(scalars['segmented_volume_ml']):.1f} ml "
+            f"({int(scalars.get('segmented_voxels', 0))} voxels).")
+
+
+# ------------------------------------------------------------------------------------ similarity
+class SimilarityProblem(ValueError):
+    """Why a similarity cannot run for the point as it is (one sentence for the status line)."""
+
+
+def point_outside_text(point_lps, ras_to_ijk, dims, name: str = "the CT") -> Optional[str]:
+    """The sentence to show when ``point_lps`` (LPS mm, in the volume's own frame) lies outside a
+    volume of ``dims`` voxels (I, J, K) whose RAS-to-IJK matrix is ``ras_to_ijk`` (4x4 rows);
+    None when it is inside (within half a voxel of the edge centres, as the worker tests it)."""
+    ras = lps_to_ras(point_lps) + [1.0]
+    ijk = [sum(float(row[c]) * ras[c] for c in range(4)) for row in list(ras_to_ijk)[:3]]
+    if all(-0.5 <= v <= int(n) - 0.5 for v, n in zip(ijk, dims)):
+        return None
+    where = ", ".join(f"{v:.1f}" for v in ras[:3])
+    return f"The point (RAS {where} mm) lies outside {name}; place it inside that image."
+
+
+def best_match_text(scalars: dict, best_match_ras, target_name: str = "") -> str:
+    """The status line for a similarity over another CT: where its best match is (RAS mm) and how similar."""
+    where = f" in {target_name}" if target_name else ""
+    if best_match_ras is None:
+        return f"Similarity mapped{where}."
+    ras = ", ".join(f"{float(v):.1f}" for v in best_match_ras)
+    score = scalars.get("best_similarity") if scalars else None
+    similar = f", similarity {float(score):.2f}" if isinstance(score, (int, float)) else ""
+    return f"Best match{where}: RAS ({ras}) mm{similar}."
 
 
 # ------------------------------------------------------------------------------------ phantom

@@ -4,8 +4,8 @@
 
 Writes the extension icon Resources/Icons/Pantheon.png and one icon per module,
 <Module>/Resources/Icons/<Module>.png (Slicer picks that file up as the module icon).
-Each module has its own colour so the three modules are easy to tell apart in the
-module selector. The drawings are simple shapes, so the output is deterministic.
+Each module has its own colour so the modules are easy to tell apart in the module
+selector. The drawings are simple shapes, so the output is deterministic.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ MODULE_COLOURS = {
     "NemesisSlicer": (33, 102, 172),  # blue: CT
     "ToothAnalysis": (0, 150, 136),  # teal: dental X-ray
     "PNIPredict": (142, 68, 173),  # purple: MRI
+}
+# Tool modules (no model of their own): not in the extension icon's columns.
+TOOL_COLOURS = {
+    "PantheonReview": (211, 84, 0),  # orange: reviewing a batch's pseudo-labels
 }
 WHITE = (255, 255, 255, 255)
 
@@ -64,6 +68,21 @@ def _nerve(draw: ImageDraw.ImageDraw) -> None:
         draw.ellipse((cx - 7, cy - 7, cx + 7, cy + 7), fill=WHITE)
 
 
+def _review(draw: ImageDraw.ImageDraw) -> None:
+    # A review sheet: two cases ticked, one crossed out.
+    draw.rounded_rectangle((28, 20, 100, 110), radius=10, fill=WHITE)
+    draw.rounded_rectangle((48, 13, 80, 27), radius=5, fill=(120, 50, 0, 255))  # the clip
+    ink, tick, cross = (90, 90, 90, 255), (39, 174, 96, 255), (192, 57, 43, 255)
+    for row, mark in enumerate(("tick", "cross", "tick")):
+        y = 44 + 24 * row
+        if mark == "tick":
+            draw.line([(36, y), (43, y + 7), (56, y - 8)], fill=tick, width=6, joint="curve")
+        else:
+            draw.line([(37, y - 7), (53, y + 7)], fill=cross, width=6)
+            draw.line([(37, y + 7), (53, y - 7)], fill=cross, width=6)
+        draw.line([(62, y), (90, y)], fill=ink, width=5)
+
+
 def _pantheon(draw: ImageDraw.ImageDraw) -> None:
     # The extension icon: a temple (pediment, columns, base) in the three module colours.
     draw.polygon([(16, 42), (64, 14), (112, 42)], fill=WHITE)
@@ -77,8 +96,8 @@ def _pantheon(draw: ImageDraw.ImageDraw) -> None:
 
 
 def make_module_icon(name: str) -> Image.Image:
-    img, draw = _canvas(MODULE_COLOURS[name])
-    {"NemesisSlicer": _nemesis, "ToothAnalysis": _tooth, "PNIPredict": _nerve}[name](draw)
+    img, draw = _canvas({**MODULE_COLOURS, **TOOL_COLOURS}[name])
+    {"NemesisSlicer": _nemesis, "ToothAnalysis": _tooth, "PNIPredict": _nerve, "PantheonReview": _review}[name](draw)
     return img
 
 
@@ -93,7 +112,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     make_extension_icon().save(out, optimize=True)
     print(out)
-    for name in MODULE_COLOURS:
+    for name in [*MODULE_COLOURS, *TOOL_COLOURS]:
         out = ROOT / name / "Resources" / "Icons" / f"{name}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         make_module_icon(name).save(out, optimize=True)

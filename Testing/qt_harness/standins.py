@@ -512,7 +512,14 @@ class qMRMLSegmentSelectorWidget(qMRMLWidget):  # noqa: N801
 
     noneEnabled = Property(bool, lambda self: self._h_nodes.noneEnabled, _set_none)
     editEnabled = _stored("editEnabled", bool, False)
-    segmentationNodeSelectorVisible = _stored("segmentationNodeSelectorVisible", bool, True)
+
+    def _set_node_selector_visible(self, value):  # l.476-480: hides the node combo box only
+        self._h_store["segmentationNodeSelectorVisible"] = bool(value)
+        self.layout().setRowVisible(self._h_nodes, bool(value))
+
+    segmentationNodeSelectorVisible = Property(bool, lambda self: self._h_store.get("segmentationNodeSelectorVisible",
+                                                                                   True),
+                                               _set_node_selector_visible)
     multiSelection = _stored("multiSelection", bool, False)
     horizontalLayout = _stored("horizontalLayout", bool, False)
     selectNodeUponCreation = _stored("selectNodeUponCreation", bool, True)

@@ -73,21 +73,40 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _reviewed(cases: List[dict]) -> bool:
+    return any(c.get("review") for c in cases)
+
+
+def _review_cells(c: dict) -> List[str]:
+    """review (decision, or 'unreviewed' for a done case), rating, comment, corrected files."""
+    r = c.get("review") or {}
+    decision = r.get("decision") or ("unreviewed" if c.get("state") == "done" else "")
+    return [decision, _fmt(r.get("rating")), r.get("comment") or "", " ".join(r.get("corrected") or [])]
+
+
+REVIEW_COLUMNS = ["review", "rating", "review_comment", "corrected"]
+
+
 def write_summary_csv(out_dir, cases: List[dict]) -> Path:
+    """One row per case; once any case is reviewed, the review columns come last."""
     cols = finding_columns(cases)
+    review = _reviewed(cases)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["case_id", "state", "seconds", "pipeline_seconds", "attempts", *cols, "error", "input"])
+    w.writerow(["case_id", "state", "seconds", "pipeline_seconds", "attempts", *cols, "error", "input"]
+               + (REVIEW_COLUMNS if review else []))
     for c in cases:
         f = c.get("findings") or {}
         w.writerow([c["case_id"], c["state"], _fmt(c.get("seconds")), _fmt(c.get("pipeline_seconds")),
-                    c.get("attempts", 0), *[_fmt(f.get(k)) for k in cols], c.get("error") or "", c["input"]])
+                    c.get("attempts", 0), *[_fmt(f.get(k)) for k in cols], c.get("error") or "", c["input"]]
+                   + (_review_cells(c) if review else []))
     return atomic_write_text(Path(out_dir) / "summary.csv", buf.getvalue())
 
 
 def write_index_html(out_dir, cases: List[dict], pipeline: str, counts: dict) -> Path:
     out_dir = Path(out_dir)
     cols = finding_columns(cases)
+    review = _reviewed(cases)
     e = html.escape
     rows = []
     for c in cases:
@@ -98,13 +117,24 @@ def write_index_html(out_dir, cases: List[dict], pipeline: str, counts: dict) ->
         f = c.get("findings") or {}
         links = " ".join(f'<a href="{e(cid)}/{e(o)}">{e(o)}</a>'
                          for o in c.get("outputs") or [] if o != "thumbnail.png")
+        links += "".join(f' <a href="{e(p)}">{e(p.split("/")[-1])}</a>'
+                         for p in (c.get("review") or {}).get("corrected") or [])
         rows.append(f'<tr class="{e(c["state"])}"><td>{pic}</td><td>{e(cid)}</td><td>{e(c["state"])}</td>'
                     f'<td>{e(_fmt(c.get("seconds")))}</td>'
                     + "".join(f"<td>{e(_fmt(f.get(k)))}</td>" for k in cols)
                     + f'<td>{e(c.get("error") or "")}</td>'
-                    f'<td><a href="{e(c.get("log") or "")}">log</a> {links}</td></tr>')
-    head = "".join(f"<th>{e(k)}</th>" for k in ["preview", "case", "state", "seconds", *cols, "error", "files"])
+                    + ("".join(f"<td>{e(v)}</td>" for v in _review_cells(c)[:3]) if review else "")
+                    + f'<td><a href="{e(c.get("log") or "")}">log</a> {links}</td></tr>')
+    head = "".join(f"<th>{e(k)}</th>" for k in ["preview", "case", "state", "seconds", *cols, "error"]
+                   + (["review", "rating", "comment"] if review else []) + ["files"])
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if review:
+        done = [c for c in cases if c.get("state") == "done"]
+        tally: dict = {}
+        for c in done:
+            d = _review_cells(c)[0]
+            tally[d] = tally.get(d, 0) + 1
+        summary += "; review: " + ", ".join(f"{n} {d}" for d, n in sorted(tally.items()))
     doc = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Pantheon batch: {e(pipeline)}</title>
 <style>body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px;

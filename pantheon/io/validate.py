@@ -292,7 +292,10 @@ def check_label_map(volume, what: str = "label map"):
     flat = ints.reshape(-1)
     counts = np.zeros(int(hi) + 1, np.int64)
     for start in range(0, flat.size, 1 << 24):  # chunks: bincount's int64 copy stays small
-        counts += np.bincount(flat[start:start + (1 << 24)], minlength=counts.size)
+        chunk = flat[start:start + (1 << 24)]
+        labelled = chunk[chunk != 0]  # most of a label map is 0: count only the rest
+        counts += np.bincount(labelled, minlength=counts.size)
+        counts[0] += chunk.size - labelled.size
     present = {int(v): int(c) for v, c in enumerate(counts) if c}
     labels = [v for v in present if v != 0]
     if len(labels) > MAX_LABELS:

@@ -309,7 +309,7 @@ def features(volume: Volume, engine: NemesisEngine, stride=None, cache_dir=None,
     return compute_features(prepared, engine, stride, cache_dir, progress, cancel)
 
 
-def _nearest_token(fg: FeatureGrid, point_lps) -> Tuple[int, int, int]:
+def nearest_token(fg: FeatureGrid, point_lps) -> Tuple[int, int, int]:
     d = np.linalg.norm(fg.centres_lps - np.asarray(point_lps, dtype=np.float64), axis=-1)
     return tuple(int(i) for i in np.unravel_index(np.argmin(d), d.shape))
 
@@ -326,7 +326,7 @@ def similarity(volume: Volume, engine: NemesisEngine, point_lps, stride=None, ca
         raise InputError(f"The point {fmt_point(point)} (LPS mm; RAS {fmt_point(point * [-1, -1, 1])}) lies "
                          "outside the image.")
     fg = feature_grid or compute_features(prepared, engine, stride, cache_dir, rep.sub(0, 0.9), cancel)
-    ref = fg.tokens[_nearest_token(fg, point)]
+    ref = fg.tokens[nearest_token(fg, point)]
     norms = np.linalg.norm(fg.tokens, axis=-1) * np.linalg.norm(ref) + 1e-8
     sim = (fg.tokens @ ref) / norms
     rep(0.95, "Mapping similarity onto the image")

@@ -4,7 +4,7 @@ Works both in the Slicer application and in plain Python with PyPI ``slicer-core
 segmentations/colors/terminologies logic classes and ``slicer.util``, but no ``slicer.app`` and no
 ``slicer.modules``). What slicer-core lacks is filled in here, only when it is missing:
 
-- segmentation converter rules are not registered -> registered once (:func:`_ensure_converters`);
+- segmentation converter rules are not registered -> registered once (:func:`ensure_converters`);
 - ``slicer.modules.segmentations.logic()`` -> the static ``vtkSlicerSegmentationsModuleLogic`` methods;
 - default colour nodes (Grey, Labels ...) are not in a new scene -> ``vtkMRMLColorLogic`` adds them;
 - file-based colour tables (Inferno, Viridis, Magma, Plasma) are absent -> built from matplotlib's
@@ -109,7 +109,7 @@ def _seg_logic():
     return slicer.vtkSlicerSegmentationsModuleLogic
 
 
-def _ensure_converters():
+def ensure_converters():
     """Register the segmentation conversion rules (done by the Segmentations module in Slicer)."""
     slicer = _slicer()
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
@@ -233,6 +233,70 @@ def _set_segment_terminology(segment, entry: str):
         segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
 
 
+def _check_segmentation_node(segmentation_node):
+    if segmentation_node is None or not segmentation_node.IsA("vtkMRMLSegmentationNode"):
+        raise InputError(f"expected a segmentation node, got {segmentation_node!r}")
+
+
+def iter_segment_masks(segmentation_node, reference_volume_node, segment_ids):
+    """``(segment ID, mask)`` for each of ``segment_ids``, one at a time (a CT-sized bool array each):
+    the segment's voxels on the reference volume's voxel grid, in Slicer's (K, J, I) array order.
+    An empty segment gives an all-False mask. Nothing in the scene is changed (a temporary label map
+    node is added and removed)."""
+    slicer = _slicer()
+    _check_segmentation_node(segmentation_node)
+    check_volume_node(reference_volume_node, "reference volume")
+    segmentation = segmentation_node.GetSegmentation()
+    for sid in segment_ids:
+        if segmentation.GetSegment(sid) is None:
+            raise InputError(f"The segmentation {segmentation_node.GetName()!r} has no segment {sid!r}.")
+    ensure_converters()
+    shape = tuple(reversed(reference_volume_node.GetImageData().GetDimensions()))
+    ref_matrix = _matrix(reference_volume_node)
+    scene = scene_of(reference_volume_node)
+    import vtk
+    before = {n.GetID() for n in _all_nodes(scene)}
+    tmp = slicer.vtkMRMLLabelMapVolumeNode()
+    tmp.SetHideFromEditors(True)
+    scene.AddNode(tmp)
+    try:
+        for sid in segment_ids:
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(sid)
+            ok = _seg_logic().ExportSegmentsToLabelmapNode(
+                segmentation_node, ids, tmp, reference_volume_node, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+            if not ok:
+                raise PantheonError(f"Slicer could not export segment {sid!r} to a label map")
+            mask = slicer.util.arrayFromVolume(tmp)
+            if mask.shape != shape or not np.allclose(_matrix(tmp), ref_matrix, atol=1e-6):
+                raise PantheonError(f"segment {sid!r} was not exported on the reference grid")
+            yield sid, mask > 0
+    finally:
+        remove_node_and_helpers(scene, tmp)
+        for extra in _all_nodes(scene):  # e.g. the colour table the export made for the label map
+            if extra is not None and extra.GetID() not in before:
+                scene.RemoveNode(extra)
+
+
+def segment_masks(segmentation_node, reference_volume_node, segment_ids) -> Dict[str, np.ndarray]:
+    """``{segment ID: mask}`` of :func:`iter_segment_masks` (all held at once: for a few segments)."""
+    return dict(iter_segment_masks(segmentation_node, reference_volume_node, list(segment_ids)))
+
+
+def write_label_array(array: np.ndarray, reference_volume_node, path) -> Path:
+    """Write a (K, J, I) array with the reference volume's geometry (its voxels are not read)."""
+    check_volume_node(reference_volume_node, "reference volume")
+    shape = tuple(reversed(reference_volume_node.GetImageData().GetDimensions()))
+    if tuple(array.shape) != shape:
+        raise InputError(f"the label array has the shape {tuple(array.shape)}, the reference volume {shape}")
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".nrrd")
+    vol = Volume.from_slicer(array, _matrix(reference_volume_node),
+                             name=f"volume {reference_volume_node.GetName()!r}")
+    return write_volume(vol, path)
+
+
 def export_segmentation(segmentation_node, reference_volume_node, path, label_values=None, ignored=None) -> Path:
     """Write the segmentation as one label map on the reference volume's voxel grid.
 
@@ -243,45 +307,70 @@ def export_segmentation(segmentation_node, reference_volume_node, path, label_va
     segments overlap, the later segment (in the segmentation's order) wins. Nothing in the
     scene is changed (a temporary label map node is added and removed).
     """
-    slicer = _slicer()
-    if segmentation_node is None or not segmentation_node.IsA("vtkMRMLSegmentationNode"):
-        raise InputError(f"expected a segmentation node, got {segmentation_node!r}")
+    _check_segmentation_node(segmentation_node)
     check_volume_node(reference_volume_node, "reference volume")
-    _ensure_converters()
     segments = _segments_of(segmentation_node)
     values = terms.resolve_label_values(
         [(sid, s.GetName(), segment_terminology(s)) for sid, s in segments], label_values, ignored)
-    ref = volume_from_node(reference_volume_node)
-    out = np.zeros(ref.shape, dtype=np.uint8 if max(values.values(), default=0) <= 255 else np.uint16)
-    scene = scene_of(reference_volume_node)
+    shape = tuple(reversed(reference_volume_node.GetImageData().GetDimensions()))
+    out = np.zeros(shape, dtype=np.uint8 if max(values.values(), default=0) <= 255 else np.uint16)
+    for sid, mask in iter_segment_masks(segmentation_node, reference_volume_node,
+                                        [sid for sid, _segment in segments if sid in values]):
+        out[mask] = values[sid]
+    return write_label_array(out, reference_volume_node, path)
+
+
+def import_segment(label: Volume, segmentation_node, reference_volume_node, name: str, color=None,
+                   key: Optional[str] = None) -> str:
+    """Put the voxels > 0 of ``label`` into ``segmentation_node`` as one segment named ``name``, on
+    ``label``'s own voxels (no resampling when it lies on the reference volume's grid, as results do).
+    The segment an earlier call tagged with the same ``key`` is replaced in place (same segment ID);
+    other segments are left alone. A segmentation without segments gets the reference volume's
+    geometry and parent transform. Returns the segment ID."""
+    slicer = _slicer()
     import vtk
-    before = {n.GetID() for n in _all_nodes(scene)}
+    _check_segmentation_node(segmentation_node)
+    check_volume_node(reference_volume_node, "reference volume")
+    if label.components != 1:
+        raise InputError("a label output must have one component")
+    ensure_converters()
+    scene = scene_of(reference_volume_node)
+    segmentation = segmentation_node.GetSegmentation()
+    sid = None
+    if key is not None:
+        for other_id, segment in _segments_of(segmentation_node):
+            value = vtk.reference("")
+            if segment.GetTag(ATTR_OUTPUT, value) and str(value) == key:
+                sid = other_id
+                break
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+    if segmentation.GetNumberOfSegments() == 0:
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+        segmentation_node.SetAndObserveTransformNodeID(reference_volume_node.GetTransformNodeID())
+    if sid is None:
+        sid = segmentation.GenerateUniqueSegmentID(name)
     tmp = slicer.vtkMRMLLabelMapVolumeNode()
     tmp.SetHideFromEditors(True)
     scene.AddNode(tmp)
     try:
-        for sid, _segment in segments:
-            if sid not in values:
-                continue
-            ids = vtk.vtkStringArray()
-            ids.InsertNextValue(sid)
-            ok = _seg_logic().ExportSegmentsToLabelmapNode(
-                segmentation_node, ids, tmp, reference_volume_node, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
-            if not ok:
-                raise PantheonError(f"Slicer could not export segment {sid!r} to a label map")
-            mask = slicer.util.arrayFromVolume(tmp)
-            if mask.shape != ref.shape or not np.allclose(_matrix(tmp), _matrix(reference_volume_node), atol=1e-6):
-                raise PantheonError(f"segment {sid!r} was not exported on the reference grid")
-            out[mask > 0] = values[sid]
+        _set_volume_content(tmp, label.with_array((np.asarray(label.array) > 0).astype(np.uint8)))
+        # in the reference volume's frame: placed as the volume is, whatever the segmentation's transform
+        tmp.SetAndObserveTransformNodeID(reference_volume_node.GetTransformNodeID())
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(sid)
+        ok = _seg_logic().ImportLabelmapToSegmentationNode(tmp, segmentation_node, ids)  # clears, then fills
     finally:
-        _remove_node_and_helpers(scene, tmp)
-        for extra in _all_nodes(scene):  # e.g. the colour table the export made for the label map
-            if extra is not None and extra.GetID() not in before:
-                scene.RemoveNode(extra)
-    path = Path(path)
-    if not path.suffix:
-        path = path.with_suffix(".nrrd")
-    return write_volume(ref.with_array(out), path)
+        remove_node_and_helpers(scene, tmp)
+    if not ok:
+        raise PantheonError("Slicer could not import the label map into a segmentation")
+    segment = segmentation.GetSegment(sid)
+    segment.SetName(str(name))
+    if color is not None:
+        segment.SetColor(*(float(c) for c in list(color)[:3]))
+    if key is not None:
+        segment.SetTag(ATTR_OUTPUT, str(key))
+    return sid
 
 
 # --------------------------------------------------------------------------- finding outputs
@@ -311,7 +400,7 @@ def release_output(node) -> None:
         node.RemoveAttribute(attr)
 
 
-def _remove_node_and_helpers(scene, node):
+def remove_node_and_helpers(scene, node):
     if node is None or node.GetScene() is None:
         return
     helpers = []
@@ -354,7 +443,7 @@ def remove_outputs(input_node, action: Optional[str] = None) -> int:
     scene = scene_of(input_node)
     nodes = outputs_of(input_node, action)
     for node in nodes:
-        _remove_node_and_helpers(scene, node)
+        remove_node_and_helpers(scene, node)
     folder = _output_folder(scene, input_node, create=False) if scene is not None else 0
     if folder:
         import vtk
@@ -367,7 +456,7 @@ def remove_outputs(input_node, action: Optional[str] = None) -> int:
 
 
 # --------------------------------------------------------------------------- results -> scene
-def _storable_for_slicer(array: np.ndarray) -> np.ndarray:
+def storable_for_slicer(array: np.ndarray) -> np.ndarray:
     """updateVolumeFromArray rejects int64/uint64 and bool; narrow them losslessly or refuse."""
     a = np.ascontiguousarray(array)
     if a.dtype == np.bool_:
@@ -387,7 +476,7 @@ def _storable_for_slicer(array: np.ndarray) -> np.ndarray:
 def _set_volume_content(node, vol: Volume):
     slicer = _slicer()
     arr, m = vol.to_slicer()
-    slicer.util.updateVolumeFromArray(node, _storable_for_slicer(arr))
+    slicer.util.updateVolumeFromArray(node, storable_for_slicer(arr))
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(m))
 
 
@@ -399,7 +488,7 @@ def _get_or_create(scene, existing, key, class_name, input_node, action, out_nam
     slicer = _slicer()
     node = existing.pop(key, None)
     if node is not None and node.GetClassName() != class_name:
-        _remove_node_and_helpers(scene, node)
+        remove_node_and_helpers(scene, node)
         node = None
     created = node is None
     if created:
@@ -464,7 +553,7 @@ def _import_labels(scene, seg_node, created, vol: Volume, spec: dict, input_node
     """Label volume -> segments (one per listed value, plus "Label N" for unlisted values)."""
     slicer = _slicer()
     import vtk
-    _ensure_converters()
+    ensure_converters()
     if vol.components != 1:
         raise InputError("a label output must have one component")
     arr = vol.array
@@ -515,7 +604,7 @@ def _import_labels(scene, seg_node, created, vol: Volume, spec: dict, input_node
         _set_volume_content(tmp, vol.with_array(remapped))
         ok = _seg_logic().ImportLabelmapToSegmentationNode(tmp, seg_node, ids)
     finally:
-        _remove_node_and_helpers(scene, tmp)
+        remove_node_and_helpers(scene, tmp)
     if not ok:
         raise PantheonError("Slicer could not import the label map into a segmentation")
     for sid, s in zip(seg_ids, listed):
@@ -626,12 +715,31 @@ def import_result(result: dict, input_node, action: str, show: bool = True, prot
         _fill_table(node, list(rows or []))
         imported.tables[name] = node
     for stale in existing.values():  # outputs of the previous run this result no longer has
-        _remove_node_and_helpers(scene, stale)
+        remove_node_and_helpers(scene, stale)
     imported.folder_item = place_in_hierarchy(scene, input_node,
                                                list(imported.nodes.values()) + list(imported.tables.values()))
     if show:
         show_result(imported, input_node)
     return imported
+
+
+def output_node(input_node, action: str, name: str, class_name: str = "vtkMRMLSegmentationNode",
+                kind: str = "labels", exclude=()):
+    """The output node ``name`` of ``action`` for ``input_node``: the one an earlier run made, else a
+    new one, named, tagged and placed in the subject hierarchy as :func:`import_result`'s outputs.
+    A node in ``exclude`` (e.g. one the job reads) that is such an output is handed over to the
+    user (see ``protect`` in :func:`import_result`), never reused."""
+    scene = scene_of(input_node)
+    for node in exclude or ():
+        if (node is not None and node.GetAttribute(ATTR_INPUT) == input_node.GetID()
+                and node.GetAttribute(ATTR_ACTION) == action):
+            release_output(node)
+    existing = {n.GetAttribute(ATTR_OUTPUT): n for n in outputs_of(input_node, action)}
+    node, created = _get_or_create(scene, existing, name, class_name, input_node, action, name, kind)
+    if created and hasattr(node, "CreateDefaultDisplayNodes"):
+        node.CreateDefaultDisplayNodes()
+    place_in_hierarchy(scene, input_node, [node])
+    return node
 
 
 def place_in_hierarchy(scene, input_node, nodes) -> int:

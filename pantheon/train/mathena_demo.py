@@ -1,7 +1,7 @@
 """Rebuild Pantheon's bundled MATHENA demo weights from nothing but the synthetic OPG generator.
 
     python -m pantheon.train.mathena_demo [MINUTES [DETECTOR.safetensors]] [--init-detector D.safetensors]
-                                          [--hena HENA.safetensors] [--varied N]
+                                          [--hena HENA.safetensors] [--varied N] [--hena-steps N]
 
 One command, from scratch: MINUTES (default :data:`DEFAULT_MINUTES` = 30) is the wall-time budget
 of the whole build on one CPU thread (about 30 min on a shared 2-core machine); passing an already
@@ -257,10 +257,14 @@ def main(argv=None) -> int:
     ap.add_argument("--init-detector", help="fine-tune this detector instead of starting from random weights")
     ap.add_argument("--varied", type=int, default=48, help="turned / crowded / gappy training OPGs (default 48)")
     ap.add_argument("--out", help="write weights, metrics and cards here instead of the registry")
+    ap.add_argument("--hena-steps", type=int, default=2000,
+                    help="at most this many steps per HENA stage, carseg and ad (default 2000; the time budget "
+                         "usually ends them first)")
     a = ap.parse_args(argv)
     out = Path(a.out) if a.out else None
     build_mathena_demo_weights(minutes=a.minutes, reuse_detector=a.detector, reuse_hena=a.hena,
                                init_detector=a.init_detector, varied_images=a.varied, out_dir=out,
+                               steps_hena=a.hena_steps,
                                cards_dir=out, command=" ".join(["python -m pantheon.train.mathena_demo"] + argv))
     return 0
 

@@ -53,8 +53,9 @@ def write_outputs(result: Result, out_dir: Union[str, Path], extra_notes: Option
     return doc
 
 
-def read_input(ctx: JobContext, name: str = "volume") -> Tuple[object, str]:
-    """(Volume, content hash) of input ``name``, from the cache when the file is unchanged."""
+def read_input(ctx: JobContext, name: str = "volume", cache: bool = True) -> Tuple[object, str]:
+    """(Volume, content hash) of input ``name``, from the cache when the file is unchanged; with
+    ``cache=False`` read and not kept (an input that changes with every request, e.g. paint strokes)."""
     import hashlib
 
     import numpy as np
@@ -68,7 +69,7 @@ def read_input(ctx: JobContext, name: str = "volume") -> Tuple[object, str]:
         raise InputError(f"Input '{name}' does not exist: {path}")
     st = p.stat()
     key = ("volume", str(p.resolve()), st.st_size, st.st_mtime_ns)
-    hit = ctx.cache.get(key)
+    hit = ctx.cache.get(key) if cache else None
     if hit is not None:
         return hit
     vol = read_volume(p)
@@ -77,7 +78,8 @@ def read_input(ctx: JobContext, name: str = "volume") -> Tuple[object, str]:
     h.update(json.dumps([vol.array.dtype.str, list(vol.array.shape), list(map(float, vol.spacing)),
                          list(map(float, vol.origin)), np.asarray(vol.direction, float).ravel().tolist()]).encode())
     entry = (vol, h.hexdigest())
-    ctx.cache.put(key, entry, vol.array.nbytes)
+    if cache:
+        ctx.cache.put(key, entry, vol.array.nbytes)
     return entry
 
 

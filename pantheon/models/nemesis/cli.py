@@ -172,8 +172,64 @@ def cmd_pca(args, progress):
 
 def cmd_similar(args, progress):
     from ...pipelines import nemesis as nem
+    if args.target:
+        return _similar_in_target(args, progress)
     return _run_and_write(args, progress, lambda vol, eng, lps, rep: nem.similarity(
         vol, eng, lps, _stride(args), args.cache_dir, progress=rep), point=True)
+
+
+def _similar_in_target(args, progress):
+    """``similar --target``: the point in the input, the map over the target CT."""
+    from ...pipelines import nemesis as nem
+    from ...progress import run_and_write
+    from .compare import query_at, similarity_in
+    run, write = run_and_write(progress)
+    vol = read_input(args.input, args)
+    lps = _point_lps(args, vol)
+    target = read_input(args.target, args)
+    nem.check_ct(target, "target", max_voxels=args.max_pixels or None)  # before any model load
+    engine = _engine(args)
+    query = query_at(vol, engine, lps, stride=_stride(args), cache_dir=args.cache_dir, progress=run.sub(0, 0.5))
+    result = similarity_in(target, engine, query, stride=_stride(args), cache_dir=args.cache_dir,
+                           progress=run.sub(0.5, 1.0))
+    files = write_outputs(args, result, write, source=target)
+    return {"files": files, "scalars": result.scalars, "best_match_ras": json.loads(result.notes["best_match_ras"])}
+
+
+def cmd_rank(args, progress):
+    """Rank the scans of --scans by their best match to the point in the input."""
+    from ...io import read_volume
+    from ...progress import run_and_write
+    from .compare import query_at, rank_scans, ranking_csv, scans_from
+    run, write = run_and_write(progress)
+    vol = read_input(args.input, args)
+    lps = _point_lps(args, vol)
+    paths = scans_from(args.scans, exclude=[args.input])
+    engine = _engine(args)
+    query = query_at(vol, engine, lps, stride=_stride(args), cache_dir=args.cache_dir,
+                     progress=run.sub(0, 1 / (len(paths) + 1)))
+    scans = [(str(p), lambda p=p: read_volume(p, max_pixels=args.max_pixels)) for p in paths]
+    rows = rank_scans(query, scans, engine, stride=_stride(args), cache_dir=args.cache_dir,
+                      progress=run.sub(1 / (len(paths) + 1), 1.0))
+    failed = [r for r in rows if "error" in r]
+    write(0.0, "Writing ranking.csv")
+    with output_stage(args) as stage:
+        (stage / "ranking.csv").write_text(ranking_csv(rows), encoding="utf-8")
+        (stage / "result.json").write_text(json.dumps({
+            "query": {"image": str(args.input), "point_lps": list(query.point_lps),
+                      "point_ras": [-query.point_lps[0], -query.point_lps[1], query.point_lps[2]],
+                      "token_centre_lps": list(query.token_lps)},
+            "ranking": rows,
+            "notes": {"best_match": "each scan's most similar token inside the body (cosine similarity of NEMESIS "
+                                    "tokens to the query token); its centre in RAS/LPS mm and the nearest voxel"}},
+            indent=2) + "\n", encoding="utf-8")
+    write(1.0, "Written")
+    out = {"ranking": str(Path(args.output) / "ranking.csv"), "ranked": len(rows) - len(failed),
+           "failed": len(failed), "top": [{"scan": r["scan"], "best_similarity": r["best_similarity"]}
+                                          for r in rows[:3] if "error" not in r]}
+    if failed:
+        out["_exit_status"] = 2 if len(failed) == len(rows) else 1
+    return out
 
 
 def cmd_reconstruct(args, progress):
@@ -183,6 +239,15 @@ def cmd_reconstruct(args, progress):
         raise PantheonError("--mask-ratio takes one value or two (plane axis).")
     return _run_and_write(args, progress, lambda vol, eng, lps, rep: nem.reconstruct(
         vol, eng, lps, ratio, args.noise, args.seed, progress=rep), point=True)
+
+
+def cmd_atypicality(args, progress):
+    from .atypicality import atypicality
+    ratio = args.mask_ratio[0] if len(args.mask_ratio) == 1 else tuple(args.mask_ratio[:2])
+    if len(args.mask_ratio) > 2:
+        raise PantheonError("--mask-ratio takes one value or two (plane axis).")
+    return _run_and_write(args, progress, lambda vol, eng, rep: atypicality(
+        vol, eng, args.draws, ratio, args.seed, progress=rep))
 
 
 def cmd_strokes(args, progress):
@@ -209,37 +274,8 @@ def _pairs_from(args):
     if not args.data:
         raise PantheonError("Give --data (a folder with images/ and labels/, or a CSV with image,label columns) "
                             "or --phantoms N.")
-    from ...io import read_volume
-    data = Path(args.data)
-    if data.is_file() and data.suffix.lower() == ".csv":
-        import csv
-        try:
-            with open(data, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                columns = [c.strip() for c in reader.fieldnames or []]
-                if not {"image", "label"} <= set(columns):
-                    raise PantheonError(f"The CSV {data} needs 'image' and 'label' columns; it has "
-                                        f"{', '.join(repr(c) for c in columns) or 'none'}.")
-                rows = [(data.parent / (r.get("image") or "").strip(), data.parent / (r.get("label") or "").strip())
-                        for r in reader if (r.get("image") or "").strip()]
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise PantheonError(f"The CSV {data} cannot be read ({exc}).") from None
-    elif data.is_dir():
-        for sub in ("images", "labels"):
-            if not (data / sub).is_dir():
-                raise PantheonError(f"--data {data} has no {sub}/ folder; give a folder with images/ and labels/ "
-                                    "(the same file names in both) or a CSV with image,label columns.")
-        images = sorted(p for p in (data / "images").iterdir() if not p.name.startswith("."))
-        rows = [(p, data / "labels" / p.name) for p in images]
-    else:
-        raise PantheonError(f"--data {data} is neither a folder (images/ and labels/) nor a .csv file.")
-    missing = [str(l) for _, l in rows if not l.is_file()]
-    if missing:
-        raise PantheonError(f"No label map for {len(missing)} image(s), e.g. {missing[0]}.")
-    if not rows:
-        raise PantheonError(f"No cases found in {data}.")
-    return [(read_volume(i, max_pixels=args.max_pixels), read_volume(l, max_pixels=args.max_pixels))
-            for i, l in rows]
+    from ...data.pairs import read_pairs
+    return read_pairs(args.data, max_pixels=args.max_pixels)
 
 
 def cmd_train_probe(args, progress):
@@ -370,7 +406,19 @@ def add_commands(sub) -> None:
     p.add_argument("--probe", metavar="PATH|CARD", help="probe weights (default: bundled demo probe)")
     p.add_argument("--organs", nargs="+", metavar="ORGAN", help="only these organs (e.g. liver spleen 'left kidney')")
     map_command("pca", "first three principal components of the token features (RGB volume)", cmd_pca)
-    map_command("similar", "cosine similarity of every token to the token at a point", cmd_similar, point=True)
+    p = map_command("similar", "cosine similarity of every token to the token at a point", cmd_similar, point=True)
+    p.add_argument("--target", metavar="CT",
+                   help="map the similarity over this other CT (the point stays in the input); the best match "
+                        "is reported and marked in the preview")
+    p = act.add_parser("rank", help="rank a folder of CTs by their best match to a point in the input")
+    _add_io_args(p)
+    _add_engine_args(p)
+    _add_tiling_args(p)
+    _add_point_args(p)
+    p.add_argument("--scans", required=True, metavar="DIR|CSV",
+                   help="the CTs to rank: a folder of images / DICOM series folders, or a CSV with an 'image' "
+                        "column; --cache-dir keeps their features for the next query")
+    p.set_defaults(func=cmd_rank, interrupt_note=NOTHING_WRITTEN)
     p = map_command("strokes", "segment one structure from paint strokes (label map: 1 inside, 2 around)",
                     cmd_strokes)
     p.add_argument("--strokes", required=True, metavar="LABELMAP",
@@ -388,6 +436,17 @@ def add_commands(sub) -> None:
                    help="Gaussian noise std on the [0, 1] input, in [0, 1] (default 0)")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="mask and noise seed")
     p.set_defaults(func=cmd_reconstruct, interrupt_note=NOTHING_WRITTEN)
+
+    p = act.add_parser("atypicality", help="masked-reconstruction error over the whole CT (several mask draws)")
+    _add_io_args(p)
+    _add_engine_args(p)
+    p.add_argument("--draws", type=POSITIVE, default=4, help="random mask draws per superpatch (default 4)")
+    p.add_argument("--mask-ratio", type=float_between(0.0, 1.0, high_inclusive=False), nargs="+",
+                   default=list(NEMESIS_MASK_RATIO), metavar="R",
+                   help="plane and axis mask ratios in [0, 1) (default "
+                        f"{NEMESIS_MASK_RATIO[0]:g} {NEMESIS_MASK_RATIO[1]:g})")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="mask seed")
+    p.set_defaults(func=cmd_atypicality, interrupt_note=NOTHING_WRITTEN)
 
     p = act.add_parser("train-probe", help="fit the organ probe on labelled CTs (BTCV label indices)")
     p.add_argument("--data", help="folder with images/ and labels/ (same file names) or a CSV with image,label")

@@ -10,16 +10,20 @@ stroke costs only the steps below, no encoder pass.
    class-balanced logistic regression (scikit-learn) on the standardized token features plus the
    mean and spread of the token's 8^3 block of windowed CT gives a probability per token. Unlabelled
    tokens join as background with a small total weight (most of a CT is not the structure).
-2. Voxel refinement, in model space and only inside the box of tokens that may be the structure:
-   the token probabilities are upsampled trilinearly to the voxels (token centres at patch centres,
-   as :func:`pantheon.pipelines.nemesis.token_map_to_input`) and, as log-odds, added to an intensity
+2. Voxel refinement, in model space and only in the tokens where a voxel could reach 0.5 and
+   connect to a foreground stroke (:func:`possible_tokens`: a bound, so the answer is the one a
+   whole-volume pass gives, at a fraction of the work): the token probabilities are upsampled
+   trilinearly to the voxels (token centres at patch centres, as
+   :func:`pantheon.pipelines.nemesis.token_map_to_input`) and, as log-odds, added to an intensity
    log-likelihood ratio (histograms of the locally averaged HU under the foreground and background
    strokes, smoothed, clipped to +-3). Threshold at 0.5, keep the connected regions that touch a
-   foreground stroke, fill the holes; stroke voxels always keep their label.
+   foreground stroke, fill the holes; stroke voxels always keep their label. The local means are
+   computed once per image and kept for warm updates (int16, 1/8 HU).
 3. Outputs go back onto the input's exact voxels (exact reorientation, no resampling).
 
-Hand-written here: the token labelling, block statistics, the separable trilinear upsampling of a
-box, the intensity histograms, and the stroke simulator (:func:`simulate_strokes`).
+Hand-written here: the token labelling, block statistics, the separable trilinear upsampling of
+token blocks, the intensity histograms and their range maxima (a sparse table), and the stroke
+simulator (:func:`simulate_strokes`).
 From libraries: the logistic regression and standardisation (scikit-learn), the local mean filter,
 connected components and hole filling (SciPy ``ndimage``).
 """
@@ -40,9 +44,8 @@ from ...results import HeatmapOutput, LabelOutput, Result, Segment
 FOREGROUND, BACKGROUND = 1, 2
 #: The intensity term may move the token classifier's log-odds by at most this much.
 INTENSITY_CLIP = 3.0
-#: Tokens whose probability is below this (log-odds) are not refined at voxel level: with the
-#: intensity term clipped to INTENSITY_CLIP no voxel there could reach 0.5.
-ROI_LOGIT = -3.5
+#: Local mean HU are held as int16 in steps of 1 / LOCAL_MEAN_SCALE HU.
+LOCAL_MEAN_SCALE = 8
 SEGMENT_NAME = "Segmented from strokes"
 SEGMENT_COLOR = (0.95, 0.75, 0.20)
 
@@ -89,43 +92,103 @@ def block_stats(model_array: np.ndarray, grid: Sequence[int], patch: Sequence[in
     return np.stack([mean, np.sqrt(np.maximum(sq - mean ** 2, 0))], -1).astype(np.float32)
 
 
-def token_stroke_counts(strokes_model: np.ndarray, grid, patch) -> Tuple[np.ndarray, np.ndarray]:
-    """(foreground, background) stroke-voxel counts per token, from the strokes' bounding box only."""
-    fg = np.zeros(tuple(grid), np.int32)
-    bg = np.zeros(tuple(grid), np.int32)
-    idx = np.nonzero(strokes_model)
-    if not idx[0].size:
-        return fg, bg
-    tok = tuple(i // p for i, p in zip(idx, patch))
-    lab = strokes_model[idx]
-    np.add.at(fg, tuple(t[lab == FOREGROUND] for t in tok), 1)
-    np.add.at(bg, tuple(t[lab == BACKGROUND] for t in tok), 1)
-    return fg, bg
+def token_stroke_counts(fg_idx, bg_idx, grid, patch) -> Tuple[np.ndarray, np.ndarray]:
+    """(foreground, background) stroke-voxel counts per token, from the stroke voxels' model indices."""
+    counts = []
+    for idx in (fg_idx, bg_idx):
+        flat = np.ravel_multi_index(tuple(i // p for i, p in zip(idx, patch)), tuple(grid))
+        counts.append(np.bincount(flat, minlength=int(np.prod(grid))).reshape(tuple(grid)).astype(np.int32))
+    return counts[0], counts[1]
 
 
-def upsample_box(token_map: np.ndarray, box: Sequence[slice], patch: Sequence[int]) -> np.ndarray:
-    """Trilinear upsampling of a (Gd, Gh, Gw) token map onto the voxels of ``box`` (model axes)."""
-    out = token_map.astype(np.float32)
-    for axis, (sl, p) in enumerate(zip(box, patch)):
-        t0 = max(sl.start // p - 1, 0)  # only the tokens the box's voxels interpolate from
-        t1 = min((sl.stop - 1) // p + 2, token_map.shape[axis])
-        out = np.take(out, np.arange(t0, t1), axis=axis)
-        out = _interp_axis_offset(out, axis, sl.start, sl.stop, p, t0, token_map.shape[axis])
+def stroke_indices(strokes_model: np.ndarray):
+    """(foreground, background) model indices of the stroke voxels: one pass over the volume."""
+    flat = np.flatnonzero(strokes_model)
+    values = strokes_model.reshape(-1)[flat]
+    idx = np.unravel_index(flat, strokes_model.shape)
+    return (tuple(i[values == FOREGROUND] for i in idx), tuple(i[values == BACKGROUND] for i in idx))
+
+
+def local_mean_volume(hu_model: np.ndarray, grid, patch, slab_tokens: int = 4) -> np.ndarray:
+    """(Gd*Pd, Gh*Ph, Gw*Pw) int16: each voxel's mean HU over its 3^3 neighbourhood (edges repeated,
+    as SciPy's ``mode="nearest"``) in steps of 1/LOCAL_MEAN_SCALE HU, padded with edge values up to
+    whole tokens; computed in slabs of ``slab_tokens`` token rows to keep memory small. Held for
+    warm updates: half the memory of float32, far finer than the intensity model's 4 HU bins."""
+    from scipy import ndimage
+    out = np.empty(tuple(g * p for g, p in zip(grid, patch)), np.int16)
+    D, step = hu_model.shape[0], slab_tokens * patch[0]
+    lim = np.iinfo(np.int16)
+    for d0 in range(0, D, step):
+        d1 = min(d0 + step, D)
+        h0, h1 = max(d0 - 1, 0), min(d1 + 1, D)
+        local = ndimage.uniform_filter(hu_model[h0:h1].astype(np.float32), 3, mode="nearest")[d0 - h0:d1 - h0]
+        rows = -(-local.shape[0] // patch[0]) * patch[0]
+        local = np.pad(local, [(0, rows - local.shape[0])] + [(0, t - m) for t, m in zip(out.shape[1:],
+                                                                                         local.shape[1:])],
+                       mode="edge")
+        out[d0:d0 + rows] = np.clip(np.rint(local * LOCAL_MEAN_SCALE), lim.min, lim.max)
     return out
 
 
-def _interp_axis_offset(a, axis, start, stop, p, t0, n_full):
-    """As :func:`_interp_axis` for a slab of tokens starting at token ``t0`` of ``n_full``."""
-    x = (np.arange(start, stop) + 0.5) / p - 0.5
-    x = np.clip(x, 0, n_full - 1) - t0
-    x = np.clip(x, 0, a.shape[axis] - 1)
-    i0 = np.floor(x).astype(np.int64)
-    i1 = np.minimum(i0 + 1, a.shape[axis] - 1)
-    w = (x - i0).astype(np.float32)
-    shape = [1] * a.ndim
-    shape[axis] = -1
-    w = w.reshape(shape)
-    return np.take(a, i0, axis=axis) * (1 - w) + np.take(a, i1, axis=axis) * w
+def blocks(arr: np.ndarray, grid, patch) -> np.ndarray:
+    """A (Gd*Pd, Gh*Ph, Gw*Pw) array viewed as (Gd, Pd, Gh, Ph, Gw, Pw) token blocks."""
+    return arr.reshape(grid[0], patch[0], grid[1], patch[1], grid[2], patch[2])
+
+
+def token_hu_range(local_mean: np.ndarray, grid, patch) -> np.ndarray:
+    """(Gd, Gh, Gw, 2) float32: the lowest and highest local mean HU in each token's block."""
+    b = blocks(local_mean, grid, patch)
+    return np.stack([b.min(axis=(1, 3, 5)), b.max(axis=(1, 3, 5))], -1).astype(np.float32) / LOCAL_MEAN_SCALE
+
+
+def possible_tokens(logit: np.ndarray, n_fg: np.ndarray, hu_range: np.ndarray, llr: "IntensityModel") -> np.ndarray:
+    """The tokens whose voxels may end up in the segmentation, exactly: a voxel is foreground only if
+    its interpolated token log-odds plus its intensity log-likelihood ratio exceed 0, and only if it
+    connects to a foreground stroke. The first is bounded per token by the highest log-odds among the
+    tokens it interpolates from (all within one token) plus the highest ratio over the token's local
+    mean HU range; of the tokens that pass, only the connected parts holding a foreground stroke are
+    kept (a connected run of voxels crosses connected tokens)."""
+    from scipy import ndimage
+    # a margin of 1e-3 log-odds: float rounding differs between the token and voxel passes
+    reach = ndimage.maximum_filter(logit, size=3, mode="nearest") + llr.max_between(hu_range[..., 0],
+                                                                                   hu_range[..., 1])
+    return _parts_holding(((reach > -1e-3) | (n_fg > 0)), n_fg > 0)
+
+
+def _parts_holding(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The connected parts (6-connectivity) of ``mask`` that hold a ``seeds`` element."""
+    from scipy import ndimage
+    lab, n = ndimage.label(mask)
+    keep = np.zeros(n + 1, bool)
+    keep[lab[seeds & mask]] = True
+    keep[0] = False
+    return keep[lab]
+
+
+def token_upsampling_weights(patch: int) -> np.ndarray:
+    """(patch, 3): trilinear weights of a token's voxels on its own and its two neighbouring tokens'
+    values along one axis (token centres at patch centres, as
+    :func:`pantheon.pipelines.nemesis.token_map_to_input`)."""
+    u = (np.arange(patch) + 0.5) / patch - 0.5
+    w = np.zeros((patch, 3), np.float32)
+    w[:, 0] = np.maximum(-u, 0)
+    w[:, 2] = np.maximum(u, 0)
+    w[:, 1] = 1 - w[:, 0] - w[:, 2]
+    return w
+
+
+def upsample_tokens(token_map: np.ndarray, tokens: Tuple[np.ndarray, ...], patch) -> np.ndarray:
+    """(N, Pd, Ph, Pw): the trilinear upsampling of ``token_map`` onto the voxels of the N tokens
+    ``tokens`` (index arrays); at the volume's edges the edge tokens' values hold, as clamped
+    interpolation does."""
+    padded = np.pad(token_map.astype(np.float32), 1, mode="edge")
+    r = np.arange(3)
+    nb = padded[tokens[0][:, None, None, None] + r[:, None, None], tokens[1][:, None, None, None] + r[None, :, None],
+                tokens[2][:, None, None, None] + r[None, None, :]]
+    w = [token_upsampling_weights(p) for p in patch]
+    out = np.einsum("nabc,ia->nibc", nb, w[0])
+    out = np.einsum("nibc,jb->nijc", out, w[1])
+    return np.einsum("nijc,kc->nijk", out, w[2])
 
 
 def _smoothed_hist(values: np.ndarray, edges: np.ndarray, sigma_bins: float) -> np.ndarray:
@@ -136,17 +199,41 @@ def _smoothed_hist(values: np.ndarray, edges: np.ndarray, sigma_bins: float) -> 
     return 0.98 * h + 0.02 / h.size  # a floor: a value no stroke covered is not impossible
 
 
-def intensity_llr(hu: np.ndarray, fg_values: np.ndarray, bg_values: np.ndarray, bin_hu: float = 4.0,
-                  sigma_hu: float = 12.0, clip: float = INTENSITY_CLIP) -> np.ndarray:
-    """log p(HU | foreground) - log p(HU | background) for each value of ``hu``, from smoothed
-    histograms of the stroke voxels' values, clipped to +-``clip``."""
-    lo = min(float(fg_values.min()), float(bg_values.min()), -1100.0)
-    hi = max(float(fg_values.max()), float(bg_values.max()), 1600.0)
-    edges = np.arange(lo - 4 * sigma_hu, hi + 4 * sigma_hu + bin_hu, bin_hu)
-    table = np.clip(np.log(_smoothed_hist(fg_values, edges, sigma_hu / bin_hu))
-                    - np.log(_smoothed_hist(bg_values, edges, sigma_hu / bin_hu)), -clip, clip).astype(np.float32)
-    idx = np.clip(((hu - edges[0]) / bin_hu).astype(np.int64), 0, table.size - 1)
-    return table[idx]
+class IntensityModel:
+    """log p(HU | foreground) - log p(HU | background) from smoothed histograms of the stroke voxels'
+    values (``bin_hu`` wide bins, Gaussian smoothing ``sigma_hu``), clipped to +-``clip``."""
+
+    def __init__(self, fg_values: np.ndarray, bg_values: np.ndarray, bin_hu: float = 4.0, sigma_hu: float = 12.0,
+                 clip: float = INTENSITY_CLIP):
+        lo = min(float(fg_values.min()), float(bg_values.min()), -1100.0)
+        hi = max(float(fg_values.max()), float(bg_values.max()), 1600.0)
+        self.edges = np.arange(lo - 4 * sigma_hu, hi + 4 * sigma_hu + bin_hu, bin_hu)
+        self.bin_hu = bin_hu
+        self.table = np.clip(np.log(_smoothed_hist(fg_values, self.edges, sigma_hu / bin_hu))
+                             - np.log(_smoothed_hist(bg_values, self.edges, sigma_hu / bin_hu)),
+                             -clip, clip).astype(np.float32)
+        # sparse table of range maxima: level k holds max(table[i : i + 2**k])
+        self._levels = [self.table]
+        while 2 ** len(self._levels) <= self.table.size:
+            prev, w = self._levels[-1], 2 ** (len(self._levels) - 1)
+            self._levels.append(np.maximum(prev[:-w], prev[w:]))
+
+    def bins(self, hu: np.ndarray) -> np.ndarray:
+        return np.clip(((hu - self.edges[0]) / self.bin_hu).astype(np.int64), 0, self.table.size - 1)
+
+    def __call__(self, hu: np.ndarray) -> np.ndarray:
+        return self.table[self.bins(hu)]
+
+    def max_between(self, lo_hu: np.ndarray, hi_hu: np.ndarray) -> np.ndarray:
+        """The highest ratio over the HU range [lo_hu, hi_hu] (elementwise)."""
+        a, b = self.bins(lo_hu), self.bins(hi_hu)
+        k = np.floor(np.log2(b - a + 1)).astype(np.int64)
+        out = np.empty(a.shape, np.float32)
+        for level in np.unique(k):
+            sel = k == level
+            lv = self._levels[level]
+            out[sel] = np.maximum(lv[a[sel]], lv[b[sel] - 2 ** level + 1])
+        return out
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -218,20 +305,22 @@ def segment_from_strokes(volume: Volume, engine, strokes: Volume, feature_grid=N
                             block_stats(prepared.model_array, grid, patch).reshape(-1, 2)], 1)
         mean, std = X.mean(0, dtype=np.float64), X.std(0, dtype=np.float64)
         X = ((X - mean) / np.where(std > 1e-6, std, 1)).astype(np.float32)
+        local_mean = local_mean_volume(prepared.canonical.array.transpose(0, 2, 1), grid, patch)
         state = {"volume": volume, "prepared": prepared, "X": X, "grid": tuple(grid), "patch": patch,
+                 "local_mean": local_mean, "hu_range": token_hu_range(local_mean, grid, patch),
                  "notes": nem.run_notes(engine, fg)}
     prepared, X, grid, patch = state["prepared"], state["X"], state["grid"], state["patch"]
     rep.check()
 
     # strokes in model axes (D, H, W) = canonical (k, i, j)
     s_canon, _ = strokes.with_array(labels).to_canonical(nem.DEFAULT_ORIENTATION)
-    s_model = s_canon.array.transpose(0, 2, 1)
-    hu_model = prepared.canonical.array.transpose(0, 2, 1)
+    s_model = np.ascontiguousarray(s_canon.array.transpose(0, 2, 1))
     shape = s_model.shape
+    fg_idx, bg_idx = stroke_indices(s_model)
 
     # 1. token classifier
     rep(0.85, "Fitting the token classifier")
-    n_fg, n_bg = token_stroke_counts(s_model, grid, patch)
+    n_fg, n_bg = token_stroke_counts(fg_idx, bg_idx, grid, patch)
     pos, neg = (n_fg > n_bg).ravel(), (n_bg > n_fg).ravel()
     notes = dict(state["notes"])
     if pos.any() and neg.any():
@@ -255,57 +344,71 @@ def segment_from_strokes(volume: Volume, engine, strokes: Volume, feature_grid=N
                                      "intensity and connectivity alone decide")
     rep.check()
 
-    # 2. voxel refinement inside the box of candidate tokens (and the foreground strokes)
+    # 2. voxel refinement, only in the tokens whose voxels may end up in the segmentation
     rep(0.9, "Refining at voxel level")
-    cand = (logit > ROI_LOGIT) | (n_fg > 0)
-    tk = np.nonzero(cand)
-    box = tuple(slice(max((int(t.min()) - 1) * p, 0), min((int(t.max()) + 2) * p, n))
-                for t, p, n in zip(tk, patch, shape))
-    vox_logit = upsample_box(logit, box, patch)
-    hu = ndimage.uniform_filter(hu_model[box].astype(np.float32), 3, mode="nearest")
-    s_box = s_model[box]
-    fg_idx = np.nonzero(s_model == FOREGROUND)
-    bg_idx = np.nonzero(s_model == BACKGROUND)
-    # the stroke voxels' local means, wherever they are (a background stroke may lie outside the box)
-
-    def local_mean(idx):
-        vals = np.zeros(idx[0].size, np.float32)
-        for dd in (-1, 0, 1):
-            for dh in (-1, 0, 1):
-                for dw in (-1, 0, 1):
-                    vals += hu_model[tuple(np.clip(i + d, 0, n - 1) for i, d, n in zip(idx, (dd, dh, dw), shape))]
-        return vals / 27
-
-    vox_logit += intensity_llr(hu, local_mean(fg_idx), local_mean(bg_idx))
+    local_mean = state["local_mean"]
+    llr = IntensityModel(local_mean[fg_idx] / np.float32(LOCAL_MEAN_SCALE),
+                         local_mean[bg_idx] / np.float32(LOCAL_MEAN_SCALE))
+    tokens = np.nonzero(possible_tokens(logit, n_fg, state["hu_range"], llr))
+    hu = blocks(local_mean, grid, patch)[tokens[0], :, tokens[1], :, tokens[2], :]  # (N, Pd, Ph, Pw)
+    prob = upsample_tokens(logit, tokens, patch)
+    prob += llr(hu / np.float32(LOCAL_MEAN_SCALE))
     del hu
-    prob = 1.0 / (1.0 + np.exp(-np.clip(vox_logit, -30, 30)))
-    prob[s_box == FOREGROUND] = 1.0
-    prob[s_box == BACKGROUND] = 0.0
-    mask = prob > 0.5
+    prob = 1.0 / (1.0 + np.exp(-np.clip(prob, -30, 30)))
+    # voxels of the padding past the volume's end (a partial last token) are not the structure
+    inside = [(t[:, None] * p + np.arange(p)) < n for t, p, n in zip(tokens, patch, shape)]
+    prob *= inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
+    block_of = np.full(grid, -1, np.int64)
+    block_of[tokens] = np.arange(tokens[0].size)
+    for idx, value in ((fg_idx, 1.0), (bg_idx, 0.0)):  # stroke voxels keep their label
+        n_idx = block_of[tuple(i // p for i, p in zip(idx, patch))]
+        ok = n_idx >= 0
+        prob[(n_idx[ok],) + tuple(i[ok] % p for i, p in zip(idx, patch))] = value
+    positive = prob > 0.5
+    # connected components and hole filling in the box of the token parts, holding positive
+    # voxels, that connect to a foreground stroke (a connected run of voxels crosses connected tokens)
+    holds = np.zeros(grid, bool)
+    holds[tokens] = positive.any(axis=(1, 2, 3))
+    part = _parts_holding(holds, n_fg > 0)
+    tk = np.nonzero(part)
+    t0 = [int(t.min()) for t in tk]
+    nt = [int(t.max()) + 1 - a for t, a in zip(tk, t0)]
+    box = tuple(slice(a * p, min((a + m) * p, n)) for a, m, p, n in zip(t0, nt, patch, shape))
+    dense = np.zeros((nt[0], patch[0], nt[1], patch[1], nt[2], patch[2]), bool)
+    sel = part[tokens]
+    dense[tokens[0][sel] - t0[0], :, tokens[1][sel] - t0[1], :, tokens[2][sel] - t0[2], :] = positive[sel]
+    mask = dense.reshape(nt[0] * patch[0], nt[1] * patch[1], nt[2] * patch[2])[
+        tuple(slice(0, b.stop - b.start) for b in box)]
+    del dense
+    fg_box = tuple(i - b.start for i, b in zip(fg_idx, box))
     lab, n = ndimage.label(mask)
     keep = np.zeros(n + 1, bool)
-    keep[np.unique(lab[s_box == FOREGROUND])] = True
+    keep[lab[fg_box]] = True
     keep[0] = False
     mask = _fill_holes(keep[lab])
     del lab
-    mask[s_box == BACKGROUND] = False
+    in_box = np.all([(i >= b.start) & (i < b.stop) for i, b in zip(bg_idx, box)], axis=0)
+    mask[tuple(i[in_box] - b.start for i, b in zip(bg_idx, box))] = False
     rep.check()
 
     # 3. back onto the input's voxels
     rep(0.97, "Mapping onto the image")
     seg_model = np.zeros(shape, np.uint8)
     seg_model[box] = mask
-    prob_model = np.zeros(shape, np.float32)
-    prob_model[box] = prob
+    prob_blocks = np.zeros(tuple(g * p for g, p in zip(grid, patch)), np.float32)
+    blocks(prob_blocks, grid, patch)[tokens[0], :, tokens[1], :, tokens[2], :] = prob
+    del prob
     seg = prepared.to_input_geometry(seg_model)
-    heat = prepared.to_input_geometry(prob_model)
+    heat = prepared.to_input_geometry(prob_blocks[tuple(slice(0, n) for n in shape)])
+    del prob_blocks
     res = Result()
     res.labels["segmentation"] = LabelOutput(seg, [Segment(1, SEGMENT_NAME, SEGMENT_COLOR)])
     res.heatmaps["stroke_probability"] = HeatmapOutput(
         heat, "inferno", (0.0, 1.0),
         "Probability that the voxel belongs to the structure marked by the foreground strokes (NEMESIS token "
         "classifier upsampled to the voxels, combined with an intensity model of the strokes); 1 and 0 on the "
-        "foreground and background strokes, 0 where the token classifier gives under 3%.",
+        "foreground and background strokes, 0 where no voxel could reach 0.5 and connect to a "
+        "foreground stroke (those voxels are not computed).",
         "P(structure | strokes)")
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     res.scalars["segmented_voxels"] = float(mask.sum())

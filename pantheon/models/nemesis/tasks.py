@@ -4,7 +4,9 @@ Each task takes a :class:`pantheon.worker.server.JobContext` and returns the res
 (see :mod:`pantheon.worker.tasks`); numpy, torch and the pipelines are imported inside the
 functions. Warm caches (the worker's LRU): ``("engine", weights, file identity, device,
 precision)`` -> NemesisEngine; ``("probe", probe, engine sha)`` -> OrganProbe; ``("features",
-content hash, encoder sha, precision, stride)`` -> FeatureGrid.
+content hash, encoder sha, precision, stride)`` -> FeatureGrid (one per scan: a similarity over
+another CT keeps both scans'); ``("strokes", content hash, encoder sha, precision, stride)`` -> the
+Volume read the first time and the last stroke Result (warm updates).
 """
 
 import json
@@ -146,10 +148,60 @@ def task_pca(ctx):
 
 
 def task_similarity(ctx):
+    """Similarity to the token at ``point_lps`` (LPS mm) of input "volume": over that CT, or, with
+    an input "target", over the target CT (on its voxels, with its best match; see
+    :mod:`pantheon.models.nemesis.compare`)."""
     from ...pipelines import nemesis as nem
     point = _point(ctx)
+    if ctx.inputs.get("target"):
+        return _similarity_in_target(ctx, point)
     return _feature_task(ctx, lambda vol, engine, fg, progress: nem.similarity(
         vol, engine, point, feature_grid=fg, progress=progress, cancel=ctx.cancel))
+
+
+def _check_inside(volume, point_lps) -> None:
+    """The query point must lie in the query CT: said before any model load or encoder pass (the
+    same test as :func:`pantheon.models.nemesis.compare.query_at`, which runs again later)."""
+    import numpy as np
+
+    from ...pipelines import nemesis as nem
+    point = nem.check_point(point_lps)
+    ijk = volume.world_to_ijk(point)[0]
+    if np.any(ijk < -0.5) or np.any(ijk > np.array(volume.size_ijk) - 0.5):
+        ras = ", ".join(f"{v:.1f}" for v in point * [-1, -1, 1])
+        raise InputError(f"The point (RAS {ras} mm) lies outside the query CT; place it inside that image.")
+
+
+def _similarity_in_target(ctx, point):
+    """Query token from the first CT's cached features, map over the target's cached features: a
+    moved point costs no encoder pass for either scan. Notes ``query_feature_cache`` and
+    ``target_feature_cache`` say which scan's features were cached; ``feature_cache`` is "hit" only
+    when both were (no encoder pass at all)."""
+    from ...pipelines import nemesis as nem
+    from .compare import query_at, similarity_in
+    vol, vhash = read_input(ctx)
+    _check_inside(vol, point)
+    target, thash = read_input(ctx, "target")
+    engine = get_engine(ctx)
+    stride = _stride(ctx.params.get("stride"))
+    key = ("features", thash, engine.weights_sha256 or engine.weights_id, engine.precision, str(stride))
+    if ctx.cache.get(key) is None:  # checked once per target, named as the target (not "input")
+        nem.check_ct(target, "target", max_voxels=nem._limit(engine))
+    with cancel_hooks(engine.model, ctx.cancel):
+        fg = get_features(ctx, engine, vol, vhash, progress_span(ctx, 0.05, 0.45))
+        ctx.notes["query_feature_cache"] = ctx.notes["feature_cache"]
+        target_fg = get_features(ctx, engine, target, thash, progress_span(ctx, 0.45, 0.85))
+        ctx.notes["target_feature_cache"] = ctx.notes["feature_cache"]
+        both = ctx.notes["query_feature_cache"] == ctx.notes["target_feature_cache"] == "hit"
+        ctx.notes["feature_cache"] = "hit" if both else "miss"
+        query = query_at(vol, engine, point, feature_grid=fg)
+        res = similarity_in(target, engine, query, feature_grid=target_fg, progress=progress_span(ctx, 0.85, 0.95),
+                            cancel=ctx.cancel)
+    ctx.check()
+    ctx.progress(0.95, "Writing results")
+    doc = write_outputs(res, ctx.output_dir, ctx.notes, progress_span(ctx, 0.95, 1.0))
+    ctx.progress(1.0, "Done")
+    return doc
 
 
 def task_reconstruct(ctx):
@@ -170,6 +222,56 @@ def task_reconstruct(ctx):
                               cancel=ctx.cancel)
     ctx.progress(0.9, "Writing results")
     doc = write_outputs(res, ctx.output_dir, ctx.notes, progress_span(ctx, 0.9, 1.0))
+    ctx.progress(1.0, "Done")
+    return doc
+
+
+def _warm_bytes(vol, fg=None) -> int:
+    """What a stroke segmentation keeps alive between updates, roughly: the CT and its canonical copy,
+    the float32 model array, the int16 local means, the uint8 result and float32 probability map on
+    the input grid, and the standardized token features (about the size of the tokens)."""
+    n = int(vol.array.size)
+    return 2 * int(vol.array.nbytes) + n * (4 + 2 + 1 + 4) + (int(fg.tokens.nbytes) if fg is not None else 0)
+
+
+def task_strokes(ctx):
+    """Segment the structure marked by the stroke map (input "strokes": 1 foreground, 2 background,
+    0 unlabelled, on the CT's grid). The Volume first read for this CT and the last Result stay in
+    the worker cache, so the next update for the same CT passes that same Volume object and
+    ``previous=``: no encoder pass and no re-preparation (``strokes_cache``: hit). Parameter
+    ``probability`` (default true): also write the probability map."""
+    from ...results import Result
+    from .strokes import check_strokes, segment_from_strokes
+    vol, vhash = read_input(ctx)
+    strokes, _ = read_input(ctx, "strokes", cache=False)  # new with every stroke: not worth a cache slot
+    check_strokes(vol, strokes)  # a wrong stroke map costs no model load
+    engine = get_engine(ctx)
+    stride = _stride(ctx.params.get("stride"))
+    key = ("strokes", vhash, engine.weights_sha256 or engine.weights_id, engine.precision, str(stride))
+    warm = ctx.cache.get(key)
+    with cancel_hooks(engine.model, ctx.cancel):
+        if warm is not None:
+            ctx.notes["strokes_cache"] = "hit"
+            # the first Volume object: the core recognises its own prepared state by identity
+            vol, previous, nbytes = warm
+            fg_key = ("features", vhash, engine.weights_sha256 or engine.weights_id, engine.precision, str(stride))
+            # only used should the core have dropped its warm state: then no encoder pass either
+            fg = ctx.cache.get(fg_key)
+            res = segment_from_strokes(vol, engine, strokes, feature_grid=fg, previous=previous,
+                                       progress=progress_span(ctx, 0.05, 0.9), cancel=ctx.cancel, stride=stride)
+        else:
+            ctx.notes["strokes_cache"] = "miss"
+            fg = get_features(ctx, engine, vol, vhash, progress_span(ctx, 0.05, 0.8))
+            res = segment_from_strokes(vol, engine, strokes, feature_grid=fg, progress=progress_span(ctx, 0.8, 0.9),
+                                       cancel=ctx.cancel, stride=stride)
+            nbytes = _warm_bytes(vol, fg)
+    ctx.cache.put(key, (vol, res, nbytes), nbytes)
+    ctx.check()
+    out = res
+    if not ctx.params.get("probability", True):  # a copy: the cached Result stays whole
+        out = Result(labels=dict(res.labels), scalars=dict(res.scalars), notes=dict(res.notes))
+    ctx.progress(0.9, "Writing results")
+    doc = write_outputs(out, ctx.output_dir, ctx.notes, progress_span(ctx, 0.9, 1.0))
     ctx.progress(1.0, "Done")
     return doc
 
@@ -221,5 +323,6 @@ TASKS = {
     "nemesis.pca": task_pca,
     "nemesis.similarity": task_similarity,
     "nemesis.reconstruct": task_reconstruct,
+    "nemesis.strokes": task_strokes,
     "nemesis.train_probe": task_train_probe,
 }
