@@ -195,3 +195,12 @@ def test_cli_writes_segmentation_and_refuses_a_bad_stroke_map(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no foreground stroke" in err[0], err
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_without_the_probability_map_the_segmentation_is_the_same(engine, phantom):
+    ct, lab, fg = phantom
+    s = S.simulate_strokes(lab.array == VALUE["spleen"], 2, seed=5, body=ct.array > -500)
+    full = S.segment_from_strokes(ct, engine, ct.with_array(s), feature_grid=fg)
+    lean = S.segment_from_strokes(ct, engine, ct.with_array(s), feature_grid=fg, probability_map=False)
+    assert "stroke_probability" in full.heatmaps and not lean.heatmaps
+    np.testing.assert_array_equal(lean.labels["segmentation"].volume.array, full.labels["segmentation"].volume.array)

@@ -277,14 +277,15 @@ def _as_state(previous, volume):
 # ---------------------------------------------------------------------------- pipeline
 def segment_from_strokes(volume: Volume, engine, strokes: Volume, feature_grid=None, previous=None,
                          progress=None, cancel=None, stride=None, cache_dir=None, C: float = 0.5,
-                         unlabelled_weight: float = 0.25) -> Result:
+                         unlabelled_weight: float = 0.25, probability_map: bool = True) -> Result:
     """Segment the structure marked by ``strokes`` (1 = foreground, 2 = background, 0 = unlabelled,
     on the input's grid) in the CT ``volume``; see the module docstring for how.
 
     ``feature_grid``: NEMESIS features of this image (from an earlier call): no encoder pass.
     ``previous``: the Result of an earlier call on the same ``volume`` object: its prepared CT and
-    standardized token features are reused too (a warm update). Returns a Result with the label map
-    ``segmentation`` (value 1) and the heatmap ``stroke_probability`` on the input's voxels.
+    standardized token features are reused too (a warm update). Returns a Result with the label
+    map ``segmentation`` (value 1) and the heatmap ``stroke_probability`` on the input's voxels
+    (not with ``probability_map=False``: a panel showing only the segment saves its full-size copy).
     """
     from scipy import ndimage
     from sklearn.linear_model import LogisticRegression
@@ -395,21 +396,21 @@ def segment_from_strokes(volume: Volume, engine, strokes: Volume, feature_grid=N
     rep(0.97, "Mapping onto the image")
     seg_model = np.zeros(shape, np.uint8)
     seg_model[box] = mask
-    prob_blocks = np.zeros(tuple(g * p for g, p in zip(grid, patch)), np.float32)
-    blocks(prob_blocks, grid, patch)[tokens[0], :, tokens[1], :, tokens[2], :] = prob
-    del prob
     seg = prepared.to_input_geometry(seg_model)
-    heat = prepared.to_input_geometry(prob_blocks[tuple(slice(0, n) for n in shape)])
-    del prob_blocks
     res = Result()
     res.labels["segmentation"] = LabelOutput(seg, [Segment(1, SEGMENT_NAME, SEGMENT_COLOR)])
-    res.heatmaps["stroke_probability"] = HeatmapOutput(
-        heat, "inferno", (0.0, 1.0),
-        "Probability that the voxel belongs to the structure marked by the foreground strokes (NEMESIS token "
-        "classifier upsampled to the voxels, combined with an intensity model of the strokes); 1 and 0 on the "
-        "foreground and background strokes, 0 where no voxel could reach 0.5 and connect to a "
-        "foreground stroke (those voxels are not computed).",
-        "P(structure | strokes)")
+    if probability_map:
+        prob_blocks = np.zeros(tuple(g * p for g, p in zip(grid, patch)), np.float32)
+        blocks(prob_blocks, grid, patch)[tokens[0], :, tokens[1], :, tokens[2], :] = prob
+        heat = prepared.to_input_geometry(prob_blocks[tuple(slice(0, n) for n in shape)])
+        del prob_blocks
+        res.heatmaps["stroke_probability"] = HeatmapOutput(
+            heat, "inferno", (0.0, 1.0),
+            "Probability that the voxel belongs to the structure marked by the foreground strokes (NEMESIS token "
+            "classifier upsampled to the voxels, combined with an intensity model of the strokes); 1 and 0 on the "
+            "foreground and background strokes, 0 where no voxel could reach 0.5 and connect to a "
+            "foreground stroke (those voxels are not computed).",
+            "P(structure | strokes)")
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     res.scalars["segmented_voxels"] = float(mask.sum())
     res.scalars["segmented_volume_ml"] = float(mask.sum()) * voxel_ml

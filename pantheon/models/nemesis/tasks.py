@@ -240,13 +240,13 @@ def task_strokes(ctx):
     the worker cache, so the next update for the same CT passes that same Volume object and
     ``previous=``: no encoder pass and no re-preparation (``strokes_cache``: hit). Parameter
     ``probability`` (default true): also write the probability map."""
-    from ...results import Result
     from .strokes import check_strokes, segment_from_strokes
     vol, vhash = read_input(ctx)
     strokes, _ = read_input(ctx, "strokes", cache=False)  # new with every stroke: not worth a cache slot
     check_strokes(vol, strokes)  # a wrong stroke map costs no model load
     engine = get_engine(ctx)
     stride = _stride(ctx.params.get("stride"))
+    want_map = bool(ctx.params.get("probability", True))  # the panel shows the segment only: skip the map
     key = ("strokes", vhash, engine.weights_sha256 or engine.weights_id, engine.precision, str(stride))
     warm = ctx.cache.get(key)
     with cancel_hooks(engine.model, ctx.cancel):
@@ -258,20 +258,18 @@ def task_strokes(ctx):
             # only used should the core have dropped its warm state: then no encoder pass either
             fg = ctx.cache.get(fg_key)
             res = segment_from_strokes(vol, engine, strokes, feature_grid=fg, previous=previous,
-                                       progress=progress_span(ctx, 0.05, 0.9), cancel=ctx.cancel, stride=stride)
+                                       progress=progress_span(ctx, 0.05, 0.9), cancel=ctx.cancel, stride=stride,
+                                       probability_map=want_map)
         else:
             ctx.notes["strokes_cache"] = "miss"
             fg = get_features(ctx, engine, vol, vhash, progress_span(ctx, 0.05, 0.8))
             res = segment_from_strokes(vol, engine, strokes, feature_grid=fg, progress=progress_span(ctx, 0.8, 0.9),
-                                       cancel=ctx.cancel, stride=stride)
+                                       cancel=ctx.cancel, stride=stride, probability_map=want_map)
             nbytes = _warm_bytes(vol, fg)
     ctx.cache.put(key, (vol, res, nbytes), nbytes)
     ctx.check()
-    out = res
-    if not ctx.params.get("probability", True):  # a copy: the cached Result stays whole
-        out = Result(labels=dict(res.labels), scalars=dict(res.scalars), notes=dict(res.notes))
     ctx.progress(0.9, "Writing results")
-    doc = write_outputs(out, ctx.output_dir, ctx.notes, progress_span(ctx, 0.9, 1.0))
+    doc = write_outputs(res, ctx.output_dir, ctx.notes, progress_span(ctx, 0.9, 1.0))
     ctx.progress(1.0, "Done")
     return doc
 
