@@ -79,7 +79,8 @@ class NemesisSlicer(ScriptedLoadableModule):
 <p>Paper: NEMESIS: Noise-suppressed Efficient MAE with Enhanced Superpatch Integration Strategy. """
 """arXiv:2604.01612; IEEE AICAS 2026.
 <a href="https://arxiv.org/abs/2604.01612">https://arxiv.org/abs/2604.01612</a></p>
-<p>Organ maps, a reconstruction explorer (mask ratio and noise at the crosshair), a feature PCA map,
+<p>Organ maps, a reconstruction explorer (mask ratio and noise at the crosshair), an atypicality map (the
+masked-reconstruction error over the whole CT, several mask draws averaged), a feature PCA map,
 point similarity (move the point: the map updates from cached features), also shown in another loaded
 CT (its best match marked), segmenting a structure from
 a few paint strokes (updated as you paint) and training an organ probe from segmentations in the
@@ -133,6 +134,7 @@ class NemesisSlicerParameterNode:
     maskRatioPlane: Annotated[float, WithinRange(0.0, 0.95), Default(lib.DEFAULT_MASK_RATIO[0])]
     maskRatioAxis: Annotated[float, WithinRange(0.0, 0.95), Default(lib.DEFAULT_MASK_RATIO[1])]
     noiseStd: Annotated[float, WithinRange(0.0, 1.0), Default(0.0)]
+    atypicalityDraws: Annotated[int, WithinRange(1, 32), Default(lib.DEFAULT_ATYPICALITY_DRAWS)]
     similarityPoint: vtkMRMLMarkupsFiducialNode
     similarityAutoUpdate: Annotated[bool, Default(True)]
     similarityTarget: vtkMRMLScalarVolumeNode  # "Show in": None is the same CT (the input)
@@ -194,6 +196,7 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         self.actionButtons = {
             "organs": self.ui.organsApplyButton,
             "reconstruct": self.ui.reconstructApplyButton,
+            "atypicality": self.ui.atypicalityApplyButton,
             "pca": self.ui.pcaApplyButton,
             "similarity": self.ui.similarityApplyButton,
             "train_probe": self.ui.trainProbeButton,
@@ -317,6 +320,8 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
             point = self.logic.pointLPSFromCrosshair()
             return self.logic.submit("reconstruct", p.inputVolume, point_lps=point,
                                      mask_ratio=(p.maskRatioPlane, p.maskRatioAxis), noise_std=p.noiseStd, **common)
+        if action == "atypicality":
+            return self.logic.submit("atypicality", p.inputVolume, draws=p.atypicalityDraws, **common)
         if action == "similarity":
             point = self.logic.pointLPSFromMarkups(p.similarityPoint)
             self.logic.cancelPendingSimilarity()  # this job is for the point as it is now
@@ -367,6 +372,8 @@ class NemesisSlicerWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKObs
         if task.action == "reconstruct":
             scalars = getattr(task.imported, "scalars", {}) or {}
             self.ui.reconstructMetricsLabel.text = lib.metrics_text(scalars)
+        if task.action == "atypicality":
+            self.appendLog(lib.atypicality_text(getattr(task.imported, "scalars", {}) or {}))
         notes = getattr(task.imported, "notes", {}) or {}
         if task.action == "organs" and notes.get("organ_maps"):
             self.appendLog(notes["organ_maps"])  # what a value of the maps means

@@ -150,6 +150,23 @@ def test_stroke_map_and_default_segments():
     assert lib.ACTIONS["strokes"] == "nemesis.strokes"
 
 
+def test_atypicality_params_and_log_line():
+    params = lib.build_params("atypicality", draws=6, seed=2)
+    assert lib.ACTIONS["atypicality"] == "nemesis.atypicality"
+    assert params["draws"] == 6 and params["seed"] == 2 and params["mask_ratio"] == list(lib.DEFAULT_MASK_RATIO)
+    assert "noise_std" not in params and "point_lps" not in params
+    assert lib.build_params("atypicality")["draws"] == lib.DEFAULT_ATYPICALITY_DRAWS == 4
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        lib.build_params("atypicality", draws=0)
+    with pytest.raises(ValueError, match=r"mask ratios must be in \[0, 1\)"):
+        lib.build_params("atypicality", mask_ratio=(0.5, 1.0))
+    text = lib.atypicality_text({"mask_draws": 4.0, "mean_error_in_body_hu": 61.26, "voxels_never_hidden": 12.0})
+    assert text == ("Atypicality map over 4 mask draws: mean reconstruction error in the body 61.3 HU; 12 voxels "
+                    "no draw hid are 0. Bright = unlike what the model learnt to fill in; not a diagnosis.")
+    assert lib.atypicality_text({"mask_draws": 1.0}).startswith("Atypicality map over 1 mask draw. ")
+    assert lib.atypicality_text({}).startswith("Atypicality map. ")
+
+
 def FakeJob(events, state="done", result=None, error=None):
     return ScriptedJob(state, result, error, events=events)
 

@@ -61,7 +61,7 @@ def _segmentation(phantom, name):
 def test_panel_opens_and_radio_choices_are_separate(harness, panel):
     ui = panel.ui
     for button in (ui.organsApplyButton, ui.pcaApplyButton, ui.reconstructApplyButton, ui.similarityApplyButton,
-                   ui.trainProbeButton):
+                   ui.atypicalityApplyButton, ui.trainProbeButton):
         assert not button.enabled
     ui.weightsFileRadioButton.click()
     ui.workerCustomPythonRadioButton.click()  # "Another interpreter" can be chosen at all
@@ -191,6 +191,55 @@ def test_similarity_follows_a_placed_point(harness, panel, phantoms):
     ui.similarityAutoUpdateCheckBox.click()
     harness.pump(0.5)
     wait_idle(harness, panel)
+
+
+@pytest.mark.slow
+def test_atypicality_map_over_the_whole_ct(harness, panel, phantoms):
+    """The masked-reconstruction error over the whole CT: the pipeline's map, voxel for voxel, on
+    the oblique CT's grid, as the overlay of every view; a rerun replaces it."""
+    import slicer
+
+    from pantheon.io import read_volume
+    from pantheon.models.nemesis.atypicality import atypicality
+    from pantheon.pipelines import nemesis as nem
+    ui, p = panel.ui, panel._parameterNode
+    harness.close_scene()
+    ct = _load(phantoms[0], "CT")
+    ui.inputVolumeSelector._h_choose(ct)
+    ui.atypicalityCollapsibleButton.collapsed = False
+    assert p.atypicalityDraws == 4 and ui.atypicalityDrawsSpinBox.value == 4 and ui.atypicalityApplyButton.enabled
+    ui.atypicalityDrawsSpinBox.value = 2
+    assert p.atypicalityDraws == 2
+    ui.atypicalityApplyButton.click()
+    assert ui.atypicalityApplyButton.text == "Cancel" and not ui.organsApplyButton.enabled
+    wait_idle(harness, panel)
+    assert ui.statusLabel.text == "Done: atypicality", ui.errorLabel.text
+    maps = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if n.GetAttribute("Pantheon.Action") == "atypicality"]
+    assert len(maps) == 1
+    heat = maps[0]
+    np.testing.assert_allclose(_ijk_to_ras(heat), _ijk_to_ras(ct), atol=1e-6)
+    assert heat.GetImageData().GetDimensions() == ct.GetImageData().GetDimensions()
+    want = atypicality(read_volume(phantoms[0][0]), nem.load_engine(device="cpu"), draws=2, seed=0)
+    expected, _m = want.heatmaps["atypicality"].volume.to_slicer()
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(heat), expected, atol=1e-4)
+    assert heat.GetAttribute("Pantheon.Colormap") == "magma" and "not a diagnosis" in heat.GetDescription()
+    for i in range(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = slicer.mrmlScene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (ct.GetID(), heat.GetID())
+    log = ui.logTextEdit.toPlainText()
+    mean = want.scalars["mean_error_in_body_hu"]
+    assert f"Atypicality map over 2 mask draws: mean reconstruction error in the body {mean:.1f} HU" in log
+    harness.screenshot(MODULE, screenshot_dir() / f"{MODULE}-atypicality.png")
+    # more draws: the same node, a new map (more voxels hidden at least once)
+    ui.atypicalityDrawsSpinBox.value = 6
+    ui.atypicalityApplyButton.click()
+    wait_idle(harness, panel)
+    assert [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if n.GetAttribute("Pantheon.Action") == "atypicality"] == [heat]
+    assert not np.allclose(slicer.util.arrayFromVolume(heat), expected)
+    assert "over 6 mask draws" in ui.logTextEdit.toPlainText()
+    ui.atypicalityCollapsibleButton.collapsed = True
 
 
 @pytest.mark.slow

@@ -97,6 +97,28 @@ def test_pca_and_reconstruct(client, ct):
     assert rec["scalars"]["psnr_db"] > 0 and -1 <= rec["scalars"]["ssim"] <= 1
 
 
+def test_atypicality_map_on_the_ct_grid(client, ct):
+    """The worker's map is the pipeline's, voxel for voxel, on the input's grid; bad parameters are
+    one sentence each, before any model run."""
+    from pantheon.models.nemesis.atypicality import atypicality
+    from pantheon.pipelines import nemesis as nem
+    path, img = ct
+    doc = client.run("nemesis.atypicality", {"draws": 2, "seed": 3}, {"volume": str(path)}, timeout=120)
+    assert set(doc["outputs"]) == {"atypicality"} and doc["scalars"]["mask_draws"] == 2
+    amap = read_volume(Path(doc["output_dir"]) / doc["outputs"]["atypicality"]["file"])
+    assert amap.same_geometry(img) and amap.array.dtype == np.float32
+    want = atypicality(read_volume(path), nem.load_engine(device="cpu"), draws=2, seed=3)
+    np.testing.assert_allclose(amap.array, want.heatmaps["atypicality"].volume.array, atol=1e-4)
+    assert doc["scalars"]["mean_error_in_body_hu"] == pytest.approx(want.scalars["mean_error_in_body_hu"], rel=1e-5)
+    client.release(doc)
+    for params, words in (({"draws": 0}, "at least 1; got 0"), ({"draws": 2.5}, "whole number of mask draws"),
+                          ({"mask_ratio": [0.5, 1.0]}, "mask ratio"), ({"mask_ratio": "half"}, "[plane, axis]"),
+                          ({"seed": -1}, "seed")):
+        with pytest.raises(WorkerError) as e:
+            client.run("nemesis.atypicality", params, {"volume": str(path)}, timeout=60)
+        assert e.value.kind == "input" and words in e.value.message, e.value.message
+
+
 def test_input_errors(client, ct, tmp_path):
     path, img = ct
     with pytest.raises(WorkerError) as e:

@@ -43,7 +43,7 @@ __all__ = [
     "PHANTOM_SCRIPT", "make_phantom_files", "TaskError", "metrics_text", "environment_text",
     "probe_path_from_result", "ThreadTask",
     "STROKE_FOREGROUND", "STROKE_BACKGROUND", "StrokesProblem", "stroke_label_map", "default_stroke_segments",
-    "strokes_text", "SimilarityProblem", "point_outside_text", "best_match_text",
+    "strokes_text", "atypicality_text", "DEFAULT_ATYPICALITY_DRAWS", "SimilarityProblem", "point_outside_text", "best_match_text",
 ]
 
 # ------------------------------------------------------------------------------------ choices
@@ -54,6 +54,7 @@ ACTIONS: Dict[str, str] = {
     "pca": "nemesis.pca",
     "similarity": "nemesis.similarity",
     "reconstruct": "nemesis.reconstruct",
+    "atypicality": "nemesis.atypicality",
     "train_probe": "nemesis.train_probe",
     "strokes": "nemesis.strokes",
 }
@@ -87,6 +88,8 @@ WEIGHTS_CHOICES = (WEIGHTS_DEMO, WEIGHTS_OFFICIAL, WEIGHTS_FILE)
 DEMO_CARD = NEMESIS_DEMO_CARD
 DEMO_PROBE_CARD = NEMESIS_DEMO_PROBE_CARD
 DEFAULT_MASK_RATIO = NEMESIS_MASK_RATIO
+# pantheon.models.nemesis.atypicality.DEFAULT_DRAWS (that module imports torch-side code)
+DEFAULT_ATYPICALITY_DRAWS = 4
 OFFICIAL_CARD = "nemesis-mae-768"
 OFFICIAL_SIZE_TEXT = "about 1.3 GB"
 
@@ -131,7 +134,7 @@ def probe_params(path: Optional[str]) -> Dict[str, object]:
 def build_params(action: str, *, weights: Optional[Dict[str, object]] = None, device: str = "auto",
                  precision: str = "fp32", stride: Optional[int] = None, organs: Optional[Sequence[str]] = None,
                  probe: Optional[str] = None, point_lps=None, mask_ratio=DEFAULT_MASK_RATIO, noise_std: float = 0.0,
-                 seed: int = 0, **extra) -> Dict[str, object]:
+                 seed: int = 0, draws: int = DEFAULT_ATYPICALITY_DRAWS, **extra) -> Dict[str, object]:
     """Worker parameters for one action (only the keys that pipeline takes)."""
     if action not in ACTIONS:
         raise ValueError(f"Unknown action {action!r}; use one of {', '.join(ACTIONS)}.")
@@ -157,14 +160,20 @@ def build_params(action: str, *, weights: Optional[Dict[str, object]] = None, de
         if point_lps is None:
             raise ValueError(f"{action} needs a point (LPS mm).")
         params["point_lps"] = [float(v) for v in point_lps[:3]]
-    if action == "reconstruct":
+    if action in ("reconstruct", "atypicality"):
         plane, axis = (float(v) for v in mask_ratio)
         for v in (plane, axis):
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"mask ratios must be in [0, 1), got {mask_ratio}")
+        params.update(mask_ratio=[plane, axis], seed=int(seed))
+    if action == "reconstruct":
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
-        params.update(mask_ratio=[plane, axis], noise_std=float(noise_std), seed=int(seed))
+        params["noise_std"] = float(noise_std)
+    if action == "atypicality":
+        if int(draws) < 1:
+            raise ValueError(f"The number of mask draws must be at least 1, got {draws}.")
+        params["draws"] = int(draws)
     params.update({k: v for k, v in extra.items() if v is not None})
     return params
 
@@ -228,6 +237,19 @@ def strokes_text(scalars: dict, output_name: str = "") -> str:
         return f"Segmented from strokes{where}."
     return (f"Segmented from strokes{where}: {float(scalars['segmented_volume_ml']):.1f} ml "
             f"({int(scalars.get('segmented_voxels', 0))} voxels).")
+
+
+def atypicality_text(scalars: dict, draws: Optional[int] = None) -> str:
+    """One log line for an atypicality map: what it averaged and its mean inside the body."""
+    scalars = scalars or {}
+    n = int(scalars.get("mask_draws", draws or 0))
+    text = f"Atypicality map over {n} mask draw{'s' if n != 1 else ''}" if n else "Atypicality map"
+    if "mean_error_in_body_hu" in scalars:
+        text += f": mean reconstruction error in the body {float(scalars['mean_error_in_body_hu']):.1f} HU"
+    never = int(scalars.get("voxels_never_hidden", 0))
+    if never:
+        text += f"; {never} voxels no draw hid are 0"
+    return text + ". Bright = unlike what the model learnt to fill in; not a diagnosis."
 
 
 # ------------------------------------------------------------------------------------ similarity

@@ -204,22 +204,52 @@ def _similarity_in_target(ctx, point):
     return doc
 
 
+def _mask_ratio(ctx):
+    ratio = ctx.params.get("mask_ratio", list(NEMESIS_MASK_RATIO))
+    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
+        return float(ratio)
+    if isinstance(ratio, (list, tuple)) and len(ratio) == 2 and all(isinstance(v, (int, float)) for v in ratio):
+        return (float(ratio[0]), float(ratio[1]))
+    raise InputError("'mask_ratio' must be a number or [plane, axis].")
+
+
 def task_reconstruct(ctx):
     from ...pipelines import nemesis as nem
     point = _point(ctx)
-    ratio = ctx.params.get("mask_ratio", list(NEMESIS_MASK_RATIO))
-    if isinstance(ratio, (int, float)):
-        ratio = float(ratio)
-    elif isinstance(ratio, (list, tuple)) and len(ratio) == 2:
-        ratio = (float(ratio[0]), float(ratio[1]))
-    else:
-        raise InputError("'mask_ratio' must be a number or [plane, axis].")
+    ratio = _mask_ratio(ctx)
     vol, _ = read_input(ctx)
     engine = get_engine(ctx)
     with cancel_hooks(engine.model, ctx.cancel):
         res = nem.reconstruct(vol, engine, point, ratio, float(ctx.params.get("noise_std", 0.0) or 0.0),
                               int(ctx.params.get("seed", 0) or 0), progress=progress_span(ctx, 0.05, 0.9),
                               cancel=ctx.cancel)
+    ctx.progress(0.9, "Writing results")
+    doc = write_outputs(res, ctx.output_dir, ctx.notes, progress_span(ctx, 0.9, 1.0))
+    ctx.progress(1.0, "Done")
+    return doc
+
+
+def task_atypicality(ctx):
+    """Masked-reconstruction error over the whole CT (:mod:`pantheon.models.nemesis.atypicality`):
+    parameters ``draws`` (default 4), ``mask_ratio``, ``seed``. Every superpatch runs the whole model
+    ``draws`` times: no cached features to reuse."""
+    from .atypicality import DEFAULT_DRAWS, atypicality
+    draws = ctx.params.get("draws", DEFAULT_DRAWS)
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise InputError(f"'draws' must be a whole number of mask draws, at least 1; got {draws!r}.")
+    seed = ctx.params.get("seed", 0) or 0
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"'seed' must be a whole number >= 0, got {seed!r}.")
+    ratio = _mask_ratio(ctx)
+    vol, _ = read_input(ctx)
+    engine = get_engine(ctx)
+    with cancel_hooks(engine.model, ctx.cancel):
+        try:
+            res = atypicality(vol, engine, draws, ratio, seed, progress=progress_span(ctx, 0.05, 0.9),
+                              cancel=ctx.cancel)
+        except ValueError as exc:  # e.g. a mask ratio out of range: the pipeline's sentence
+            raise InputError(str(exc)) from exc
+    ctx.check()
     ctx.progress(0.9, "Writing results")
     doc = write_outputs(res, ctx.output_dir, ctx.notes, progress_span(ctx, 0.9, 1.0))
     ctx.progress(1.0, "Done")
@@ -321,6 +351,7 @@ TASKS = {
     "nemesis.pca": task_pca,
     "nemesis.similarity": task_similarity,
     "nemesis.reconstruct": task_reconstruct,
+    "nemesis.atypicality": task_atypicality,
     "nemesis.strokes": task_strokes,
     "nemesis.train_probe": task_train_probe,
 }
