@@ -47,7 +47,8 @@ def test_every_declared_part_imports_and_has_the_right_shape():
         assert batch and all(isinstance(b, BatchPipeline) for b in batch)
     from pantheon.batch.pipelines import pipeline_names
     assert pipeline_names() == ["mathena-analyze", "nemesis-organs", "nemesis-pca", "neonet-predict"]
-    assert sorted(worker_tasks()) == ["mathena.analyze", "nemesis.atypicality", "nemesis.features", "nemesis.organs", "nemesis.pca",
+    assert sorted(worker_tasks()) == ["mathena.analyze", "nemesis.atypicality", "nemesis.features", "nemesis.organs",
+                                      "nemesis.pca",
                                       "nemesis.reconstruct", "nemesis.similarity", "nemesis.strokes",
                                       "nemesis.train_probe",
                                       "pni.predict", "pni.synthesize"]

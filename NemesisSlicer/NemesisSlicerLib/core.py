@@ -43,7 +43,8 @@ __all__ = [
     "PHANTOM_SCRIPT", "make_phantom_files", "TaskError", "metrics_text", "environment_text",
     "probe_path_from_result", "ThreadTask",
     "STROKE_FOREGROUND", "STROKE_BACKGROUND", "StrokesProblem", "stroke_label_map", "default_stroke_segments",
-    "strokes_text", "atypicality_text", "DEFAULT_ATYPICALITY_DRAWS", "SimilarityProblem", "point_outside_text", "best_match_text",
+    "strokes_text", "atypicality_text", "DEFAULT_ATYPICALITY_DRAWS", "SimilarityProblem", "point_outside_text",
+    "best_match_text",
 ]
 
 # ------------------------------------------------------------------------------------ choices
