@@ -210,3 +210,11 @@ def term_for(code: Optional[Sequence[str]]) -> Term:
     if not code or not code[1]:
         return GENERIC_TERM
     return Term(GENERAL_ANATOMY, ANATOMICAL_STRUCTURE, tuple(str(c) for c in code[:3]))
+
+
+# ---------------------------------------------------------------------------- 3D-LLDM liver MRI labels
+#: The label set of 3D-LLDM / FOSCU (arXiv 2603.23845, 2603.29343) and of the HCC liver MRI phantom.
+HCC_LABELS = {0: "background", 1: "liver", 2: "portal_vein", 3: "hepatic_vein", 4: "hcc"}
+#: Slicer-style colours (RGB 0-1) for the label map's segments
+HCC_COLORS = {"liver": (0.87, 0.51, 0.39), "portal_vein": (0.0, 0.59, 0.81), "hepatic_vein": (0.0, 0.36, 0.62),
+              "hcc": (0.95, 0.85, 0.15)}

@@ -36,6 +36,7 @@ COMMAND_PIXEL_LIMITS = {
     "nemesis": 500_000_000,  # a CT up to 512 x 512 x 1900; the maps need ~10+ bytes a voxel
     "tooth": 50_000_000,     # a radiograph up to 10000 x 5000; OPGs are 3-25 million pixels
     "pni": 200_000_000,      # an MRI or label map up to 512 x 512 x 760
+    "lldm": 200_000_000,     # a label map up to 512 x 512 x 760 (the model grid is small; the result is float32)
 }
 #: Default limit for formats without geometry (PNG, JPEG, BMP, TIFF): pixels. 200 megapixels is
 #: 20000 x 10000, far beyond any radiograph, and about 0.8 GB as float32 before any processing.

@@ -23,6 +23,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
+from pantheon.anatomy import HCC_COLORS, HCC_LABELS  # noqa: F401 - re-exported: the phantom's label set
 from pantheon.io.volume import Volume
 from pantheon.synth.ct_phantom import Blob, Sampler, seeded_rng, small_rotation
 from pantheon.synth.mri_phantom import (
@@ -32,12 +33,7 @@ from pantheon.synth.mri_phantom import (
     sample_mri_on_grid,
 )
 
-HCC_LABELS: Dict[int, str] = {0: "background", 1: "liver", 2: "portal_vein", 3: "hepatic_vein", 4: "hcc"}
 HCC_LABEL_OF: Dict[str, int] = {v: k for k, v in HCC_LABELS.items()}
-#: Slicer-style colours (RGB 0-1) for the label map's segments
-HCC_COLORS: Dict[str, Tuple[float, float, float]] = {
-    "liver": (0.87, 0.51, 0.39), "portal_vein": (0.0, 0.59, 0.81), "hepatic_vein": (0.0, 0.36, 0.62),
-    "hcc": (0.95, 0.85, 0.15)}
 
 SeedLike = Union[int, np.integer, np.random.Generator, np.random.SeedSequence, None]
 

@@ -116,6 +116,8 @@ class NeoGen(nn.Module):
     """
 
     kind = "neogen"
+    #: the mask channel whose latent voxels ``tumour_loss_weight`` weights (the tumour)
+    WEIGHTED_CHANNEL = 0
 
     def __init__(self, in_channels: int = 1, patch_size: Sequence[int] = (96, 96, 48), mask_channels: int = 2,
                  num_classes: Optional[int] = 2,
@@ -358,7 +360,8 @@ class NeoGen(nn.Module):
         err = (pred.float() - noise.float()) ** 2
         w = cfg["tumour_loss_weight"]
         if w != 1.0:
-            tumour = F.adaptive_max_pool3d(masks[:, :1].float(), z.shape[2:])
+            c = self.WEIGHTED_CHANNEL
+            tumour = F.adaptive_max_pool3d(masks[:, c:c + 1].float(), z.shape[2:])
             err = err * (1.0 + (w - 1.0) * tumour)
         mse = err.mean()
         return {"mse": mse, "loss": mse}
