@@ -376,3 +376,16 @@ def test_demo_weights_put_the_liver_where_the_labels_say():
     assert syn[liver].mean() - syn[outside].mean() > 0.4
     assert np.corrcoef(syn.ravel(), normalize_mri(mri.array).ravel())[0, 1] > 0.75
     assert "Demo weights" in res.notes["warning"]
+
+
+@pytest.mark.slow
+def test_cli_train_one_step_and_refuse_both_sources(tmp_path, capsys):
+    code = main(["lldm", "train", "--stage", "vae", "--phantoms", "2", "--seed", "50000", "-o", str(tmp_path / "run"),
+                 "--steps", "1", "--quiet"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert json.loads(cap.out)["steps"] == 1 and (tmp_path / "run" / "vae" / "lldm.safetensors").is_file()
+    code = main(["lldm", "train", "--stage", "vae", "--phantoms", "2", "--data", str(tmp_path), "-o",
+                 str(tmp_path / "run2"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "either --phantoms N or --data" in err[0], err

@@ -51,9 +51,10 @@ def _edited(labels, args):
                                          grow_which=args.hcc or (), add=add))
 
 
-def cmd_train(args, progress):
-    """One 3D-LLDM training stage (resumable)."""
-    from ...train.lldm import data_cases, phantom_cases, train_stage
+def run_train(args, progress, train_stage):
+    """A training stage from ``--phantoms N`` or ``--data``, for 3D-LLDM's trainer and those sharing
+    its data (Duo-Diffusion's label generator)."""
+    from ...train.lldm import data_cases, phantom_cases
     if bool(args.phantoms) == bool(args.data):
         raise PantheonError("Give either --phantoms N or --data (a folder with images/ and labels/, or a CSV).")
     cases = phantom_cases(range(args.seed, args.seed + args.phantoms)) if args.phantoms else data_cases(args.data)
@@ -61,6 +62,12 @@ def cmd_train(args, progress):
     result = train_stage(args.stage, cases, args.output, steps=args.steps, resume=not args.restart, log=log,
                          seed=args.seed, progress=progress)
     return {"stage": args.stage, "weights": str(result.weights), "steps": result.steps}
+
+
+def cmd_train(args, progress):
+    """One 3D-LLDM training stage (resumable)."""
+    from ...train.lldm import train_stage
+    return run_train(args, progress, train_stage)
 
 
 def cmd_evaluate(args, progress):
@@ -87,6 +94,21 @@ def cmd_evaluate(args, progress):
                                 None if args.paired else stack(syn, "labels"), segmenter, args.encoder)
     result["segmenter"] = f"MONAI UNet trained on the real set, {args.segmenter_steps} steps" if segmenter else "none"
     return result
+
+
+def add_train_parser(act, help_text: str, stages, func) -> None:
+    """``train --stage ... (--phantoms N | --data ...) -o RUN``, for the trainers that share 3D-LLDM's data."""
+    p = act.add_parser("train", help=help_text)
+    p.add_argument("--stage", required=True, choices=list(stages))
+    p.add_argument("--phantoms", type=NON_NEGATIVE, default=0, help="train on N generated HCC liver MRI phantoms")
+    p.add_argument("--data", metavar="DIR|CSV", help="your (image, label map) pairs: a folder with images/ and "
+                                                     "labels/, or a CSV with image,label columns")
+    p.add_argument("-o", "--output", required=True, help="run folder (each stage in its own subfolder)")
+    p.add_argument("--steps", type=POSITIVE, default=500, help="training steps (default 500)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=func, interrupt_note=RESUMABLE)
 
 
 def add_commands(sub) -> None:
@@ -139,14 +161,5 @@ def add_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate, interrupt_note=NOTHING_WRITTEN)
 
-    p = act.add_parser("train", help="train one 3D-LLDM stage (vae, then ldm, then controlnet; resumable)")
-    p.add_argument("--stage", required=True, choices=["vae", "ldm", "controlnet"])
-    p.add_argument("--phantoms", type=NON_NEGATIVE, default=0, help="train on N generated HCC liver MRI phantoms")
-    p.add_argument("--data", metavar="DIR|CSV", help="your (image, label map) pairs: a folder with images/ and "
-                                                     "labels/, or a CSV with image,label columns")
-    p.add_argument("-o", "--output", required=True, help="run folder (each stage in its own subfolder)")
-    p.add_argument("--steps", type=POSITIVE, default=500, help="training steps (default 500)")
-    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train, interrupt_note=RESUMABLE)
+    add_train_parser(act, "train one 3D-LLDM stage (vae, then ldm, then controlnet; resumable)",
+                     ["vae", "ldm", "controlnet"], cmd_train)

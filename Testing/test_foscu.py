@@ -1,0 +1,103 @@
+"""FOSCU's Duo-Diffusion (pantheon.models.foscu): the label-map generator (sampling, seeds, its two
+training stages) and N new (image, label) pairs written resumably in the layout the trainers read."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from pantheon.errors import InputError
+from pantheon.models.foscu.labelgen import LabelGen, build_labelgen, load_labelgen, save_labelgen, tidy_labels
+from pantheon.models.lldm.model import build_lldm, save_lldm
+
+TINY = dict(grid=(32, 32, 32), ae_channels=(8, 8, 8), unet_channels=(8, 8, 8), unet_num_head_channels=(0, 0, 8))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    torch.manual_seed(0)
+    labelgen = build_labelgen(**TINY).eval()
+    lldm = build_lldm(ae_channels=(8, 8, 8), unet_channels=(8, 8, 8), unet_num_head_channels=(0, 0, 8),
+                      controlnet_embedding_channels=(8, 8, 8), patch_size=(32, 32, 32)).eval()
+    d = tmp_path_factory.mktemp("foscu-models")
+    return labelgen, lldm, save_labelgen(labelgen, d / "labelgen.safetensors"), save_lldm(lldm, d / "lldm.safetensors")
+
+
+def test_sampling_is_seeded_and_shaped(models):
+    labelgen = models[0]
+    a = labelgen.sample(2, steps=3, generator=torch.Generator().manual_seed(4))
+    b = labelgen.sample(2, steps=3, generator=torch.Generator().manual_seed(4))
+    assert a.shape == (2, 32, 32, 32) and a.dtype == np.uint8 and a.max() <= 4
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(InputError, match="between 1 and 1000"):
+        labelgen.sample(1, steps=0)
+    with pytest.raises(InputError, match="values 0-4"):
+        LabelGen.one_hot(torch.full((1, 2, 2, 2), 5))
+
+
+def test_tidy_labels_keeps_the_largest_body():
+    lab = np.zeros((10, 10, 10), np.uint8)
+    lab[1:6, 1:6, 1:6] = 1
+    lab[3, 3, 3] = 4  # an HCC inside the liver stays
+    lab[8, 8, 8] = 2  # a stray vessel speck goes
+    out = tidy_labels(lab)
+    assert out[3, 3, 3] == 4 and out[8, 8, 8] == 0 and (out == 1).sum() == (lab == 1).sum()
+
+
+def test_checkpoint_round_trip(models, tmp_path):
+    labelgen, _, path, lldm_path = models
+    back = load_labelgen(path)
+    for k, v in labelgen.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]), k
+    from pantheon.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="is not a Pantheon Duo-Diffusion label generator checkpoint"):
+        load_labelgen(lldm_path)
+
+
+@pytest.mark.slow
+def test_two_stages_train_and_refuse_out_of_order(tmp_path):
+    from pantheon.train import foscu as tf
+    from pantheon.train.lldm import phantom_cases
+    cases = phantom_cases(range(50000, 50003))
+    with pytest.raises(InputError, match=r"starts from the vae stage's weights; .* train that stage first\.$"):
+        tf.train_stage("ldm", cases, tmp_path, steps=1, log=None)
+    small = dict(ae_channels=(8, 8, 8), unet_channels=(8, 8, 8), unet_num_head_channels=(0, 0, 8))
+    vae = tf.train_stage("vae", cases, tmp_path, steps=2, log=None, config=small)
+    ldm = tf.train_stage("ldm", cases, tmp_path, steps=2, log=None)
+    m = load_labelgen(ldm.weights)
+    assert float(m.scale_factor) != 1.0 and vae.steps == ldm.steps == 2
+    # the ldm stage trains only the UNet: the autoencoder is the vae stage's
+    before = load_labelgen(vae.weights).autoencoder.state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in m.autoencoder.state_dict().items())
+    stats = tf.label_statistics([c.labels for c in cases], 0.216)
+    assert stats["n"] == 3 and stats["with_liver_500ml"] == 1.0 and stats["liver_ml_mean"] > 500
+
+
+def test_pairs_are_written_resumably_in_the_training_layout(models, tmp_path):
+    from pantheon.data.pairs import read_pairs
+    from pantheon.models.foscu.pairs import generate_pairs
+    labelgen, lldm, _, _ = models
+    out = tmp_path / "pairs"
+    first = generate_pairs(2, out, labelgen, lldm, seed=10, label_steps=2, image_steps=2)
+    assert first["pairs"] == 2 and first["made_now"] == 2
+    pairs = read_pairs(out / "cases.csv")  # the trainers' reader: same grid, checked
+    assert len(pairs) == 2 and all(img.same_geometry(lab) for img, lab in pairs)
+    img, lab = pairs[1]
+    assert img.shape == (32, 32, 32) and np.allclose(np.abs(np.diag(img.direction)), 1) and img.spacing == (6.0,) * 3
+    rows = list(csv.DictReader(open(out / "cases.csv")))
+    assert [r["seed"] for r in rows] == ["10", "11"] and "hcc_count" in rows[0]
+    assert (out / "labels" / "pair-00001.seg.nrrd").is_file()
+    png = (out / "thumbnails" / "pair-00000.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "index.html").read_text()
+    assert page.count("<figure>") == 2 and "pair-00001" in page
+    # interrupted before pair 1's label map landed: a rerun makes exactly that pair, identically
+    before = (out / "images" / "pair-00001.nii.gz").read_bytes()
+    (out / "labels" / "pair-00001.nii.gz").unlink()
+    (out / "images" / "pair-00001.nii.gz").unlink()
+    again = generate_pairs(3, out, labelgen, lldm, seed=10, label_steps=2, image_steps=2)
+    assert again["made_now"] == 2 and again["pairs"] == 3  # pair 1 again, and the new pair 2
+    assert (out / "images" / "pair-00001.nii.gz").read_bytes() == before

@@ -1,0 +1,193 @@
+"""The label-map generator of Duo-Diffusion (see :mod:`pantheon.models.foscu`): a KL autoencoder
+over one-hot 3D-LLDM label maps and an unconditional latent diffusion UNet, sampled with DDIM.
+
+Every size is an **assumption** (the abstract gives none), chosen so a 2-core CPU trains the demo:
+the label maps live on 3D-LLDM's model grid (:data:`pantheon.models.lldm.synthesis.MODEL_SPACING`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...errors import CheckpointError, InputError
+from ...progress import Reporter
+from ..checkpoints import check_state_dict, read_safetensors, save_safetensors
+
+FORMAT = "pantheon-foscu-labelgen-v1"
+#: classes of a generated map: background then the 3D-LLDM labels 1-4
+N_CLASSES = 5
+STAGES = ("vae", "ldm")
+
+DEMO_CONFIG: Dict[str, object] = dict(
+    grid=(32, 48, 64), ae_channels=(16, 32, 32), latent_channels=4, ae_norm_num_groups=8,
+    unet_channels=(16, 32, 48), unet_attention_levels=(False, False, True), unet_num_head_channels=(0, 0, 16),
+    unet_norm_num_groups=8, num_train_timesteps=1000, kl_weight=1e-6)
+
+
+class LabelGen(nn.Module):
+    """Label-map autoencoder + latent diffusion UNet. ``grid``: the (K, J, I) maps it samples
+    (divisible by the autoencoder's and the UNet's downsampling). Sizes: assumptions."""
+
+    kind = "labelgen"
+
+    def __init__(self, grid: Sequence[int] = (32, 48, 64), ae_channels: Sequence[int] = (16, 32, 32),
+                 latent_channels: int = 4, ae_norm_num_groups: int = 8, unet_channels: Sequence[int] = (32, 48, 64),
+                 unet_attention_levels: Sequence[bool] = (False, False, True),
+                 unet_num_head_channels: Sequence[int] = (0, 0, 16), unet_norm_num_groups: int = 8,
+                 num_train_timesteps: int = 1000, schedule: str = "scaled_linear_beta", beta_start: float = 0.0015,
+                 beta_end: float = 0.0195, kl_weight: float = 1e-6, scale_factor: float = 1.0):
+        super().__init__()
+        from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+        from monai.networks.schedulers import DDPMScheduler
+        self.config = dict(grid=[int(g) for g in grid], ae_channels=[int(c) for c in ae_channels],
+                           latent_channels=int(latent_channels), ae_norm_num_groups=int(ae_norm_num_groups),
+                           unet_channels=[int(c) for c in unet_channels],
+                           unet_attention_levels=[bool(a) for a in unet_attention_levels],
+                           unet_num_head_channels=[int(h) for h in unet_num_head_channels],
+                           unet_norm_num_groups=int(unet_norm_num_groups), num_train_timesteps=int(num_train_timesteps),
+                           schedule=str(schedule), beta_start=float(beta_start), beta_end=float(beta_end),
+                           kl_weight=float(kl_weight))
+        n_ae, n_u = len(self.config["ae_channels"]), len(self.config["unet_channels"])
+        self.ae_factor, self.unet_factor = 2 ** (n_ae - 1), 2 ** (n_u - 1)
+        if any(g % (self.ae_factor * self.unet_factor) for g in self.config["grid"]):
+            raise ValueError(f"grid {self.config['grid']} must be divisible by {self.ae_factor * self.unet_factor}")
+        self.autoencoder = AutoencoderKL(
+            spatial_dims=3, in_channels=N_CLASSES, out_channels=N_CLASSES, num_res_blocks=(1,) * n_ae,
+            channels=self.config["ae_channels"], attention_levels=(False,) * n_ae, latent_channels=latent_channels,
+            norm_num_groups=ae_norm_num_groups, with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+        self.unet = DiffusionModelUNet(
+            spatial_dims=3, in_channels=latent_channels, out_channels=latent_channels, num_res_blocks=(1,) * n_u,
+            channels=self.config["unet_channels"], attention_levels=self.config["unet_attention_levels"],
+            norm_num_groups=unet_norm_num_groups, num_head_channels=self.config["unet_num_head_channels"])
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, schedule=schedule,
+                                             beta_start=beta_start, beta_end=beta_end, clip_sample=False)
+        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+
+    @property
+    def latent_shape(self):
+        return tuple(g // self.ae_factor for g in self.config["grid"])
+
+    # ------------------------------------------------------------------ encoding
+    @staticmethod
+    def one_hot(labels: torch.Tensor) -> torch.Tensor:
+        """(B, K, J, I) integer maps -> (B, 5, K, J, I) float one-hot."""
+        labels = torch.as_tensor(labels).long()
+        if labels.ndim != 4 or labels.min() < 0 or labels.max() >= N_CLASSES:
+            raise InputError(f"Label maps must be (B, K, J, I) with values 0-{N_CLASSES - 1}.")
+        return F.one_hot(labels, N_CLASSES).permute(0, 4, 1, 2, 3).float()
+
+    def encode(self, labels: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        mu, sigma = self.autoencoder.encode(self.one_hot(labels))
+        return (self.autoencoder.sampling(mu, sigma) if sample else mu) * self.scale_factor
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(z / self.scale_factor)
+
+    @torch.no_grad()
+    def calibrate_scale_factor(self, labels: torch.Tensor) -> float:
+        mu, _ = self.autoencoder.encode(self.one_hot(labels))
+        std = float(mu.float().std())
+        if not std > 0:
+            raise InputError("Cannot calibrate the latent scale: the latents have zero spread.")
+        self.scale_factor.fill_(1.0 / std)
+        return 1.0 / std
+
+    # ------------------------------------------------------------------ training
+    def stage_parameters(self, stage: str):
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        return (self.autoencoder if stage == "vae" else self.unet).parameters()
+
+    def training_losses(self, labels: torch.Tensor, stage: str, generator: Optional[torch.Generator] = None,
+                        class_weights: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """"vae": cross-entropy of the decoded logits (``class_weights`` per class) + KL; "ldm": MSE of
+        the UNet's noise prediction on the scaled latents (autoencoder frozen)."""
+        labels = torch.as_tensor(labels).long()
+        if stage == "vae":
+            logits, mu, sigma = self.autoencoder(self.one_hot(labels))
+            ce = F.cross_entropy(logits.float(), labels, weight=class_weights)
+            kl = 0.5 * torch.sum(mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1,
+                                 dim=list(range(1, mu.ndim))).mean()
+            return {"ce": ce, "kl": kl, "loss": ce + self.config["kl_weight"] * kl}
+        if stage != "ldm":
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        with torch.no_grad():
+            z = self.encode(labels, sample=True)
+        t = torch.randint(0, self.noise_scheduler.num_train_timesteps, (z.shape[0],), generator=generator)
+        noise = torch.randn(z.shape, generator=generator)
+        pred = self.unet(self.noise_scheduler.add_noise(original_samples=z, noise=noise, timesteps=t), t)
+        mse = F.mse_loss(pred.float(), noise)
+        return {"mse": mse, "loss": mse}
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, n: int = 1, steps: int = 50, generator: Optional[torch.Generator] = None, progress=None,
+               cancel=None) -> np.ndarray:
+        """``n`` label maps (n, K, J, I) uint8 (0 background, 1 liver, 2 portal vein, 3 hepatic veins,
+        4 HCC): DDIM from seeded latent noise, decoded, argmax."""
+        from monai.networks.schedulers import DDIMScheduler
+        rep = Reporter(progress, cancel)
+        cfg = self.config
+        if not 1 <= int(steps) <= cfg["num_train_timesteps"]:
+            raise InputError(f"The number of sampling steps must be between 1 and {cfg['num_train_timesteps']}, "
+                             f"got {steps}.")
+        sched = DDIMScheduler(num_train_timesteps=cfg["num_train_timesteps"], schedule=cfg["schedule"],
+                              beta_start=cfg["beta_start"], beta_end=cfg["beta_end"], clip_sample=False)
+        sched.set_timesteps(int(steps))
+        was = self.training
+        self.eval()
+        try:
+            z = torch.randn((int(n), cfg["latent_channels"], *self.latent_shape), generator=generator)
+            for i, t in enumerate(sched.timesteps):
+                rep.check()
+                eps = self.unet(z, torch.full((int(n),), int(t), dtype=torch.long))
+                z, _ = sched.step(eps, int(t), z, generator=generator)
+                rep(0.95 * (i + 1) / len(sched.timesteps), f"Label denoising step {i + 1}/{len(sched.timesteps)}")
+            labels = self.decode_logits(z).argmax(1).to(torch.uint8).numpy()
+        finally:
+            self.train(was)
+        rep(1.0, "Label maps sampled")
+        return labels
+
+
+def tidy_labels(labels: np.ndarray) -> np.ndarray:
+    """A sampled map made anatomically whole: only the largest connected body of labelled voxels
+    (the liver with the vessels and HCCs in it) is kept; stray specks become background."""
+    from scipy import ndimage
+    comp, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return labels.astype(np.uint8)
+    largest = int(np.argmax(np.bincount(comp.ravel())[1:])) + 1
+    return np.where(comp == largest, labels, 0).astype(np.uint8)
+
+
+def hcc_count(labels: np.ndarray) -> int:
+    """Connected HCCs (label 4) of a map."""
+    from ..lldm.edits import hcc_components
+    return int(hcc_components(labels).max())
+
+
+def build_labelgen(**kw) -> LabelGen:
+    return LabelGen(**{**DEMO_CONFIG, **kw})
+
+
+def save_labelgen(model: LabelGen, path, extra_metadata: Optional[Dict[str, str]] = None):
+    meta = {**(extra_metadata or {}), "format": FORMAT, "kind": LabelGen.kind, "config": json.dumps(model.config)}
+    return save_safetensors(model.state_dict(), path, meta)
+
+
+def load_labelgen(path, map_location="cpu") -> LabelGen:
+    state, meta = read_safetensors(path, FORMAT, "Pantheon Duo-Diffusion label generator")
+    try:
+        model = LabelGen(**dict(meta["config"]))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build a label generator from its stored config: {exc}") from None
+    check_state_dict(model, state, path, "label generator")
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location).eval()
