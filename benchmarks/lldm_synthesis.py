@@ -46,7 +46,7 @@ def main():
                 row[name] = (float(syn[m].mean()), float(real[m].mean()))
         rows.append(row)
         print(f"phantom {56000 + n}: {labels.shape} voxels, {times[-1]:.1f} s, r {row['r']:.3f}, "
-              + ", ".join(f"{k} {s:.2f}/{r:.2f}" for k, (s, r) in row.items() if k != "r")
+              + ", ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}" for k, v in row.items() if k != "r")
               + f"  ({'load average %.2f %.2f %.2f' % os.getloadavg()})")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"seconds per volume: min {min(times):.1f}, median {np.median(times):.1f}, max {max(times):.1f}; "

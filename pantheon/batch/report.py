@@ -15,7 +15,7 @@ from .manifest import atomic_write_text
 WINDOW = (-175.0, 250.0)
 
 
-def _resize(img: np.ndarray, aspect: float, width: int = 192) -> np.ndarray:
+def resize_nearest(img: np.ndarray, aspect: float, width: int = 192) -> np.ndarray:
     """Nearest-neighbour resize of (H, W[, C]) to ``width`` columns, rows scaled by ``aspect``."""
     h, w = img.shape[:2]
     scale = width / max(w, 1)
@@ -50,7 +50,7 @@ def save_thumbnail(source, main_map, path) -> Path:
             colors = colormaps["tab20" if cmap == "labels" else cmap](t)[..., :3]
             alpha = (0.55 * (t > 0.02))[..., None] if cmap != "labels" else (0.5 * (over > 0))[..., None]
             rgb = (1 - alpha) * rgb + alpha * colors
-    img = _resize(np.clip(rgb, 0, 1), aspects[0])
+    img = resize_nearest(np.clip(rgb, 0, 1), aspects[0])
     path = Path(path)
     imsave(str(path), (img * 255).astype(np.uint8), format="png")
     return path

@@ -48,7 +48,7 @@ def thumbnail_png(image: Volume, labels: Volume) -> bytes:
     from scipy import ndimage
 
     from ...anatomy import HCC_COLORS, HCC_LABELS
-    from ...batch.report import _resize
+    from ...batch.report import resize_nearest
     from ...preview import display_slices
     liver = np.argwhere(labels.array == 1)
     centre = (labels.ijk_to_world(liver.mean(0)[::-1][None])[0] if len(liver) else None)
@@ -57,8 +57,8 @@ def thumbnail_png(image: Volume, labels: Volume) -> bytes:
     rows = []
     for img, lab, aspect in zip(imgs, labs, aspects):
         width = 4 * img.shape[1]
-        gray = _resize(np.repeat(np.clip(img.astype(np.float32), 0, 1)[..., None], 3, -1), aspect, width)
-        lab = _resize(lab, aspect, width)
+        gray = resize_nearest(np.repeat(np.clip(img.astype(np.float32), 0, 1)[..., None], 3, -1), aspect, width)
+        lab = resize_nearest(lab, aspect, width)
         over = gray.copy()
         for value, name in HCC_LABELS.items():  # outlines, 2 px: the image stays readable under them
             m = lab == value
