@@ -1,6 +1,6 @@
 """The Slicer extension as CMake builds and installs it (stand-in Slicer, see extension_build.py).
 
-What an installed extension must hold: the three modules (scripts, Lib packages, UI, icons) and,
+What an installed extension must hold: the modules (scripts, Lib packages, UI, icons) and,
 next to them, the ``pantheon`` package with its cards and demo weights; and from that folder alone,
 as Slicer puts it on ``sys.path``, the Slicer side must import and find every bundled weights file.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from extension_build import build_and_install, configure, skip_or_fail_without_tools
-from test_extension_layout import MODULES, read_cmake
+from test_extension_layout import MODEL_MODULES, MODULES, read_cmake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_extension_description_carries_the_cmake_metadata(extension_install):
     desc = _s4ext(extension_install.description_file)
     for key in ("homepage", "category", "iconurl", "description", "contributors", "screenshoturls", "depends"):
         assert desc[key] == " ".join(values[f"EXTENSION_{key.upper()}"]), key
-    assert len(desc["screenshoturls"].split()) == 3
+    assert len(desc["screenshoturls"].split()) == len(MODEL_MODULES)  # one per model panel
 
 
 def test_slicer_with_an_older_python_is_refused(tmp_path):

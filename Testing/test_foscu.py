@@ -101,3 +101,66 @@ def test_pairs_are_written_resumably_in_the_training_layout(models, tmp_path):
     again = generate_pairs(3, out, labelgen, lldm, seed=10, label_steps=2, image_steps=2)
     assert again["made_now"] == 2 and again["pairs"] == 3  # pair 1 again, and the new pair 2
     assert (out / "images" / "pair-00001.nii.gz").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------ command line and worker
+def test_cli_generate_and_errors(models, tmp_path, capsys):
+    from pantheon.cli import main
+    from pantheon.data.pairs import read_pairs
+    _, _, labelgen_path, lldm_path = models
+    common = ["--labelgen", str(labelgen_path), "--lldm", str(lldm_path), "--label-steps", "2", "--image-steps", "2",
+              "--quiet"]
+    code = main(["foscu", "generate", "2", "-o", str(tmp_path / "pairs"), "--seed", "3", *common])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert len(read_pairs(tmp_path / "pairs" / "cases.csv")) == 2
+    # the same command with a larger N continues the folder (no --overwrite needed: it only adds pairs)
+    assert main(["foscu", "generate", "3", "-o", str(tmp_path / "pairs"), "--seed", "3", *common]) == 0
+    capsys.readouterr()
+    assert len(read_pairs(tmp_path / "pairs" / "cases.csv")) == 3
+    # the same pairs as the library call with the same seeds
+    from pantheon.io import read_volume
+    from pantheon.models.foscu.pairs import generate_pairs
+    generate_pairs(2, tmp_path / "lib", models[0], models[1], seed=3, label_steps=2, image_steps=2)
+    for sub in ("images", "labels"):
+        a = read_volume(tmp_path / "pairs" / sub / "pair-00001.nii.gz").array
+        np.testing.assert_array_equal(a, read_volume(tmp_path / "lib" / sub / "pair-00001.nii.gz").array)
+    # a file where the folder should be: one sentence, exit 2, the file untouched
+    (tmp_path / "file").write_text("keep")
+    code = main(["foscu", "generate", "1", "-o", str(tmp_path / "file"), *common])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is a file, not a folder" in err[0], err
+    assert (tmp_path / "file").read_text() == "keep"
+    # weights of the wrong kind: one sentence, exit 2
+    code = main(["foscu", "generate", "1", "-o", str(tmp_path / "x"), "--labelgen", str(lldm_path), "--lldm",
+                 str(lldm_path), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is not a Pantheon Duo-Diffusion label generator checkpoint" in err[0], err
+
+
+@pytest.mark.slow
+def test_worker_task_generates_pairs_and_refuses_bad_requests(models, tmp_path):
+    from pantheon.worker.client import WorkerClient, WorkerError
+    _, _, labelgen_path, lldm_path = models
+    client = WorkerClient(cache_budget_mb=256)
+    try:
+        params = {"labelgen": str(labelgen_path), "lldm": str(lldm_path), "device": "cpu", "label_steps": 2,
+                  "image_steps": 2, "seed": 7, "n": 2, "output": str(tmp_path / "pairs")}
+        doc = client.run("foscu.generate", params, {}, timeout=120)
+        s = doc["summary"]
+        assert (s["pairs"], s["made_now"]) == (2, 2) and doc["notes"]["model_cache"] == "miss"
+        assert s["index"] == str(tmp_path / "pairs" / "index.html") and (tmp_path / "pairs" / "index.html").is_file()
+        rows = list(csv.DictReader(open(s["csv"])))
+        assert [r["seed"] for r in rows] == ["7", "8"]
+        again = client.run("foscu.generate", dict(params, n=3), {}, timeout=120)
+        assert (again["summary"]["pairs"], again["summary"]["made_now"]) == (3, 1)
+        assert again["notes"]["model_cache"] == "hit"
+        (tmp_path / "file").write_text("x")
+        for bad, words in (({"n": 0}, "'n' must be a whole number from 1 to 1000"), ({"output": ""}, "'output' must"),
+                           ({"seed": -1}, "'seed' must be"), ({"image_steps": 2.5}, "'image_steps' must be"),
+                           ({"output": str(tmp_path / "file")}, "exists and is not a folder")):
+            with pytest.raises(WorkerError) as e:
+                client.run("foscu.generate", dict(params, **bad), {}, timeout=60)
+            assert e.value.kind == "input" and words in e.value.message, e.value.message
+    finally:
+        client.shutdown()

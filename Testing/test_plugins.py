@@ -20,12 +20,14 @@ from pantheon.registry import list_cards
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_four_models_are_declared_once_each():
-    assert plugin_names() == ("nemesis", "mathena", "neonet", "lldm")
-    # 3D-LLDM has no Slicer module yet: a plug-in without one is a command-line model
-    assert [p.slicer_module for p in plugins()] == ["NemesisSlicer", "ToothAnalysis", "PNIPredict", None]
+def test_the_models_are_declared_once_each():
+    assert plugin_names() == ("nemesis", "mathena", "neonet", "lldm", "foscu")
+    # a plug-in without a Slicer module is a command-line (and worker) model; FOSCU's pairs are made in
+    # 3D-LLDM's LiverSynthesis panel
+    assert [p.slicer_module for p in plugins()] == ["NemesisSlicer", "ToothAnalysis", "PNIPredict", "LiverSynthesis",
+                                                     None]
     assert get_plugin("mathena").title == "MATHENA" and get_plugin("lldm").title == "3D-LLDM"
-    with pytest.raises(Exception, match="Unknown model 'toy'; Pantheon has nemesis, mathena, neonet, lldm"):
+    with pytest.raises(Exception, match="Unknown model 'toy'; Pantheon has nemesis, mathena, neonet, lldm, foscu"):
         get_plugin("toy")
 
 
@@ -41,15 +43,15 @@ def test_every_declared_part_imports_and_has_the_right_shape():
     from pantheon.batch.adapter import BatchPipeline
     for p in plugins():
         for part in ("cli", "batch_cli", "demo_weights"):
-            # 3D-LLDM has no batch pipeline, so no batch options (yet)
-            assert callable(p.load(part)) or (p.name, part) == ("lldm", "batch_cli"), (p.name, part)
+            # the generators have no batch pipeline, so no batch options (yet)
+            assert callable(p.load(part)) or (p.name in ("lldm", "foscu") and part == "batch_cli"), (p.name, part)
         tasks = p.tasks()
         assert tasks and all(callable(t) for t in tasks.values())
         batch = p.batch()
-        assert (batch or p.name == "lldm") and all(isinstance(b, BatchPipeline) for b in batch)
+        assert (batch or p.name in ("lldm", "foscu")) and all(isinstance(b, BatchPipeline) for b in batch)
     from pantheon.batch.pipelines import pipeline_names
     assert pipeline_names() == ["mathena-analyze", "nemesis-organs", "nemesis-pca", "neonet-predict"]
-    assert sorted(worker_tasks()) == ["lldm.synthesize", "mathena.analyze", "nemesis.atypicality",
+    assert sorted(worker_tasks()) == ["foscu.generate", "lldm.synthesize", "mathena.analyze", "nemesis.atypicality",
                                       "nemesis.features", "nemesis.organs", "nemesis.pca", "nemesis.reconstruct",
                                       "nemesis.similarity", "nemesis.strokes", "nemesis.train_probe",
                                       "pni.predict", "pni.synthesize"]
@@ -60,7 +62,7 @@ def test_listing_the_plugins_loads_no_deep_learning_package():
             "from pantheon.cli import build_parser\nbuild_parser()\n"
             "print(len(plugins()), len(pipeline_names()), sorted(m for m in ('torch', 'monai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-    assert out.stdout.split() == ["4", "4", "[]"]
+    assert out.stdout.split() == ["5", "4", "[]"]
 
 
 def test_a_second_plugin_with_a_taken_name_is_refused():
@@ -206,4 +208,4 @@ def test_a_fourth_model_gets_worker_tasks_and_cards(toy_site, tmp_path):
             " 'sha256': '0' * 64}); print('ok')")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip() == "ok"
     bare = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert "must be one of nemesis, mathena, neonet, lldm, got 'toy'" in bare.stderr
+    assert "must be one of nemesis, mathena, neonet, lldm, foscu, got 'toy'" in bare.stderr

@@ -166,7 +166,7 @@ def test_bundled_weights_are_package_data_matching_their_cards():
         assert f.stat().st_size == card.size_bytes or card.size_bytes is None
         assert sha256_file(f) == card.sha256, card.id
     others = {p.name for p in BUNDLED_WEIGHTS_DIR.iterdir()} - {c.file for c in demo}
-    assert others == {f"{m}-demo-metrics.json" for m in ("nemesis", "mathena", "neonet", "lldm")}
+    assert others == {f"{m}-demo-metrics.json" for m in ("nemesis", "mathena", "neonet", "lldm", "foscu")}
 
 
 def test_bundled_dir_order_env_before_package(tmp_path, monkeypatch):

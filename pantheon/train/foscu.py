@@ -98,7 +98,7 @@ def label_statistics(maps: Sequence[np.ndarray], voxel_ml: float) -> Dict[str, f
     return out
 
 
-def build_foscu_demo_weights(out_dir, cards_dir=None, budget_s: float = 1500.0, work_dir=None, log=print,
+def build_foscu_demo_weights(out_dir, cards_dir=None, budget_s: float = 5400.0, work_dir=None, log=print,
                              n_samples: int = 16):
     """Both stages on the 3D-LLDM demo's training phantoms (``budget_s`` split 40 / 60 %); sampled maps
     against held-out phantom maps; weights, card and metrics."""
@@ -185,7 +185,7 @@ if __name__ == "__main__":  # pragma: no cover
     from ..registry import BUNDLED_WEIGHTS_DIR
     ap = argparse.ArgumentParser(description="Train the Duo-Diffusion label generator demo weights on phantoms.")
     ap.add_argument("out_dir", nargs="?", default=str(BUNDLED_WEIGHTS_DIR))
-    ap.add_argument("--budget", type=float, default=1500.0, help="training seconds over the two stages")
+    ap.add_argument("--budget", type=float, default=5400.0, help="training seconds over the two stages")
     ap.add_argument("--work-dir", default=None, help="keep the stage checkpoints here (resumable)")
     a = ap.parse_args()
     build_foscu_demo_weights(a.out_dir, budget_s=a.budget, work_dir=a.work_dir)

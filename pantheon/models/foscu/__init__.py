@@ -20,10 +20,8 @@ labels), lets a builder vet or edit the sampled labels before any image is made,
 trains on a 2-core CPU; a joint model must learn the image-label coupling from scratch.
 
 Modules: ``labelgen`` (the label-map generator and its checkpoint), ``pairs`` (N new (image, label)
-pairs into a folder), ``cli`` (``pantheon foscu generate|train``); trainer in
-:mod:`pantheon.train.foscu`. Not yet a registered plug-in (no ``plugin.py``): it becomes one, with
-its command line, together with demo weights whose sampled label maps look like real ones (a first
-25-minute CPU run sampled about 12 HCCs per liver against 1 in the phantoms).
+pairs into a folder), ``cli`` (``pantheon foscu generate|train``), ``tasks`` (worker task
+``foscu.generate``), ``plugin``; trainer and demo weights in :mod:`pantheon.train.foscu`.
 """
 
 from .. import lazy_exports

@@ -7,6 +7,7 @@ PLUGIN = ModelPlugin(
     name="lldm",
     title="3D-LLDM",
     paper="arXiv 2603.23845: 3D-LLDM, label-guided 3D latent diffusion for hepatobiliary-phase liver MRI",
+    slicer_module="LiverSynthesis",
     cards=("lldm-demo",),
     requirements=("torch", "monai", "numpy", "safetensors", "scipy", "einops"),
     worker_tasks="pantheon.models.lldm.tasks:TASKS",
