@@ -302,7 +302,7 @@ def test_ui_parameter_names_are_parameter_node_fields():
 def test_panel_offers_the_cores_defaults():
     import re
 
-    from pantheon.models.foscu.cli import DEMO_LABELGEN
+    from pantheon.defaults import FOSCU_DEMO_LABELGEN_CARD as DEMO_LABELGEN
     from pantheon.models.lldm import tasks
     from pantheon.models.lldm.synthesis import DEMO_CARD
     from pantheon.plugins import get_plugin

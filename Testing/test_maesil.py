@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ import torch
 from pantheon.train import maesil
 
 REPO = Path(__file__).resolve().parents[1]
+# the benchmarks print non-ASCII (dB, "Fréchet"); CI may run under an ASCII locale
+UTF8_ENV = {**os.environ, "PYTHONIOENCODING": "utf-8"}
 TINY_STEPS = 3
 
 
@@ -188,7 +191,7 @@ def test_markdown_table_rows():
 def test_benchmark_command_end_to_end(tmp_path):
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "maesil_comparison.py"), "--tiny", "--out",
-                          str(out)], capture_output=True, text=True, cwd=REPO, timeout=300)
+                          str(out)], capture_output=True, encoding="utf-8", env=UTF8_ENV, cwd=REPO, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     doc = json.loads((out / "maesil_comparison.json").read_text())
     assert len(doc["rows"]) == 6 and {r["train_steps"] for r in doc["rows"]} == {2}
@@ -203,5 +206,5 @@ def test_benchmark_command_end_to_end(tmp_path):
     picture = imread(out / "maesil_comparison.png")
     assert picture.ndim == 3 and picture.shape[1] > picture.shape[0] > 400  # two rows of four panels
     bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "maesil_comparison.py"), "--steps", "0"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert bad.returncode == 2 and "argument --steps: must be more than 0, got 0" in bad.stderr
+                         capture_output=True, encoding="utf-8", env=UTF8_ENV, cwd=REPO, timeout=120)
+    assert bad.returncode == 2 and "argument --steps: must be 1 or more, got 0" in bad.stderr

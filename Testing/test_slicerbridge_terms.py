@@ -2,6 +2,7 @@
 
 import pytest
 
+from pantheon import anatomy
 from pantheon.errors import InputError
 from pantheon.slicerbridge import terms
 
@@ -22,7 +23,7 @@ def test_terminology_string_round_trip():
                  "~Anatomic codes - DICOM master list~^^~^^")
     p = terms.parse_terminology(s)
     assert p["type"] == ("SCT", "78961009", "Spleen")
-    assert p["category"] == terms.ANATOMICAL_STRUCTURE and p["modifier"] is None
+    assert p["category"] == anatomy.ANATOMICAL_STRUCTURE and p["modifier"] is None
     assert p["region_context"] == "Anatomic codes - DICOM master list" and p["region"] is None
     assert terms.parse_terminology("")["type"] is None
     with pytest.raises(ValueError):
@@ -46,7 +47,7 @@ def test_terminology_string_uses_slicers_entries_for_pantheon_codes():
                                                         ("SCT", "85756007", "Tissue"))
     # a code Pantheon does not know is written as given, as an anatomical structure
     p = terms.parse_terminology(terms.terminology_string(("SCT", "1", "X")))
-    assert (p["category"], p["type"]) == (terms.ANATOMICAL_STRUCTURE, ("SCT", "1", "X"))
+    assert (p["category"], p["type"]) == (anatomy.ANATOMICAL_STRUCTURE, ("SCT", "1", "X"))
 
 
 def test_resolve_by_code_and_name():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# the benchmarks print non-ASCII (dB, "Fréchet"); CI may run under an ASCII locale
+UTF8_ENV = {**os.environ, "PYTHONIOENCODING": "utf-8"}
 
 
 @pytest.mark.slow
 def test_paper_figures_at_toy_size(tmp_path):
     out = tmp_path / "figures.json"
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "synthesis_paper_figures.py"), "--tiny",
-                          "--threads", "1", "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+                          "--threads", "1", "--out", str(out)], capture_output=True, encoding="utf-8", env=UTF8_ENV,
+                         cwd=REPO, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     f = json.loads(out.read_text())
     fid = f["fidelity_neoseg"]
@@ -38,5 +42,6 @@ def test_paper_figures_at_toy_size(tmp_path):
     assert f["ddim_seconds_per_volume"]["n"] == 6 and f["peak_rss_gb"] > 0
     assert "### Augmentation with foscu" in run.stdout and "Gain, mean [95 % CI]" in run.stdout
     bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "synthesis_paper_figures.py"), "--sources",
-                          "gan"], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert bad.returncode == 1 and bad.stderr.strip() == "Unknown synthetic source in 'gan': use lldm, foscu."
+                          "gan"], capture_output=True, encoding="utf-8", env=UTF8_ENV, cwd=REPO, timeout=120)
+    assert bad.returncode == 2
+    assert "argument --sources: use lldm, foscu or both (comma-separated), got 'gan'" in bad.stderr

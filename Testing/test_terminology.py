@@ -253,8 +253,8 @@ def test_tooth_codes_are_dicoms_per_tooth_codes():
 
 def test_seg_nrrd_tags_carry_the_entries(tmp_path, lists):
     """What write_seg_nrrd puts in each SegmentN_Tags is the checked entry, for coded and uncoded segments."""
-    from pantheon.batch.segnrrd import read_seg_nrrd_header, write_seg_nrrd
     from pantheon.io import Volume
+    from pantheon.io.segnrrd import read_seg_nrrd_header, write_seg_nrrd
     from pantheon.results import LabelOutput
 
     segs = [s for _w, s in pantheon_segments()]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from pantheon.cliargs import POSITIVE, float_between
 from pantheon.train import maesil
 
 DEFAULT_BUDGET_S = 450.0  # per model: four models, phantoms and scoring (~7 min) stay within 45 min on 1 thread
@@ -33,23 +34,14 @@ def load():
     return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
-def positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-        return value
-    return parse
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget-s", type=positive(float), default=None,
+    ap.add_argument("--budget-s", type=float_between(0, low_inclusive=False), default=None,
                     help=f"training seconds per model (default {DEFAULT_BUDGET_S:g}, or none with --steps)")
-    ap.add_argument("--steps", type=positive(int), default=None, help="training steps per model")
+    ap.add_argument("--steps", type=POSITIVE, default=None, help="training steps per model")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="maesil-out", help="folder for maesil_comparison.json and .png")
-    ap.add_argument("--threads", type=positive(int), default=1)
+    ap.add_argument("--threads", type=POSITIVE, default=1)
     ap.add_argument("--no-demo", action="store_true", help="leave out the bundled demo weights' rows")
     ap.add_argument("--tiny", action="store_true", help="toy sizes, for tests")
     args = ap.parse_args(argv)

@@ -26,14 +26,13 @@ import argparse
 import json
 import os
 import resource
-import sys
 import time
 
 import numpy as np
 import torch
 
-from pantheon.models.foscu.cli import load_labelgen_argument
-from pantheon.models.foscu.labelgen import tidy_labels
+from pantheon.cliargs import POSITIVE
+from pantheon.models.foscu.labelgen import load_labelgen_argument, tidy_labels
 from pantheon.models.lldm import evaluate as ev
 from pantheon.models.lldm.synthesis import load_model, one_hot
 from pantheon.train.lldm import HELD_OUT_SEEDS, TRAIN_SEEDS, phantom_cases
@@ -80,27 +79,33 @@ def ci(g):
     return f"{g['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]" if not np.isnan(lo) else f"{g['mean']:+.3f}"
 
 
+def source_list(text):
+    sources = [s for s in text.split(",") if s]
+    if not sources or not set(sources) <= {"lldm", "foscu"}:
+        raise argparse.ArgumentTypeError(f"use lldm, foscu or both (comma-separated), got {text!r}")
+    return sources
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-real", type=int, default=8, help="real training cases (N)")
-    ap.add_argument("--n-synthetic", type=int, default=16, help="synthetic cases added (M)")
-    ap.add_argument("--n-held", type=int, default=16, help="held-out real cases")
-    ap.add_argument("--sources", default="lldm,foscu", help="synthetic sources for the augmentation: lldm, foscu")
+    ap.add_argument("--n-real", type=POSITIVE, default=8, help="real training cases (N)")
+    ap.add_argument("--n-synthetic", type=POSITIVE, default=16, help="synthetic cases added (M)")
+    ap.add_argument("--n-held", type=POSITIVE, default=16, help="held-out real cases")
+    ap.add_argument("--sources", type=source_list, default="lldm,foscu",
+                    help="synthetic sources for the augmentation: lldm, foscu")
     ap.add_argument("--nets", default=",".join(ev.SEGMENTERS))
-    ap.add_argument("--seeds", type=int, default=3, help="seeds per net")
-    ap.add_argument("--seg-steps", type=int, default=300, help="training steps of every segmenter")
-    ap.add_argument("--steps", type=int, default=50, help="DDIM steps (label maps and volumes)")
+    ap.add_argument("--seeds", type=POSITIVE, default=3, help="seeds per net")
+    ap.add_argument("--seg-steps", type=POSITIVE, default=300, help="training steps of every segmenter")
+    ap.add_argument("--steps", type=POSITIVE, default=50, help="DDIM steps (label maps and volumes)")
     ap.add_argument("--lldm", default=None, help="3D-LLDM weights (default: the demo card)")
     ap.add_argument("--labelgen", default=None, help="Duo-Diffusion label generator (default: the demo card)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=POSITIVE, default=2)
     ap.add_argument("--out", default=None, help="write every figure here as JSON")
     ap.add_argument("--tiny", action="store_true", help="toy sizes (tests): 2 + 2 cases, 2 steps, one net")
     a = ap.parse_args(argv)
     if a.tiny:
         a.n_real, a.n_synthetic, a.n_held, a.seeds, a.seg_steps, a.steps, a.nets = 2, 2, 2, 2, 2, 2, "unet"
-    sources = [s for s in a.sources.split(",") if s]
-    if not set(sources) <= {"lldm", "foscu"}:
-        sys.exit(f"Unknown synthetic source in {a.sources!r}: use lldm, foscu.")
+    sources = a.sources
     torch.set_num_threads(a.threads)
     t0 = time.time()
     model, lldm_id, _ = load_model(a.lldm)

@@ -214,6 +214,45 @@ def term_for(code: Optional[Sequence[str]]) -> Term:
 
 # ---------------------------------------------------------------------------- 3D-LLDM liver MRI labels
 #: The label set of 3D-LLDM / FOSCU (arXiv 2603.23845, 2603.29343) and of the HCC liver MRI phantom.
+# --------------------------------------------------------------------------- terminology strings
+def _triplet(code: Optional[Sequence[str]]) -> str:
+    if not code:
+        return "^^"
+    scheme, value, meaning = (str(c) if c is not None else "" for c in code)
+    for part in (scheme, value, meaning):
+        if "~" in part or "^" in part:
+            raise ValueError(f"terminology code parts may not contain '~' or '^': {code!r}")
+    return f"{scheme}^{value}^{meaning}"
+
+
+def serialize_term(term: Term) -> str:
+    """Slicer's serialised form of a :class:`Term`."""
+    return "~".join([term.context, _triplet(term.category), _triplet(term.type), _triplet(term.modifier),
+                     term.region_context, _triplet(term.region), _triplet(term.region_modifier)])
+
+
+def terminology_string(code: Optional[Sequence[str]], modifier: Optional[Sequence[str]] = None,
+                       category: Optional[Sequence[str]] = None, context: Optional[str] = None) -> str:
+    """Slicer's serialised terminology entry for a segment whose code is ``code``.
+
+    With ``code`` alone (the usual call): the entry of Slicer's lists that
+    :func:`term_for` gives for it (``None``: Slicer's default Tissue entry). With
+    ``modifier``, ``category`` or ``context`` given, the entry is built as asked: type ``code``,
+    category default Anatomical Structure, context default the General Anatomy list.
+    """
+    if code is not None and (len(code) != 3 or not code[1]):
+        raise ValueError(f"a terminology code is (scheme, value, meaning), got {code!r}")
+    if modifier is None and category is None and context is None:
+        term = term_for(tuple(str(c) for c in code) if code is not None else None)
+    else:
+        if code is None:
+            raise ValueError("a terminology entry built part by part needs a type code")
+        term = Term(context or GENERAL_ANATOMY, tuple(category or ANATOMICAL_STRUCTURE), tuple(code),
+                    tuple(modifier) if modifier else None)
+    return serialize_term(term)
+
+
+
 HCC_LABELS = {0: "background", 1: "liver", 2: "portal_vein", 3: "hepatic_vein", 4: "hcc"}
 #: Slicer-style colours (RGB 0-1) for the label map's segments
 HCC_COLORS = {"liver": (0.87, 0.51, 0.39), "portal_vein": (0.0, 0.59, 0.81), "hepatic_vein": (0.0, 0.36, 0.62),

@@ -40,3 +40,5 @@ PROBE_EPOCHS = 300
 #: Model cards of the bundled demo encoder and probe.
 NEMESIS_DEMO_CARD = "nemesis-demo"
 NEMESIS_DEMO_PROBE_CARD = "nemesis-demo-probe"
+#: Model card of the bundled FOSCU label-map generator.
+FOSCU_DEMO_LABELGEN_CARD = "foscu-demo-labelgen"

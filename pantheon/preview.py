@@ -37,6 +37,16 @@ KEY_SCALARS = {
 }
 
 
+def resize_nearest(img: np.ndarray, aspect: float, width: int = 192) -> np.ndarray:
+    """Nearest-neighbour resize of (H, W[, C]) to ``width`` columns, rows scaled by ``aspect``."""
+    h, w = img.shape[:2]
+    scale = width / max(w, 1)
+    rows = max(1, int(round(h * aspect * scale)))
+    ri = np.minimum((np.arange(rows) / (aspect * scale)).astype(int), h - 1)
+    ci = np.minimum((np.arange(width) / scale).astype(int), w - 1)
+    return img[ri][:, ci]
+
+
 def _canonical_view(volume: Volume, code: str = "LPS"):
     """``volume``'s array in the canonical orientation ``code`` as a view (transposes and flips, as
     :meth:`Volume.reoriented` makes them, without its copy of the whole volume: a preview reads two

@@ -10,19 +10,10 @@ from typing import List
 
 import numpy as np
 
+from ..preview import resize_nearest
 from .manifest import atomic_write_text
 
 WINDOW = (-175.0, 250.0)
-
-
-def resize_nearest(img: np.ndarray, aspect: float, width: int = 192) -> np.ndarray:
-    """Nearest-neighbour resize of (H, W[, C]) to ``width`` columns, rows scaled by ``aspect``."""
-    h, w = img.shape[:2]
-    scale = width / max(w, 1)
-    rows = max(1, int(round(h * aspect * scale)))
-    ri = np.minimum((np.arange(rows) / (aspect * scale)).astype(int), h - 1)
-    ci = np.minimum((np.arange(width) / scale).astype(int), w - 1)
-    return img[ri][:, ci]
 
 
 def save_thumbnail(source, main_map, path) -> Path:

@@ -141,7 +141,7 @@ def process_case(task: dict) -> dict:
         write_result(result, stage, task.get("format") or "nii.gz", preview=False, progress=write)
         log(f"written: {time.perf_counter() - t2:.2f} s")
         if task.get("seg_nrrd", True) and result.labels:
-            from .segnrrd import write_seg_nrrd
+            from ..io.segnrrd import write_seg_nrrd
             for name, lab in result.labels.items():
                 write_seg_nrrd(lab, stage / f"{name}.seg.nrrd")
         notes = []

@@ -102,7 +102,7 @@ def write_nrrd(volume, path: Path, content: str) -> Path:
 
 
 def _write_seg(labels, segments, path: Path) -> Path:
-    from ..batch.segnrrd import write_seg_nrrd
+    from ..io.segnrrd import write_seg_nrrd
     from ..results import LabelOutput, Segment
     segs = [Segment(v, name, color, code) for v, name, color, code in segments]
     out = write_seg_nrrd(LabelOutput(labels, segs), path)

@@ -19,13 +19,14 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..errors import InputError
 
 Code = Tuple[str, str, str]  # (coding scheme designator, code value, code meaning)
 
-from ..anatomy import ANATOMICAL_STRUCTURE, BTCV_ORGANS, GENERAL_ANATOMY, Term, term_for  # noqa: E402  (re-exported; torch-free)
+# re-exported; torch-free
+from ..anatomy import BTCV_ORGANS, GENERAL_ANATOMY, serialize_term, terminology_string  # noqa: E402, F401
 
 TERMINOLOGY_CONTEXT = GENERAL_ANATOMY
 SCT_LEFT = "7771000"
@@ -76,44 +77,6 @@ def btcv_organ_from_code(type_code: Optional[str], modifier_code: Optional[str] 
     if not type_code:
         return None
     return _CODE_TO_ORGAN.get((type_code, modifier_code or "")) or _CODE_TO_ORGAN.get((type_code, ""))
-
-
-# --------------------------------------------------------------------------- terminology strings
-def _triplet(code: Optional[Sequence[str]]) -> str:
-    if not code:
-        return "^^"
-    scheme, value, meaning = (str(c) if c is not None else "" for c in code)
-    for part in (scheme, value, meaning):
-        if "~" in part or "^" in part:
-            raise ValueError(f"terminology code parts may not contain '~' or '^': {code!r}")
-    return f"{scheme}^{value}^{meaning}"
-
-
-def serialize_term(term: Term) -> str:
-    """Slicer's serialised form of a :class:`~pantheon.anatomy.Term`."""
-    return "~".join([term.context, _triplet(term.category), _triplet(term.type), _triplet(term.modifier),
-                     term.region_context, _triplet(term.region), _triplet(term.region_modifier)])
-
-
-def terminology_string(code: Optional[Sequence[str]], modifier: Optional[Sequence[str]] = None,
-                       category: Optional[Sequence[str]] = None, context: Optional[str] = None) -> str:
-    """Slicer's serialised terminology entry for a segment whose code is ``code``.
-
-    With ``code`` alone (the usual call): the entry of Slicer's lists that
-    :func:`pantheon.anatomy.term_for` gives for it (``None``: Slicer's default Tissue entry). With
-    ``modifier``, ``category`` or ``context`` given, the entry is built as asked: type ``code``,
-    category default Anatomical Structure, context default the General Anatomy list.
-    """
-    if code is not None and (len(code) != 3 or not code[1]):
-        raise ValueError(f"a terminology code is (scheme, value, meaning), got {code!r}")
-    if modifier is None and category is None and context is None:
-        term = term_for(tuple(str(c) for c in code) if code is not None else None)
-    else:
-        if code is None:
-            raise ValueError("a terminology entry built part by part needs a type code")
-        term = Term(context or TERMINOLOGY_CONTEXT, tuple(category or ANATOMICAL_STRUCTURE), tuple(code),
-                    tuple(modifier) if modifier else None)
-    return serialize_term(term)
 
 
 def parse_terminology(entry: Optional[str]) -> dict:

@@ -25,9 +25,9 @@ def _generate(kind: str, seed: int, shape):
 
 
 def cmd_phantoms(args, progress):
-    from ..batch.segnrrd import write_seg_nrrd
     from ..errors import InputError
     from ..io import write_volume
+    from ..io.segnrrd import write_seg_nrrd
     from ..outputs import staged_output
     from ..progress import Reporter
     from ..results import LabelOutput, Segment

@@ -21,6 +21,7 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
+from ..defaults import FOSCU_DEMO_LABELGEN_CARD
 from ..errors import InputError
 from .loop import Schedule, TrainLoop, check_stage, read_checkpoint
 
@@ -30,7 +31,6 @@ BATCH = {"vae": 2, "ldm": 4}
 #: cross-entropy weights of background, liver, portal vein, hepatic veins, HCC (thin vessels and
 #: small HCCs would otherwise be decoded away)
 CLASS_WEIGHTS = (1.0, 1.0, 4.0, 4.0, 3.0)
-DEMO_CARD = "foscu-demo-labelgen"
 
 
 def weights_path(out_dir, stage: str) -> Path:
@@ -157,11 +157,11 @@ def finish_foscu_demo(work, out_dir, training, held, cards_dir=None, n_samples: 
         "ddim_50_seconds_per_map": round(seconds, 2), "total_seconds": round(time.time() - t0, 1),
         "command": "python -m pantheon.train.foscu pantheon/registry/weights",
     }
-    dest = out_dir / f"{DEMO_CARD}.safetensors"
+    dest = out_dir / f"{FOSCU_DEMO_LABELGEN_CARD}.safetensors"
     save_labelgen(model, dest, {"demo": "true"})
     (out_dir / "foscu-demo-metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     card = {
-        "id": DEMO_CARD, "version": "1.0.0", "model": "foscu", "demo": True, "license": "Apache-2.0",
+        "id": FOSCU_DEMO_LABELGEN_CARD, "version": "1.0.0", "model": "foscu", "demo": True, "license": "Apache-2.0",
         "task": "unconditional 3D-LLDM label maps (liver, portal vein, hepatic veins, HCC) for Duo-Diffusion; DEMO "
                 "weights",
         "description": "Tiny label-map latent diffusion model trained by `python -m pantheon.train.foscu` on phantom "
@@ -175,7 +175,8 @@ def finish_foscu_demo(work, out_dir, training, held, cards_dir=None, n_samples: 
         "references": ["https://arxiv.org/abs/2603.29343"],
         "extra": {"architecture": json.loads(json.dumps(model.config)), "training": training},
     }
-    save_card(ModelCard.from_dict(card), (Path(cards_dir) if cards_dir else CARDS_DIR) / f"{DEMO_CARD}.json")
+    cards = Path(cards_dir) if cards_dir else CARDS_DIR
+    save_card(ModelCard.from_dict(card), cards / f"{FOSCU_DEMO_LABELGEN_CARD}.json")
     return metrics
 
 

@@ -60,6 +60,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..defaults import NEMESIS_DEMO_CARD
 from ..models.nemesis import NemesisMAE
 from ..models.nemesis.reconstruction import paste_visible, voxel_mask
 from .demo_weights import DEMO_MODEL, PRETRAIN_PHANTOM_SEEDS, RECON_HELD_OUT_SEEDS
@@ -76,7 +77,6 @@ KINDS = ("ae", "vae", "vqvae", "mae")
 NAMES = {"ae": "AE (MONAI AutoEncoder)", "vae": "VAE (MONAI AutoencoderKL)", "vqvae": "VQ-VAE (MONAI VQVAE)",
          "mae": "NEMESIS MAE"}
 MAE_VARIANTS = ("0.5/0.5 mask, visible pasted", "0.5/0.5 mask, raw output", "unmasked")
-DEMO_CARD = "nemesis-demo"
 #: Steps the bundled demo encoder was pretrained for (its card's ``extra.pretraining.steps``).
 DEMO_STEPS_FALLBACK = 1000
 
@@ -322,7 +322,7 @@ def load_demo_weights():
     """The bundled NEMESIS demo encoder (through the registry's lookup), and its pretraining steps."""
     from ..models.nemesis import load_nemesis
     from ..registry import get_card, resolve_weights
-    card = get_card(DEMO_CARD)
+    card = get_card(NEMESIS_DEMO_CARD)
     steps = ((card.extra or {}).get("pretraining") or {}).get("steps", DEMO_STEPS_FALLBACK)
     return load_nemesis(resolve_weights(card)), int(steps)
 
@@ -391,7 +391,7 @@ def run_comparison(cfg: Optional[ComparisonConfig] = None, steps: Optional[int] 
                       "gflop_per_superpatch": forward_gflop("mae", model, cfg), "train_steps": demo_steps,
                       "train_seconds": None, "stopped": "bundled", "trained_here": False}
             rows += score_rows("mae", "bundled nemesis-demo", model, held_out, cfg, example, common, figure)
-            demo = {"included": True, "card": DEMO_CARD, "pretraining_steps": demo_steps}
+            demo = {"included": True, "card": NEMESIS_DEMO_CARD, "pretraining_steps": demo_steps}
         else:
             demo = {"included": False, "reason": f"the demo weights take {model.superpatch_size} superpatches, "
                                                   f"this run {(cfg.superpatch,) * 3}"}

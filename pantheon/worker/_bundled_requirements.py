@@ -16,5 +16,6 @@ DEPENDENCIES = [
     "highdicom>=0.28.2",
     "pydicom>=3.0",
     "einops>=0.7",
+    "pynrrd>=1.0",
     "scipy>=1.10",
 ]

@@ -4,26 +4,14 @@
 from __future__ import annotations
 
 from ...cliargs import NON_NEGATIVE, POSITIVE, RESUMABLE, device_name
-from ...defaults import NEOGEN_DDIM_STEPS
-
-DEMO_LABELGEN = "foscu-demo-labelgen"
-
-
-def load_labelgen_argument(weights, device="cpu"):
-    """(model, id, demo) from a .safetensors path or a card id (default: the demo card)."""
-    from pathlib import Path
-
-    from ...runtime import resolve_weights_argument
-    from .labelgen import load_labelgen
-    path, card = resolve_weights_argument(weights, DEMO_LABELGEN)
-    wid = card.id if card is not None else Path(path).name
-    return load_labelgen(path, map_location=device), wid, bool(card is not None and card.demo) or "demo" in wid
+from ...defaults import FOSCU_DEMO_LABELGEN_CARD, NEOGEN_DDIM_STEPS
 
 
 def cmd_generate(args, progress):
     """N new (MR volume, label map) pairs into a folder (resumable)."""
     from ...runtime import pick_device
     from ..lldm.synthesis import load_model
+    from .labelgen import load_labelgen_argument
     from .pairs import generate_pairs
     device = str(pick_device(args.device or "cpu"))
     labelgen, _, demo_l = load_labelgen_argument(args.labelgen, "cpu")  # its sampler draws on the CPU
@@ -56,7 +44,8 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="pair n uses seed + n (default 0)")
     p.add_argument("--label-steps", type=POSITIVE, default=NEOGEN_DDIM_STEPS, help="DDIM steps of the label maps")
     p.add_argument("--image-steps", type=POSITIVE, default=NEOGEN_DDIM_STEPS, help="DDIM steps of the volumes")
-    p.add_argument("--labelgen", metavar="PATH|CARD", help=f"label generator weights (default '{DEMO_LABELGEN}')")
+    p.add_argument("--labelgen", metavar="PATH|CARD",
+                   help=f"label generator weights (default '{FOSCU_DEMO_LABELGEN_CARD}')")
     p.add_argument("--lldm", metavar="PATH|CARD", help="3D-LLDM weights (default 'lldm-demo')")
     p.add_argument("--device", default="cpu", type=device_name, help="3D-LLDM's device: cpu (default), auto, cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...defaults import FOSCU_DEMO_LABELGEN_CARD
 from ...errors import CheckpointError, InputError
 from ...progress import Reporter
 from ..checkpoints import check_state_dict, read_safetensors, save_safetensors
@@ -197,3 +198,13 @@ def load_labelgen(path, map_location="cpu") -> LabelGen:
     check_state_dict(model, state, path, "label generator")
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()
+
+
+def load_labelgen_argument(weights, device="cpu"):
+    """(model, id, demo) from a .safetensors path or a card id (default: the demo card)."""
+    from pathlib import Path
+
+    from ...runtime import resolve_weights_argument
+    path, card = resolve_weights_argument(weights, FOSCU_DEMO_LABELGEN_CARD)
+    wid = card.id if card is not None else Path(path).name
+    return load_labelgen(path, map_location=device), wid, bool(card is not None and card.demo) or "demo" in wid

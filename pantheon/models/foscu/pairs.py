@@ -48,8 +48,7 @@ def thumbnail_png(image: Volume, labels: Volume) -> bytes:
     from scipy import ndimage
 
     from ...anatomy import HCC_COLORS, HCC_LABELS
-    from ...batch.report import resize_nearest
-    from ...preview import display_slices
+    from ...preview import display_slices, resize_nearest
     liver = np.argwhere(labels.array == 1)
     centre = (labels.ijk_to_world(liver.mean(0)[::-1][None])[0] if len(liver) else None)
     imgs, aspects = display_slices(image, centre)
@@ -101,8 +100,8 @@ def generate_pairs(n: int, out_dir, labelgen, lldm, seed: int = 0, label_steps: 
     """Write pairs ``0 .. n-1`` into ``out_dir`` (missing ones only); returns a summary."""
     import torch
 
-    from ...batch.segnrrd import write_seg_nrrd
     from ...io import read_volume, write_volume
+    from ...io.segnrrd import write_seg_nrrd
     from ...results import LabelOutput
     from ..lldm.synthesis import label_segments, one_hot
     from .labelgen import hcc_count, tidy_labels

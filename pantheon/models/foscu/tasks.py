@@ -33,7 +33,7 @@ def task_generate(ctx):
     from pathlib import Path
 
     from ..lldm.synthesis import load_model
-    from .cli import load_labelgen_argument
+    from .labelgen import load_labelgen_argument
     from .pairs import generate_pairs
     output = ctx.params.get("output")
     if not isinstance(output, str) or not output.strip():

@@ -5,7 +5,7 @@ import pytest
 from test_terminology import SlicerLists
 
 from pantheon.anatomy import BTCV_ORGANS
-from pantheon.batch.segnrrd import write_seg_nrrd
+from pantheon.io.segnrrd import write_seg_nrrd
 from pantheon.results import LabelOutput, Segment
 from pantheon.slicerbridge.terms import parse_terminology, terminology_string
 from pantheon.synth import make_abdomen_phantom
