@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 from qt_harness.fixtures import skip_without_harness
+from test_extension_layout import MODULES
+
+from pantheon.registry import list_cards
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).resolve().parent / "qt_harness" / "isolated.py"
@@ -30,7 +33,8 @@ def _run_isolated(*folders: Path, cwd: Path) -> dict:
     skip_without_harness()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["QT_QPA_PLATFORM"] = "offscreen"
-    cmd = [sys.executable, "-S", str(RUNNER), sysconfig.get_paths()["purelib"], *map(str, folders)]
+    cmd = [sys.executable, "-S", str(RUNNER), sysconfig.get_paths()["purelib"], ",".join(MODULES),
+           *map(str, folders)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
     assert proc.returncode == 0, f"isolated harness run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -39,16 +43,18 @@ def _run_isolated(*folders: Path, cwd: Path) -> dict:
 def _check(report: dict, pantheon_dir: Path) -> None:
     assert report["pantheon_importable_before"] is False, "pantheon leaked in before the modules were loaded"
     assert Path(report["pantheon"]) == pantheon_dir.resolve()
+    assert sorted(report["weights"]) == sorted(c.id for c in list_cards() if c.demo)  # every demo card resolved
     for card, path in report["weights"].items():
         assert Path(path).resolve().is_relative_to(pantheon_dir.resolve()), f"{card} came from {path}"
-    assert report["modules"] == ["NemesisSlicer", "PNIPredict", "ToothAnalysis"]
+    assert report["modules"] == sorted(MODULES)  # every module the extension has: each model's and the tools
+    assert report["panels"] == {name: f"{name}Widget" for name in MODULES}
     assert report["status"] == "Done: analyze", report["error"]
     assert report["rows"] > 0
     assert report["heavy"] == [], "the Slicer process imported the deep-learning stack"
 
 
 def test_source_tree_module_paths(tmp_path):
-    report = _run_isolated(REPO / "NemesisSlicer", REPO / "ToothAnalysis", REPO / "PNIPredict", cwd=tmp_path)
+    report = _run_isolated(*(REPO / name for name in MODULES), cwd=tmp_path)
     _check(report, REPO / "pantheon")
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_extension_layout import MODEL_MODULES
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "ToothAnalysis"
@@ -143,19 +144,19 @@ def test_the_check_can_be_cancelled_and_says_a_gpu_would_go_unused(harness, pane
 
 
 def test_modules_register_the_sample_data_at_startup(harness, monkeypatch):
-    """Each module connects to startupCompleted(); the three register Pantheon's cases once."""
+    """Each module connects to startupCompleted(); together they register Pantheon's cases once."""
     import sys
 
     from test_sampledata import make_sample_data_standin
     sample_data = make_sample_data_standin()
     monkeypatch.setitem(sys.modules, "SampleData", sample_data)
-    for name in ("NemesisSlicer", "ToothAnalysis", "PNIPredict"):
+    for name in MODEL_MODULES:
         harness.load_module(REPO / name)
     try:
         harness.finish_startup()
         names = [s.sampleName for s in sample_data.registry.get("Pantheon", [])]
-        assert sorted(names) == ["PantheonAbdominalCTPhantom", "PantheonLiverMRIPhantom",
+        assert sorted(names) == ["PantheonAbdominalCTPhantom", "PantheonLiverHCCMRIPhantom", "PantheonLiverMRIPhantom",
                                  "PantheonPanoramicXrayPhantom"]
     finally:
-        for name in ("NemesisSlicer", "ToothAnalysis", "PNIPredict"):
+        for name in MODEL_MODULES:
             harness.unload_module(name)

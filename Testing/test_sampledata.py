@@ -130,7 +130,7 @@ def test_files_exist_are_small_and_match_the_manifest():
         algo, digest = slicer.util.extractAlgoAndDigest(sd.checksum_of(name, manifest))
         assert (algo, digest) == ("SHA256", entry["sha256"])
         assert slicer.util.computeChecksum(algo, str(path)) == digest
-    assert sum(e["bytes"] for e in manifest["files"].values()) < 2 * MiB
+    assert sum(e["bytes"] for e in manifest["files"].values()) < 0.7 * MiB * len(sd.CASES)
     assert {c.sample_name for c in sd.CASES} == set(manifest["cases"])
 
 
@@ -187,7 +187,7 @@ def test_registration_loads_neither_torch_nor_the_generators():
             "logic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: None,\n"
             "                              sampleDataSourcesByCategory=lambda category=None: [])\n"
             "names = register_sample_data(sample_data=types.SimpleNamespace(SampleDataLogic=logic))\n"
-            "assert len(names) == 3, names\n"
+            f"assert len(names) == {len(sd.CASES)}, names\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monai', 'scipy')\n"
             "             or m.startswith(('pantheon.synth', 'pantheon.sampledata.build', 'pantheon.pipelines')))\n"
             "print(bad)\n")
@@ -205,7 +205,7 @@ def test_registration_arguments():
     assert names == [c.sample_name for c in sd.CASES]
     assert ("registerCustomSampleDataCategory", {"category": "Pantheon", "title": "Pantheon"}) in mod.calls
     calls = _registrations(mod)
-    assert len(calls) == 3
+    assert len(calls) == len(sd.CASES)
     manifest = sd.load_manifest()
     for kw, c in zip(calls, sd.CASES):
         assert kw["category"] == "Pantheon" and kw["sampleName"] == c.sample_name
@@ -225,7 +225,7 @@ def test_registration_arguments():
         assert kw["loadFiles"] is None and kw["customDownloader"] is None and kw["loadFileType"] is None
         assert kw["loadFileProperties"] == {}
     # the images come first: Slicer shows the first loaded node
-    assert [kw["loadFileTypes"][0] for kw in calls] == ["VolumeFile"] * 3
+    assert [kw["loadFileTypes"][0] for kw in calls] == ["VolumeFile"] * len(sd.CASES)
     sources = mod.registry["Pantheon"]
     assert [s.sampleDescription for s in sources] == [c.title for c in sd.CASES]  # the button texts
 
@@ -235,7 +235,7 @@ def test_registration_is_idempotent_and_follows_a_moved_folder(tmp_path):
     bridge_sd.register_sample_data(sample_data=mod)
     bridge_sd.register_sample_data(sample_data=mod)
     bridge_sd.register_sample_data(sample_data=mod)
-    assert len(_registrations(mod)) == 3  # nothing registered again
+    assert len(_registrations(mod)) == len(sd.CASES)  # nothing registered again
     assert [s.sampleName for s in mod.registry["Pantheon"]] == [c.sample_name for c in sd.CASES]
 
     moved = tmp_path / "installed"
@@ -249,7 +249,7 @@ def test_registration_is_idempotent_and_follows_a_moved_folder(tmp_path):
 
 def test_registration_on_slicer_510_without_category_titles():
     mod = make_sample_data_standin(with_category_api=False)
-    assert len(bridge_sd.register_sample_data(sample_data=mod)) == 3
+    assert len(bridge_sd.register_sample_data(sample_data=mod)) == len(sd.CASES)
     assert not any(name == "registerCustomSampleDataCategory" for name, _ in mod.calls)
 
 
@@ -266,7 +266,7 @@ def test_registration_skips_a_case_with_missing_files(tmp_path, caplog):
     mod = make_sample_data_standin()
     with caplog.at_level(logging.WARNING, logger="pantheon.sampledata"):
         names = bridge_sd.register_sample_data(tmp_path / "d", sample_data=mod)
-    assert names == ["PantheonAbdominalCTPhantom", "PantheonPanoramicXrayPhantom"]
+    assert names == ["PantheonAbdominalCTPhantom", "PantheonPanoramicXrayPhantom", "PantheonLiverHCCMRIPhantom"]
     assert "PantheonLiverMRIPhantom_Segments.seg.nrrd" in caplog.text
     mod2 = make_sample_data_standin()
     assert bridge_sd.register_sample_data(tmp_path / "nothing-here", sample_data=mod2) == []
@@ -281,7 +281,7 @@ def test_registration_logs_an_api_error_instead_of_raising(caplog):
     mod.SampleDataLogic.registerCustomSampleDataSource = staticmethod(broken)
     with caplog.at_level(logging.ERROR, logger="pantheon.sampledata"):
         assert bridge_sd.register_sample_data(sample_data=mod) == []
-    assert caplog.text.count("Could not register Pantheon sample") == 3
+    assert caplog.text.count("Could not register Pantheon sample") == len(sd.CASES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,6 +377,32 @@ def test_case_contents_are_what_the_modules_expect():
     assert tumour_ml == pytest.approx(info["tumour_volume_ml"], abs=1e-3)
 
 
+def test_hcc_case_is_a_3d_lldm_label_map_liver_synthesis_reads_by_name():
+    from pantheon.io import read_volume
+    from pantheon.io.segnrrd import read_seg_nrrd_header
+    from pantheon.models.lldm.edits import hcc_components
+    from pantheon.models.lldm.synthesis import lldm_labels
+
+    c = sd.case("PantheonLiverHCCMRIPhantom")
+    assert c.module == "LiverSynthesis"
+    mri = read_volume(sd.DATA_DIR / c.files[0].file_name)
+    labels = read_volume(sd.DATA_DIR / c.files[1].file_name)
+    assert mri.same_geometry(labels) and mri.array.dtype == np.int16 and mri.array.min() >= 0
+    assert mri.shape == build.MRI_SHAPE and np.allclose(mri.direction, np.eye(3))
+    header = read_seg_nrrd_header(sd.DATA_DIR / c.files[1].file_name)
+    names = [header[f"Segment{i}_Name"] for i in range(4)]
+    assert names == ["liver", "portal vein", "hepatic vein", "HCC"]
+    # the names alone say which label is which: the panel's reading gives back the stored values
+    assert np.array_equal(lldm_labels(labels), labels.array) and set(np.unique(labels.array)) == {0, 1, 2, 3, 4}
+    comp = hcc_components(labels.array)
+    info = sd.load_manifest()["cases"][c.sample_name]
+    assert comp.max() == len(info["hcc"]) == build.HCC_COUNT  # two separate tumours, "remove HCC 2" has one
+    hcc_ml = (labels.array == 4).sum() * np.prod(labels.spacing) / 1000
+    assert hcc_ml == pytest.approx(info["hcc_volume_ml"], abs=1e-3)
+    big, small = sorted((h["diameter_mm"] for h in info["hcc"]), reverse=True)
+    assert big > 30 and small < 15
+
+
 # --------------------------------------------------------------------------------------------
 # Each case through its model (bundled demo weights)
 # --------------------------------------------------------------------------------------------
@@ -442,6 +468,36 @@ def test_mri_case_predicts_pni_with_and_without_its_label_map():
     assert given.notes["tumour_source"] == "supplied tumour mask"
     assert np.array_equal(given.labels["tumour"].volume.array == 2, truth)
     assert 0.5 <= q <= 1.0, q  # the phantom is PNI positive and its true tumour shows the extension
+
+
+@pytest.fixture(scope="module")
+def hcc_case_synthesised():
+    from pantheon.io import read_volume
+    from pantheon.models.lldm.synthesis import load_model, synthesize
+
+    c = sd.case("PantheonLiverHCCMRIPhantom")
+    labels = read_volume(sd.DATA_DIR / c.files[1].file_name)
+    model, _wid, demo = load_model(None)
+    return labels, synthesize(labels, model, steps=20, seed=0, demo=demo).volumes["synthetic_mri"], demo
+
+
+@pytest.mark.slow
+def test_hcc_case_synthesises_on_its_own_grid(hcc_case_synthesised):
+    labels, out, demo = hcc_case_synthesised
+    assert demo and out.same_geometry(labels) and np.isfinite(out.array).all()
+    liver, outside = out.array[labels.array == 1].mean(), out.array[labels.array == 0].mean()
+    assert liver > outside + 0.3, (liver, outside)  # the enhancing liver stands out of its surroundings
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the demo 3D-LLDM's autoencoder (factor 4 on a 6 mm grid, 4 latent channels, "
+                   "679 steps) does not keep HCC or vessel contrast: its own reconstruction of held-out phantoms "
+                   "renders HCC at 0.91 where the liver is 1.09 and the real HCC 0.50 (issue 17, section 2)")
+def test_hcc_case_synthesis_shows_the_hccs_dark(hcc_case_synthesised):
+    labels, out, _demo = hcc_case_synthesised
+    # hepatobiliary phase: the parenchyma enhances, HCCs take up no contrast (real phantom: 0.56 of the liver)
+    liver, hcc = out.array[labels.array == 1].mean(), out.array[labels.array == 4].mean()
+    assert hcc < 0.8 * liver, (liver, hcc)
 
 
 # --------------------------------------------------------------------------------------------

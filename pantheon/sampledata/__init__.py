@@ -3,7 +3,7 @@
 Why: a user or a demo presenter opens Slicer's Sample Data module, clicks once under "Pantheon"
 and has something each panel can run on, without patient data and without a network. The same
 files work from the command line (``pantheon nemesis organs``, ``pantheon tooth analyze``,
-``pantheon pni predict``).
+``pantheon pni predict``, ``pantheon lldm synthesize``).
 
 =====================================  ===================================================  =============
 sample name                            files (``data/``)                                    for module
@@ -12,6 +12,8 @@ PantheonAbdominalCTPhantom             CT (int16 HU) + 8 BTCV organs (.seg.nrrd)
 PantheonPanoramicXrayPhantom           panoramic dental X-ray (uint8, 0.273 mm pixels)      ToothAnalysis
 PantheonLiverMRIPhantom                HBP-like liver MRI (int16) + liver, tumour, bile     PNIPredict
                                        duct, hepatic vessels (.seg.nrrd, 1/2/3/4)
+PantheonLiverHCCMRIPhantom             HBP-like liver MRI (int16) + liver, portal vein,     LiverSynthesis
+                                       hepatic vein, HCC (.seg.nrrd, 1/2/3/4: 3D-LLDM's)
 =====================================  ===================================================  =============
 
 The files, their thumbnails and ``data/manifest.json`` (SHA256 and geometry of every file) are
@@ -78,6 +80,12 @@ CASES: Tuple[SampleCase, ...] = (
          SampleFile("PantheonLiverMRIPhantom_Segments.seg.nrrd", "PantheonLiverMRIPhantom_Segments",
                     "SegmentationFile")),
         "PantheonLiverMRIPhantom.png"),
+    SampleCase(
+        "PantheonLiverHCCMRIPhantom", "Liver HCC MRI phantom\n(Liver Synthesis)", "LiverSynthesis",
+        (SampleFile("PantheonLiverHCCMRIPhantom.nrrd", "PantheonLiverHCCMRIPhantom", "VolumeFile"),
+         SampleFile("PantheonLiverHCCMRIPhantom_Segments.seg.nrrd", "PantheonLiverHCCMRIPhantom_Segments",
+                    "SegmentationFile")),
+        "PantheonLiverHCCMRIPhantom.png"),
 )
 
 

@@ -27,6 +27,10 @@ is the lever):
   int16 (arbitrary units, 0..~1500, as scanners store them). Labels as the phantom makes them:
   1 liver, 2 tumour (NeoSeg's ids), 3 bile duct, 4 hepatic vessels (the NeoNet pipelines ignore 3
   and 4); segment names "liver"/"tumour" are what PNI Predict's synthesis finds automatically.
+- HCC MRI: :func:`pantheon.synth.hcc_mri_phantom.make_hcc_mri_phantom` seed 0 with two HCCs (37
+  and 10 mm), on the MRI case's grid, LPS, int16. Labels are the 3D-LLDM set (1 liver, 2 portal
+  vein, 3 hepatic vein, 4 HCC), named and coded as Liver Synthesis reads them, so "Synthesize"
+  works on it as loaded and "remove HCC 2" has a small second tumour to take away.
 
 Seeds were picked for a clear demo with the bundled demo weights: CT seed 0 as it came (organ-map
 AUROCs are alike across seeds); OPG among seeds 0-39 (all 28 teeth found with their FDI numbers,
@@ -57,6 +61,7 @@ from . import CASES, DATA_DIR, MANIFEST_NAME, case
 CT_SEED, CT_SHAPE, CT_SPACING = 0, (48, 128, 128), (2.5, 2.5, 5.0)
 OPG_SEED, OPG_SIZE = 2, (512, 1024)
 MRI_SEED, MRI_SHAPE, MRI_SPACING, MRI_PNI = 0, (36, 100, 120), (2.5, 2.5, 4.75), True
+HCC_SEED, HCC_COUNT = 0, 2
 AIR_HU = -1000
 THUMBNAIL_SIZE = (288, 260)  # (width, height) of Slicer's own sample thumbnails (e.g. CTLiver.png)
 
@@ -66,6 +71,14 @@ MRI_SEGMENTS = ((1, "liver", (0.87, 0.51, 0.28), ("SCT", "10200004", "Liver")),
                 (2, "tumour", (0.80, 0.20, 0.55), ("SCT", "108369006", "Neoplasm")),
                 (3, "bile duct", (0.0, 0.57, 0.12), ("SCT", "28273000", "Bile duct")),
                 (4, "hepatic vessels", (0.0, 0.59, 0.81), None))
+
+
+def hcc_segments():
+    """(value, name, colour, code) of the 3D-LLDM labels: 3D-LLDM's own segments, names as a reader
+    of the segment list would write them ("portal vein", "HCC")."""
+    from ..models.lldm.synthesis import label_segments
+    return tuple((s.value, "HCC" if s.name == "hcc" else s.name.replace("_", " "), tuple(s.color), s.code)
+                 for s in label_segments())
 
 
 # ---------------------------------------------------------------------------- writers
@@ -154,6 +167,20 @@ def make_mri():
     return mri.with_array(a), lab, info
 
 
+def make_hcc_mri():
+    """(MRI Volume int16, 3D-LLDM label Volume uint8 0..4, info)."""
+    from ..synth.hcc_mri_phantom import make_hcc_mri_phantom
+    mri, lab, meta = make_hcc_mri_phantom(HCC_SEED, shape=MRI_SHAPE, spacing=MRI_SPACING, orientation="LPS",
+                                          n_hcc=HCC_COUNT)
+    a = np.clip(np.rint(mri.array), 0, np.iinfo(np.int16).max).astype(np.int16)
+    info = {"seed": HCC_SEED, "generator": "pantheon.synth.hcc_mri_phantom.make_hcc_mri_phantom",
+            "hcc": [{"centre_lps": [round(v, 2) for v in h["centre_lps"]], "diameter_mm": round(h["diameter_mm"], 2)}
+                    for h in meta["hcc"]],
+            "hcc_volume_ml": round(meta["hcc_volume_ml"], 3),
+            "labels": {str(v): name for v, name, _c, _code in hcc_segments()}}
+    return mri.with_array(a), lab, info
+
+
 # ---------------------------------------------------------------------------- thumbnails
 def _to_uint8(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.rint(np.clip((a.astype(np.float64) - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -216,11 +243,12 @@ def thumbnail_opg(image, opg=None):
     return _on_canvas(Image.fromarray(np.ascontiguousarray(a), "L"))
 
 
-def thumbnail_mri(mri, lab):
-    """Axial slice through the most tumour, window 0..99.5th percentile, tumour outlined (segment colour)."""
+def thumbnail_mri(mri, lab, tumour_value=2, colour=MRI_SEGMENTS[1][2]):
+    """Axial slice through the most tumour (label ``tumour_value``), window 0..99.5th percentile,
+    tumour outlined in ``colour`` (its segment's)."""
     from PIL import Image
     from scipy import ndimage
-    tumour = lab.array == 2
+    tumour = lab.array == tumour_value
     k = int(np.argmax(tumour.sum(axis=(1, 2))))
     sl = mri.array[k].astype(np.float64)
     hi = float(np.percentile(sl, 99.5))
@@ -232,7 +260,7 @@ def thumbnail_mri(mri, lab):
     mask = np.asarray(Image.fromarray(tumour[k].astype(np.uint8) * 255, "L").resize(size, Image.NEAREST)) > 0
     edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
     rgb = np.asarray(gray).copy()
-    rgb[edge] = [round(255 * c) for c in MRI_SEGMENTS[1][2]]
+    rgb[edge] = [round(255 * c) for c in colour]
     return _on_canvas(Image.fromarray(rgb, "RGB"))
 
 
@@ -287,6 +315,18 @@ def build(out_dir=None) -> dict:
     p = _write_seg(lab, MRI_SEGMENTS, out / c.files[1].file_name)
     record(p, **_geometry(lab), segments={name: v for v, name, _c, _code in MRI_SEGMENTS})
     record(_save_png(thumbnail_mri(mri, lab), out / c.thumbnail))
+    cases[c.sample_name] = info
+
+    c = case("PantheonLiverHCCMRIPhantom")
+    mri, lab, info = make_hcc_mri()
+    segments = hcc_segments()
+    p = write_nrrd(mri, out / c.files[0].file_name,
+                   "Pantheon synthetic hepatobiliary-phase liver MRI with two HCCs (not patient data)")
+    record(p, **_geometry(mri), value_range=[int(mri.array.min()), int(mri.array.max())])
+    p = _write_seg(lab, segments, out / c.files[1].file_name)
+    record(p, **_geometry(lab), segments={name: v for v, name, _c, _code in segments})
+    hcc = next(s for s in segments if s[1] == "HCC")
+    record(_save_png(thumbnail_mri(mri, lab, hcc[0], hcc[2]), out / c.thumbnail))
     cases[c.sample_name] = info
 
     manifest = {"about": "Written by `python -m pantheon.sampledata.build`; do not edit by hand. Synthetic "
