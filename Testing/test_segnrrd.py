@@ -5,6 +5,7 @@ import pytest
 from test_terminology import SlicerLists
 
 from pantheon.anatomy import BTCV_ORGANS
+from pantheon.io import Volume
 from pantheon.io.segnrrd import write_seg_nrrd
 from pantheon.results import LabelOutput, Segment
 from pantheon.slicerbridge.terms import parse_terminology, terminology_string
@@ -64,3 +65,35 @@ def test_seg_nrrd_rejects_bad_label_values(tmp_path):
     _, lab = make_abdomen_phantom(0, shape=(8, 10, 12))
     with pytest.raises(ValueError):
         write_seg_nrrd(LabelOutput(lab, [Segment(70000, "x", (1, 0, 0))]), tmp_path / "x.seg.nrrd")
+
+
+def test_slicer_reads_the_reference_image_geometry_of_the_label_grid(tmp_path):
+    """Slicer's own reader (slicer-core) finds the label map's grid as the segmentation's reference
+    image geometry: an oblique, anisotropic LPS grid, compared voxel corner by voxel corner in RAS."""
+    slicer = pytest.importorskip("slicer")
+    import vtk
+
+    theta = np.deg2rad(20)
+    direction = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1.0]])
+    labels = np.zeros((5, 6, 7), np.uint8)
+    labels[1:3, 2:4, 3:6] = 1
+    vol = Volume(labels, spacing=(0.7, 1.3, 2.9), origin=(-12.25, 40.5, 7.125), direction=direction)
+    path = write_seg_nrrd(LabelOutput(vol, [Segment(1, "liver", (1, 0, 0), None)]), tmp_path / "s.seg.nrrd")
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    text = node.GetSegmentation().GetConversionParameter("Reference image geometry")
+    geometry = slicer.vtkOrientedImageData()
+    assert slicer.vtkSegmentationConverter.DeserializeImageGeometry(text, geometry)
+    assert geometry.GetExtent() == (0, 6, 0, 5, 0, 4)  # (i, j, k) extents of a (K, J, I) = (5, 6, 7) array
+    m = vtk.vtkMatrix4x4()
+    geometry.GetImageToWorldMatrix(m)
+    got = np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+    expected = np.eye(4)
+    expected[:3, :3] = np.diag([-1, -1, 1]) @ direction @ np.diag(vol.spacing)
+    expected[:3, 3] = np.array([-1, -1, 1]) * np.array(vol.origin)
+    np.testing.assert_allclose(got, expected, atol=1e-9)
