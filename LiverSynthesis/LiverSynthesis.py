@@ -97,7 +97,9 @@ Pantheon reconstructs both from their abstracts.</p>
 <p><b>Synthesize MRI</b>: choose a segmentation whose segments are named liver, portal vein, hepatic vein(s) and
 HCC (or tumour; "HCC 2", "portal_vein", "Hepatic veins" are understood; other segments are left out, and the panel
 lists what it uses). A liver segment is required. The segments are exported on the grid of the reference volume
-(by default the segmentation's own reference geometry volume) and the synthetic MRI lands on exactly that grid, as
+(by default the segmentation's own reference geometry volume; for a .seg.nrrd loaded without its image, "Use the
+segmentation's own grid" adds an empty volume on the grid the file carries) and the synthetic MRI lands on exactly
+that grid, as
 "&lt;segmentation&gt; synthetic MRI". HCC edits act before synthesis, in millimetres: remove HCCs by number (1 = the
 largest), grow or shrink every HCC, add an HCC at each point of a point list. With edits the label map the volume
 was made from comes back too ("&lt;segmentation&gt; edited labels"). Same labels and seed, same volume; a rerun
@@ -195,6 +197,7 @@ class LiverSynthesisWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKOb
                              paths={"lldmPath": self.ui.lldmPathLineEdit, "labelgenPath": self.ui.labelgenPathLineEdit,
                                     "pairsFolder": self.ui.pairsFolderPathLineEdit},
                              fileEdits=[self.ui.lldmPathLineEdit, self.ui.labelgenPathLineEdit])
+        self.ui.segmentationGridButton.connect("clicked(bool)", self.onUseSegmentationGrid)
         self.ui.openIndexButton.connect("clicked(bool)", self.onOpenIndex)
         self.ui.loadPairButton.connect("clicked(bool)", self.onLoadPair)
 
@@ -295,7 +298,9 @@ class LiverSynthesisWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKOb
         if p is not None and p.segmentation is not None:
             hint = self.segmentProblem()
             if hint is None and p.referenceVolume is None:
-                hint = _("Choose the reference volume: the grid the synthetic MRI lands on.")
+                hint = (_("Choose the reference volume, or use the segmentation's own grid.")
+                        if self.logic.segmentationGrid(p.segmentation) is not None else
+                        _("Choose the reference volume: the grid the synthetic MRI lands on."))
         shown = getattr(self, "_inputHint", None)
         if hint:
             self.ui.statusLabel.text = hint
@@ -351,6 +356,17 @@ class LiverSynthesisWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKOb
         PanelWidgetMixin.updateButtons(self, *args)
         if self.ui is not None:
             self.updatePairButtons()
+            p = self._parameterNode
+            self.ui.segmentationGridButton.enabled = bool(
+                self.task is None and p is not None and p.segmentation is not None and p.referenceVolume is None
+                and self.logic.segmentationGrid(p.segmentation) is not None)
+
+    def onUseSegmentationGrid(self) -> None:
+        p = self._parameterNode
+        try:
+            p.referenceVolume = self.logic.gridVolume(p.segmentation)
+        except ValueError as exc:
+            self.showError(str(exc))
 
     def updatePairButtons(self) -> None:
         ready = self.lastSummary is not None and self.task is None
@@ -476,6 +492,49 @@ class LiverSynthesisLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
         if node is not None and node.IsA("vtkMRMLScalarVolumeNode") and node.GetImageData() is not None:
             return node
         return None
+
+    @staticmethod
+    def segmentationGrid(segmentationNode):
+        """The grid a segmentation carries as its "Reference image geometry" conversion parameter
+        (Slicer's .seg.nrrd files and Pantheon's do): (IJK-to-RAS 4x4 array, (K, J, I) shape), or
+        None when it carries none."""
+        import vtk
+        if segmentationNode is None or segmentationNode.GetSegmentation() is None:
+            return None
+        segmentation = segmentationNode.GetSegmentation()
+        name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+        # asking for a parameter that is not there logs an error: look in the serialised list first
+        if f"{name}|" not in (segmentation.SerializeAllConversionParameters() or ""):
+            return None
+        geometry = slicer.vtkOrientedImageData()
+        if not slicer.vtkSegmentationConverter.DeserializeImageGeometry(segmentation.GetConversionParameter(name),
+                                                                        geometry):
+            return None
+        i0, i1, j0, j1, k0, k1 = geometry.GetExtent()
+        if i1 < i0 or j1 < j0 or k1 < k0:
+            return None
+        matrix = vtk.vtkMatrix4x4()
+        geometry.GetImageToWorldMatrix(matrix)
+        ijk_to_ras = slicer.util.arrayFromVTKMatrix(matrix)
+        ijk_to_ras[:3, 3] = (ijk_to_ras @ [i0, j0, k0, 1.0])[:3]  # voxel (0, 0, 0) of the node = the extent's first
+        return ijk_to_ras, (k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
+
+    def gridVolume(self, segmentationNode):
+        """An empty volume "<segmentation> grid" on the grid the segmentation carries, under the
+        segmentation's transform, made the segmentation's reference geometry volume (the same
+        geometry, so its segments are unchanged)."""
+        import numpy as np
+        grid = self.segmentationGrid(segmentationNode)
+        if grid is None:
+            raise ValueError(f"The segmentation {segmentationNode.GetName()!r} does not carry its grid; choose the "
+                             "reference volume.")
+        ijk_to_ras, shape = grid
+        node = slicer.util.addVolumeFromArray(np.zeros(shape, np.uint8), ijkToRAS=ijk_to_ras,
+                                              name=f"{segmentationNode.GetName()} grid",
+                                              nodeClassName="vtkMRMLScalarVolumeNode")
+        node.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(node)
+        return node
 
     def firstUsableSegmentation(self):
         """The scene's first segmentation with a liver segment that is not one of Pantheon's outputs."""

@@ -184,6 +184,45 @@ def test_without_a_reference_geometry_the_panel_asks_for_the_volume(harness, pan
     assert ui.synthesizeButton.enabled and ui.statusLabel.text == "Idle"
 
 
+def test_a_segmentation_loaded_alone_synthesises_on_its_own_grid(harness, panel, lib, phantom, model, tmp_path):
+    """A .seg.nrrd loaded without its image (as FOSCU's pairs are): the panel offers the grid the file
+    carries; the empty volume it adds there has the file's exact geometry, and the synthetic MRI is
+    the core's on that grid, voxel for voxel."""
+    import slicer
+
+    from pantheon.io import read_volume
+    from pantheon.io.segnrrd import write_seg_nrrd
+    from pantheon.models.lldm.synthesis import label_segments, synthesize
+    from pantheon.results import LabelOutput
+    ui = panel.ui
+    harness.close_scene()
+    labels = read_volume(phantom[1])
+    path = write_seg_nrrd(LabelOutput(labels, label_segments()), tmp_path / "pair.seg.nrrd")
+    seg = slicer.util.loadSegmentation(str(path))
+    harness.process_events()
+    p = panel._parameterNode
+    assert p.segmentation is seg and p.referenceVolume is None
+    assert ui.statusLabel.text == "Choose the reference volume, or use the segmentation's own grid."
+    assert ui.segmentationGridButton.enabled and not ui.synthesizeButton.enabled
+    ui.segmentationGridButton.click()
+    grid = p.referenceVolume
+    assert grid is not None and grid.GetName() == "pair grid" and not ui.segmentationGridButton.enabled
+    assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is grid
+    want_ijk_to_ras = labels.index_to_ras()
+    np.testing.assert_allclose(_ijk_to_ras(grid), want_ijk_to_ras, atol=1e-9)
+    assert slicer.util.arrayFromVolume(grid).shape == labels.shape and not slicer.util.arrayFromVolume(grid).any()
+    ui.synthesisStepsSpinBox.value = 2
+    ui.synthesisSeedSpinBox.value = 3
+    assert ui.synthesizeButton.enabled
+    ui.synthesizeButton.click()
+    wait_idle(harness, panel)
+    assert ui.statusLabel.text == "Done: synthesize", ui.errorLabel.text
+    volume = _outputs()["pair synthetic MRI"]
+    np.testing.assert_allclose(_ijk_to_ras(volume), want_ijk_to_ras, atol=1e-6)
+    want, _m = synthesize(labels, model, steps=2, seed=3).volumes["synthetic_mri"].to_slicer()
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(volume), want, atol=2e-5)
+
+
 def test_a_segmentation_without_a_liver_is_refused_in_one_sentence(harness, panel, phantom):
     import slicer
     ui = panel.ui
