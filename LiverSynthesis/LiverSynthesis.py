@@ -5,9 +5,10 @@ HCC or tumour; names are matched case- and punctuation-insensitively, numbered s
 "HCC 2" count, SNOMED CT codes too; other segments are left out and listed) is exported as one
 3D-LLDM label map (1 liver, 2 portal vein, 3 hepatic veins, 4 HCC; painted liver first, HCC last)
 on the grid of a reference volume (default: the segmentation's reference geometry volume), sent
-to the worker task ``lldm.synthesize`` with the DDIM steps, seed, ControlNet scale and HCC edits
-(remove HCCs by number, grow or shrink every HCC by N mm, a new HCC at each point of a markups
-point list), and comes back as the scalar volume "<segmentation> synthetic MRI" on the reference
+to the worker task ``lldm.synthesize`` with the DDIM steps, seed, ControlNet scale, the labels that
+steer it ("Steered by": unchecked vessels are drawn by the model, an unchecked HCC becomes liver)
+and HCC edits (remove HCCs by number, grow or shrink every HCC by N mm, a new HCC at each point of
+a markups point list), and comes back as the scalar volume "<segmentation> synthetic MRI" on the reference
 volume's exact voxels; with edits also "<segmentation> edited labels", the label map the volume
 was conditioned on. A rerun replaces both (a rerun without edits removes the edited labels).
 
@@ -144,6 +145,9 @@ class LiverSynthesisParameterNode:
     synthesisSeed: Annotated[int, WithinRange(0, lib.MAX_SEED), Default(0)]
     useControlNetScale: Annotated[bool, Default(False)]
     controlNetScale: Annotated[float, WithinRange(0.0, lib.MAX_SCALE), Default(1.0)]
+    steerPortalVein: Annotated[bool, Default(True)]  # unchecked: the model draws the vessels itself
+    steerHepaticVein: Annotated[bool, Default(True)]
+    steerHCC: Annotated[bool, Default(True)]  # unchecked: the HCC voxels become liver
     removeHCC: str  # HCC numbers, e.g. "1, 3": checked by lib.parse_hcc_numbers
     growHCCmm: Annotated[float, WithinRange(-lib.MAX_GROW_MM, lib.MAX_GROW_MM), Default(0.0)]
     addHCCPoints: vtkMRMLMarkupsFiducialNode
@@ -328,8 +332,9 @@ class LiverSynthesisWidget(PanelWidgetMixin, ScriptedLoadableModuleWidget, VTKOb
             edits = self.logic.editParams(p.removeHCC, p.growHCCmm, p.addHCCPoints, p.addHCCDiameter, p.referenceVolume)
             scale = float(p.controlNetScale) if p.useControlNetScale else None
             self.ui.synthesisResultLabel.text = ""
+            steer = lib.steer_params(p.steerPortalVein, p.steerHepaticVein, p.steerHCC)
             return self.logic.submitSynthesis(p.segmentation, p.referenceVolume, steps=p.synthesisSteps,
-                                              seed=p.synthesisSeed, scale=scale, edits=edits, **common)
+                                              seed=p.synthesisSeed, scale=scale, edits=edits, steer=steer, **common)
         if action == "generate":
             self.ui.generationResultLabel.text = ""
             return self.logic.submitGeneration(output=p.pairsFolder, n=p.pairsCount, seed=p.pairsSeed,
@@ -570,7 +575,7 @@ class LiverSynthesisLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
     def submitSynthesis(self, segmentationNode, referenceVolumeNode, params=None, show=True, **kw):
         """Start 3D-LLDM on the segments of ``segmentationNode``, exported on ``referenceVolumeNode``'s
         grid; returns a task to poll. ``kw``: :func:`LiverSynthesisLib.core.build_params` (steps,
-        seed, scale, edits, weights, device)."""
+        seed, scale, edits, steer, weights, device)."""
         from pantheon import slicerbridge as bridge
         if segmentationNode is None:
             raise ValueError("Choose a segmentation with a liver segment.")
@@ -587,6 +592,8 @@ class LiverSynthesisLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
         self.log(lib.plan_text(plan))
         if edited:
             self.log(lib.edits_text(full))
+        if full.get("use"):
+            self.log(lib.steer_text(full))
         # one output set per segmentation and reference volume: a rerun replaces it
         action = f"synthesize:{segmentationNode.GetID()}"
         segName = segmentationNode.GetName()
@@ -604,7 +611,7 @@ class LiverSynthesisLogic(WorkerLogicMixin, ScriptedLoadableModuleLogic):
             volume = imported.nodes.get("synthetic_mri")
             self.lastSynthesisText = " ".join(t for t in (
                 f"{volume.GetName()}: on the grid of {referenceVolumeNode.GetName()}." if volume is not None else "",
-                lib.edits_text(full), lib.volumes_text(imported)) if t)
+                lib.edits_text(full), lib.steer_text(full), lib.volumes_text(imported)) if t)
             self.log(self.lastSynthesisText)
             if show and volume is not None and getattr(slicer, "app", None) is not None:
                 slicer.util.setSliceViewerLayers(background=volume, foreground=referenceVolumeNode,

@@ -4,6 +4,7 @@ training stages) and N new (image, label) pairs written resumably in the layout 
 from __future__ import annotations
 
 import csv
+import html
 
 import numpy as np
 import pytest
@@ -57,6 +58,63 @@ def test_checkpoint_round_trip(models, tmp_path):
         load_labelgen(lldm_path)
 
 
+def test_the_anatomy_check_measures_and_refuses_in_words():
+    from pantheon.models.foscu.labelgen import anatomy_limits, anatomy_problem
+    small, big = np.zeros((8, 8, 8), np.uint8), np.zeros((8, 8, 8), np.uint8)
+    small[:2, :2, :2] = 1  # 8 liver voxels
+    big[:4, :4, :4] = 1  # 64
+    big[0, 0, 0], big[3, 3, 3] = 4, 4  # two separate HCCs
+    limits = anatomy_limits([small, big])
+    assert limits == {"liver_voxels": [8, 62], "hcc_count_max": 2, "n_maps": 2}
+    assert anatomy_problem(big, limits, 0.5) is None and anatomy_problem(big, None, 0.5) is None
+    huge = np.ones((8, 8, 8), np.uint8)
+    assert anatomy_problem(huge, limits, 0.5) == "liver of 256 ml, outside the training maps' 4-31 ml"
+    three = big.copy()
+    three[0, 3, 0] = 4
+    assert anatomy_problem(three, limits, 0.5) == "3 HCCs, more than the training maps' 2"
+
+
+class _ScriptedGenerator:
+    """A label generator whose maps depend only on the draw's seed: liver voxels = seed % 1000."""
+    anatomy_limits = {"liver_voxels": [500, 600], "hcc_count_max": 1}
+
+    def sample(self, n, steps, generator=None, progress=None, cancel=None):
+        lab = np.zeros((1, 10, 10, 10), np.uint8)
+        lab.reshape(-1)[:generator.initial_seed() % 1000] = 1
+        return lab
+
+
+def test_sample_checked_draws_again_until_the_anatomy_passes():
+    from pantheon.models.foscu.labelgen import MAX_DRAWS, sample_checked
+    gen = _ScriptedGenerator()
+    lab, g, draws, problem = sample_checked(gen, 550, 2, 1.0)  # draw 0 is the seed alone, and passes
+    assert draws == 1 and problem is None and (lab == 1).sum() == 550 and g.initial_seed() == 550
+    # seed 7: draw d > 0 is seeded with (7, d); only draw 3's liver is inside the limits
+    livers = [7] + [int(np.random.SeedSequence([7, d]).generate_state(1)[0]) % 1000 for d in range(1, MAX_DRAWS)]
+    assert livers.index(livers[3]) == 3
+    gen.anatomy_limits = {"liver_voxels": [livers[3], livers[3]], "hcc_count_max": 1}
+    lab, g, draws, problem = sample_checked(gen, 7, 2, 1.0)
+    assert draws == 4 and problem is None and (lab == 1).sum() == livers[3]
+    gen.anatomy_limits = {"liver_voxels": [10 ** 6, 10 ** 6], "hcc_count_max": 1}  # nothing passes
+    lab, g, draws, problem = sample_checked(gen, 7, 2, 1.0)
+    assert draws == MAX_DRAWS and problem == f"liver of {(lab == 1).sum()} ml, outside the training maps' " \
+                                             "1000000-1000000 ml"
+    gen.anatomy_limits = None  # weights without limits: the first draw, unchecked
+    assert sample_checked(gen, 7, 2, 1.0)[2] == 1
+
+
+def test_anatomy_limits_travel_in_the_weights(models, tmp_path):
+    from pantheon.errors import CheckpointError
+    labelgen = build_labelgen(**TINY)
+    assert load_labelgen(models[2]).anatomy_limits is None
+    labelgen.anatomy_limits = {"liver_voxels": [100, 200], "hcc_count_max": 3, "n_maps": 4}
+    back = load_labelgen(save_labelgen(labelgen, tmp_path / "l.safetensors"))
+    assert back.anatomy_limits == labelgen.anatomy_limits
+    labelgen.anatomy_limits = {"liver_voxels": "wide"}
+    with pytest.raises(CheckpointError, match="its anatomy limits are unreadable"):
+        load_labelgen(save_labelgen(labelgen, tmp_path / "bad.safetensors"))
+
+
 @pytest.mark.slow
 def test_two_stages_train_and_refuse_out_of_order(tmp_path):
     from pantheon.train import foscu as tf
@@ -89,6 +147,7 @@ def test_pairs_are_written_resumably_in_the_training_layout(models, tmp_path):
     assert img.shape == (32, 32, 32) and np.allclose(np.abs(np.diag(img.direction)), 1) and img.spacing == (6.0,) * 3
     rows = list(csv.DictReader(open(out / "cases.csv")))
     assert [r["seed"] for r in rows] == ["10", "11"] and "hcc_count" in rows[0]
+    assert [r["label_draws"] for r in rows] == ["1", "1"] and rows[0]["anatomy_problem"] == ""  # no limits
     assert (out / "labels" / "pair-00001.seg.nrrd").is_file()
     png = (out / "thumbnails" / "pair-00000.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -101,6 +160,23 @@ def test_pairs_are_written_resumably_in_the_training_layout(models, tmp_path):
     again = generate_pairs(3, out, labelgen, lldm, seed=10, label_steps=2, image_steps=2)
     assert again["made_now"] == 2 and again["pairs"] == 3  # pair 1 again, and the new pair 2
     assert (out / "images" / "pair-00001.nii.gz").read_bytes() == before
+    rows = list(csv.DictReader(open(out / "cases.csv")))
+    assert [r["label_draws"] for r in rows] == ["1", "1", "1"]  # pair 0's count kept from the first run
+
+
+def test_pairs_outside_the_anatomy_are_drawn_again_and_flagged(models, tmp_path):
+    from pantheon.models.foscu.labelgen import MAX_DRAWS
+    from pantheon.models.foscu.pairs import generate_pairs
+    labelgen, lldm, path, _ = models
+    strict = load_labelgen(path)
+    strict.anatomy_limits = {"liver_voxels": [10 ** 6, 10 ** 6], "hcc_count_max": 0}  # nothing passes
+    summary = generate_pairs(1, tmp_path / "p", strict, lldm, seed=3, label_steps=1, image_steps=1)
+    assert summary["anatomy_flagged"] == 1
+    row = next(csv.DictReader(open(tmp_path / "p" / "cases.csv")))
+    assert row["label_draws"] == str(MAX_DRAWS) and row["anatomy_problem"].startswith("liver of ")
+    page = html.unescape((tmp_path / "p" / "index.html").read_text())
+    assert "Anatomy check: a map whose liver lies outside the training maps' 216000-216000 ml" in page
+    assert f"anatomy check failed: {row['anatomy_problem']}</b>" in page
 
 
 # ------------------------------------------------------------------------------ command line and worker
@@ -164,3 +240,19 @@ def test_worker_task_generates_pairs_and_refuses_bad_requests(models, tmp_path):
             assert e.value.kind == "input" and words in e.value.message, e.value.message
     finally:
         client.shutdown()
+
+
+@pytest.mark.slow
+def test_demo_label_generator_with_the_anatomy_check_gives_livers_of_real_size():
+    """The bundled demo weights carry the limits of their 160 training maps (980-3516 ml, at most 3
+    HCCs); checked, pairs 0-7 get livers of the held-out phantoms' size (1966 ml, SD 617), where the
+    unchecked first draws include livers filling the field (seeds 1 and 2: 5.8 l and 9.7 l)."""
+    from pantheon.models.foscu.labelgen import load_labelgen_argument, sample_checked
+    model, wid, demo = load_labelgen_argument(None)
+    assert demo and model.anatomy_limits["liver_voxels"] == [4539, 16278] and model.anatomy_limits["hcc_count_max"] == 3
+    livers = []
+    for seed in range(8):
+        lab, _, draws, problem = sample_checked(model, seed, 50, 0.216)
+        assert problem is None
+        livers.append((lab == 1).sum() * 0.216)
+    assert all(980 <= v <= 3517 for v in livers) and 1300 < np.mean(livers) < 2600, livers

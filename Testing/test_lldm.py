@@ -117,6 +117,38 @@ def test_one_hot_channels():
     oh = one_hot(lab)
     assert oh.shape == (1, 4, 1, 1, 5) and LABEL_CHANNELS == ("liver", "portal_vein", "hepatic_vein", "hcc")
     assert oh[0, :, 0, 0].argmax(0).tolist() == [0, 0, 1, 2, 3] and oh[0, :, 0, 0, 0].sum() == 0
+    # labels left out of the conditioning join the liver channel; theirs is empty
+    part = one_hot(lab, ("liver", "hcc"))
+    assert part[0, :, 0, 0].tolist() == [[0, 1, 1, 1, 0], [0] * 5, [0] * 5, [0, 0, 0, 0, 1]]
+
+
+@pytest.mark.parametrize("use, words", [
+    ("liver,spleen", "Unknown label 'spleen' to steer the synthesis; choose from liver, portal_vein"),
+    ("hcc,portal_vein", "The liver always steers a 3D-LLDM synthesis; keep 'liver' among the labels."),
+    (7, "must be names among liver, portal_vein, hepatic_vein, hcc, got 7."),
+])
+def test_which_labels_steer_is_checked(use, words):
+    from pantheon.models.lldm.synthesis import check_use
+    assert check_use(None) == LABEL_CHANNELS
+    assert check_use("HCC, liver,Portal-Vein") == ("liver", "portal_vein", "hcc")  # channel order
+    with pytest.raises(InputError) as e:
+        check_use(use)
+    assert words in str(e.value)
+
+
+def test_labels_left_out_are_synthesised_as_liver(phantom, model):
+    """Leaving the vessels out equals giving a map whose vessels are liver, and the result says so."""
+    _, labels = phantom
+    lab = lldm_labels(labels)
+    res = synthesize(labels, model, steps=2, seed=2, use=["liver", "hcc"])
+    merged = synthesize(labels.with_array(np.where(np.isin(lab, (2, 3)), 1, lab).astype(np.uint8)), model,
+                        steps=2, seed=2)
+    np.testing.assert_array_equal(res.volumes["synthetic_mri"].array, merged.volumes["synthetic_mri"].array)
+    assert res.notes["labels_used"] == ("steered by liver, hcc; portal_vein, hepatic_vein left to the model "
+                                        "(merged into the liver)")
+    assert "labels_used" not in merged.notes
+    # the label map written beside the image is the user's, vessels kept
+    np.testing.assert_array_equal(res.labels["labels"].volume.array, lab)
 
 
 # ------------------------------------------------------------------------------ checkpoint
@@ -181,6 +213,16 @@ def test_cli_synthesize_and_errors(phantom, model, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is empty (every voxel is 0)" in err[0], err
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+    code = main(["lldm", "synthesize", str(tmp_path / "labels.nii.gz"), "-o", str(tmp_path / "bad2"), "--steps", "1",
+                 "--weights", str(weights), "--labels", "liver,veins", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Unknown label 'veins' to steer the synthesis" in err[0], err
+    assert not (tmp_path / "bad2").exists()
+    code = main(["lldm", "synthesize", str(tmp_path / "labels.nii.gz"), "-o", str(tmp_path / "part"), "--steps", "2",
+                 "--seed", "5", "--weights", str(weights), "--labels", "liver,hcc", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "part" / "result.json").read_text())
+    assert doc["notes"]["labels_used"].startswith("steered by liver, hcc;")
 
 
 # ------------------------------------------------------------------------------ lesion edits
@@ -268,7 +310,8 @@ def test_worker_task_synthesizes_on_the_label_grid(phantom, model, tmp_path):
         again = client.run("lldm.synthesize", dict(params, remove_hcc=[]), {"labels": str(path)}, timeout=120)
         assert again["notes"]["model_cache"] == "hit"
         for bad, words in (({"remove_hcc": [9]}, "HCC 9 does not exist"), ({"steps": 0}, "'steps' must be"),
-                           ({"add_hcc": [[0, 0]]}, "'add_hcc' must be")):
+                           ({"add_hcc": [[0, 0]]}, "'add_hcc' must be"),
+                           ({"use": ["hcc"]}, "keep 'liver' among the labels")):
             with pytest.raises(WorkerError) as e:
                 client.run("lldm.synthesize", dict(params, **bad), {"labels": str(path)}, timeout=60)
             assert e.value.kind == "input" and words in e.value.message, e.value.message
@@ -358,6 +401,63 @@ def test_the_hcc_channel_is_the_weighted_one():
     assert small.WEIGHTED_CHANNEL == LABEL_CHANNELS.index("hcc") == 3
     assert loss(0) == pytest.approx(loss(None), rel=1e-6)  # liver: weight 1
     assert loss(3) > 3 * loss(None)  # HCC: weight 50 on an eighth of the latent voxels
+
+
+def test_the_autoencoder_loss_weights_vessels_and_hccs():
+    """``recon_label_weight`` w: the L1 loss is sum(|err| * (1 + (w - 1) * vessel_or_hcc)) / sum(weight),
+    computed here by hand from the same autoencoder draw; without masks it is the plain mean."""
+    small = dict(ae_channels=(8, 8, 8), unet_channels=(8, 8, 8), unet_num_head_channels=(0, 0, 8),
+                 controlnet_embedding_channels=(8, 8, 8), patch_size=(16, 16, 16))
+    torch.manual_seed(0)
+    net = build_lldm(recon_label_weight=4.0, **small)
+    assert net.config["recon_label_weight"] == 4.0
+    assert "recon_label_weight" not in build_lldm(**{**small, "recon_label_weight": 1.0}).config
+    x = torch.rand(2, 1, 16, 16, 16)
+    masks = torch.zeros(2, 4, 16, 16, 16)
+    masks[:, 0] = 1
+    masks[0, 0, :4], masks[0, 1, :4] = 0, 1  # portal vein
+    masks[1, 0, 8:], masks[1, 3, 8:] = 0, 1  # HCC
+    with torch.no_grad():
+        torch.manual_seed(1)
+        got = net.training_losses(x, masks, stage="vae")["recon"]
+        torch.manual_seed(1)
+        recon = net.autoencoder(x)[0]
+        torch.manual_seed(1)
+        plain = net.training_losses(x, None, stage="vae")["recon"]
+    weight = torch.ones_like(x)
+    weight[0, :, :4], weight[1, :, 8:] = 4.0, 4.0
+    err = (recon - x).abs()
+    assert float(got) == pytest.approx(float((err * weight).sum() / weight.sum()), rel=1e-5)
+    assert float(got) != pytest.approx(float(err.mean()), rel=1e-3)
+    assert float(plain) == pytest.approx(float(err.mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="recon_label_weight must be >= 1"):
+        build_lldm(recon_label_weight=0.5, **small)
+
+
+def test_training_batches_drop_vessel_labels_but_never_the_hcc():
+    """The ControlNet sees vessels merged into the liver at CONTROL_DROPOUT's rate (so leaving them out
+    at synthesis means "draw them yourself"); the HCC channel is never dropped; the autoencoder gets
+    whole volumes with their labels."""
+    from pantheon.train import lldm as tl
+    rng = np.random.default_rng(0)
+    lab = np.ones((16, 16, 16), np.uint8)
+    lab[:4], lab[4:8], lab[8:10] = 2, 3, 4
+    cases = [tl.VolumeCase(rng.random((16, 16, 16), dtype=np.float32), lab, f"c{i}") for i in range(4)]
+    x, masks, _ = tl._batch(cases, "vae", 0, 0)
+    assert x.shape == (2, 1, 16, 16, 16) and masks.shape == (2, 4, 16, 16, 16)
+    dropped = {"portal_vein": 0, "hepatic_vein": 0}
+    n = 0
+    for step in range(300):
+        _, masks, _ = tl._batch(cases, "controlnet", step, 0)
+        for m in masks:
+            n += 1
+            assert m[3].sum() == 2 * 16 * 16  # the HCC channel is always there
+            for c, name in ((1, "portal_vein"), (2, "hepatic_vein")):
+                if m[c].sum() == 0:
+                    dropped[name] += 1
+            assert torch.equal(m.sum(0), torch.from_numpy((lab != 0).astype(np.float32)))  # one channel each
+    for name, count in dropped.items():
+        assert abs(count / n - tl.CONTROL_DROPOUT[name]) < 0.04, (name, count / n)
 
 
 @pytest.mark.slow

@@ -129,6 +129,22 @@ def test_edit_params_and_their_words():
     assert lib.edit_params(add_diameter_mm=1) == {}  # a diameter without points adds nothing
 
 
+def test_which_labels_steer_and_their_words():
+    """The panel's names are the core's (``check_use`` accepts them); all checked sends nothing."""
+    from pantheon.models.lldm.synthesis import check_use
+    assert lib.steer_params() == {} and lib.steer_text({}) == ""
+    vessels_free = lib.steer_params(portal_vein=False, hepatic_vein=False)
+    assert vessels_free == {"use": ["liver", "hcc"]} and check_use(vessels_free["use"]) == ("liver", "hcc")
+    assert lib.steer_text(vessels_free) == ("Steered by liver, HCC; the model drew the portal vein and hepatic "
+                                            "veins itself.")
+    assert lib.steer_text(lib.steer_params(hcc=False)) == ("Steered by liver, portal vein, hepatic veins; the HCC "
+                                                           "was synthesised as liver.")
+    assert lib.build_params("synthesize", steer=vessels_free)["use"] == ["liver", "hcc"]
+    assert "use" not in lib.build_params("synthesize", steer={})
+    with pytest.raises(ValueError, match="The labels that steer must be the liver and any of"):
+        lib.build_params("synthesize", steer={"use": ["hcc"]})
+
+
 def test_core_limits_are_the_panels():
     """The worker refuses what the panel refuses, at the same limits (the panel says it first)."""
     from pantheon.errors import InputError
@@ -223,6 +239,8 @@ def test_result_texts():
                                             "cases.csv, index.html.")
     assert lib.generation_text(dict(summary, pairs=1, made_now=1)) == ("Made 1 new pair (1 in /d/pairs): images/, "
                                                                         "labels/, cases.csv, index.html.")
+    assert lib.generation_text(dict(summary, anatomy_flagged=2)).endswith(
+        "cases.csv, index.html. 2 pairs failed the anatomy check on every draw (see anatomy_problem in cases.csv).")
     assert lib.generation_text(dict(summary, made_now=0)).startswith(
         "Made no new pair: /d/pairs already holds pairs 1 to 5 (a rerun only adds missing pairs)")
     assert lib.summary_of({"summary": summary}) == summary

@@ -351,6 +351,38 @@ def test_synthesize_lands_on_the_reference_voxels_then_edits_replace_it(harness,
     assert edited.GetScene() is None and slicer.mrmlScene.GetNumberOfNodes() < count
 
 
+def test_unchecked_vessels_are_left_to_the_model(harness, panel, phantom, model):
+    """"Steered by": unchecking the vessels sends ``use`` = liver, HCC; the volume is the core's with
+    the same choice, the log and result line say it, and the choice stays in the parameter node."""
+    import slicer
+
+    from pantheon.models.lldm.synthesis import synthesize
+    ui = panel.ui
+    harness.close_scene()
+    mri = _load_mri(phantom)
+    _annotation(phantom, mri)
+    harness.process_events()
+    assert ui.steerPortalVeinCheckBox.checked and ui.steerHepaticVeinCheckBox.checked and ui.steerHCCCheckBox.checked
+    ui.synthesisStepsSpinBox.value = 2
+    ui.synthesisSeedSpinBox.value = 3
+    ui.steerPortalVeinCheckBox.click()
+    ui.steerHepaticVeinCheckBox.click()
+    p = panel._parameterNode
+    assert not p.steerPortalVein and not p.steerHepaticVein and p.steerHCC
+    ui.synthesizeButton.click()
+    wait_idle(harness, panel)
+    assert ui.statusLabel.text == "Done: synthesize", ui.errorLabel.text
+    volume = _outputs()["annotation synthetic MRI"]
+    labels = _phantom_labels(phantom, mri)
+    want, _m = synthesize(labels, model, steps=2, seed=3, use=("liver", "hcc")).volumes["synthetic_mri"].to_slicer()
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(volume), want, atol=2e-5)
+    said = "Steered by liver, HCC; the model drew the portal vein and hepatic veins itself."
+    assert said in ui.logTextEdit.toPlainText() and said in ui.synthesisResultLabel.text
+    ui.steerPortalVeinCheckBox.click()
+    ui.steerHepaticVeinCheckBox.click()
+    assert p.steerPortalVein and p.steerHepaticVein
+
+
 @pytest.mark.slow
 def test_cancel_synthesis(harness, panel, phantom):
     import slicer

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from pantheon.cliargs import POSITIVE
-from pantheon.models.foscu.labelgen import load_labelgen_argument, tidy_labels
+from pantheon.models.foscu.labelgen import load_labelgen_argument, sample_checked
 from pantheon.models.lldm import evaluate as ev
-from pantheon.models.lldm.synthesis import load_model, one_hot
+from pantheon.models.lldm.synthesis import MODEL_SPACING, load_model, one_hot
 from pantheon.train.lldm import HELD_OUT_SEEDS, TRAIN_SEEDS, phantom_cases
 
 LABELS = ("liver", "portal_vein", "hepatic_vein", "vessels", "hcc")
@@ -58,10 +58,12 @@ def lldm_volumes(model, label_maps, steps, seed):
 
 
 def foscu_pairs(labelgen, model, m, steps, seed, shape):
-    """M Duo-Diffusion pairs (label maps sampled, then their volumes), cropped or padded to ``shape``."""
+    """M Duo-Diffusion pairs (label maps sampled with the anatomy check, then their volumes), cropped or
+    padded to ``shape``."""
     maps = []
+    voxel_ml = float(np.prod(MODEL_SPACING)) / 1000.0
     for n in range(m):
-        lab = tidy_labels(labelgen.sample(1, steps, generator=torch.Generator().manual_seed(int(seed) + n))[0])
+        lab = sample_checked(labelgen, int(seed) + n, steps, voxel_ml)[0]
         fitted = np.zeros(shape, np.uint8)
         sl = tuple(slice(0, min(a, b)) for a, b in zip(shape, lab.shape))
         fitted[sl] = lab[sl]

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from pantheon.anatomy import HCC_LABELS
 from pantheon.defaults import NEOGEN_DDIM_STEPS, NEOGEN_MAX_DDIM_STEPS
 from pantheon.slicerbridge.panel import (  # noqa: F401
     TaskError,
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_STEPS", "MAX_STEPS", "MAX_PAIRS", "MAX_SEED", "MAX_SCALE", "MAX_GROW_MM", "HCC_DIAMETER_RANGE",
     "LIVER", "PORTAL_VEIN", "HEPATIC_VEIN", "HCC", "LABEL_NAMES", "SEGMENT_CODES", "DEMO_WARNING", "FILE_WARNING",
     "segment_label", "LabelPlan", "plan_labels", "plan_text", "parse_hcc_numbers", "edit_params", "edits_text",
+    "STEER_NAMES", "steer_params", "steer_text",
     "weights_params", "build_params", "check_output_folder", "volumes_text", "summary_of", "generation_text",
     "pair_files", "weights_warning", "PHANTOM_SCRIPT", "make_phantom_files",
     "TaskError", "WorkerTask", "ThreadTask", "environment_text", "install_plan", "poll_task", "private_temp_dir",
@@ -233,6 +235,37 @@ def edits_text(params: Mapping[str, object]) -> str:
     return ("Edits: " + "; ".join(parts) + ".") if parts else ""
 
 
+# ------------------------------------------------------------------------------------ steering
+#: The core's label names (``lldm.synthesize``'s ``use``), by label value.
+STEER_NAMES: Dict[int, str] = {v: n for v, n in HCC_LABELS.items() if v}
+
+
+def steer_params(portal_vein: bool = True, hepatic_vein: bool = True, hcc: bool = True) -> Dict[str, object]:
+    """Which labels steer the synthesis, as ``lldm.synthesize`` parameters: ``{}`` when all do, else
+    ``use`` (the liver always steers; the labels left out join the liver)."""
+    chosen = {LIVER: True, PORTAL_VEIN: bool(portal_vein), HEPATIC_VEIN: bool(hepatic_vein), HCC: bool(hcc)}
+    if all(chosen.values()):
+        return {}
+    return {"use": [STEER_NAMES[v] for v, on in chosen.items() if on]}
+
+
+def steer_text(params: Mapping[str, object]) -> str:
+    """e.g. "Steered by liver, HCC; the model drew the portal vein and hepatic veins itself." ("" when
+    every label steered). An HCC left out is synthesised as liver."""
+    use = params.get("use")
+    if not use:
+        return ""
+    names = {n: v for v, n in STEER_NAMES.items()}
+    kept = [LABEL_NAMES[names[n]] for n in use]
+    free = [LABEL_NAMES[v] for v in (PORTAL_VEIN, HEPATIC_VEIN) if STEER_NAMES[v] not in use]
+    text = "Steered by " + ", ".join(kept) + ";"
+    if free:
+        text += " the model drew the " + " and ".join(free) + " itself;"
+    if STEER_NAMES[HCC] not in use:
+        text += " the HCC was synthesised as liver;"
+    return text[:-1] + "."
+
+
 # ------------------------------------------------------------------------------------ params
 def _checked_path(kind: str, path) -> str:
     p = os.path.abspath(os.path.expanduser(str(path).strip()))
@@ -300,12 +333,14 @@ def check_output_folder(path) -> str:
 def build_params(action: str, *, weights: Optional[Mapping[str, str]] = None, device: str = "auto",
                  steps: int = DEFAULT_STEPS, seed: int = 0, scale: Optional[float] = None,
                  edits: Optional[Mapping[str, object]] = None, n: int = 1, output: Optional[str] = None,
-                 label_steps: int = DEFAULT_STEPS, image_steps: int = DEFAULT_STEPS) -> Dict[str, object]:
+                 label_steps: int = DEFAULT_STEPS, image_steps: int = DEFAULT_STEPS,
+                 steer: Optional[Mapping[str, object]] = None) -> Dict[str, object]:
     """Worker parameters of one action (only the keys its task takes), each value checked.
 
     ``synthesize`` (``lldm.synthesize``): weights, device, steps, seed, ControlNet ``scale`` (None:
-    the weights' own) and ``edits`` (:func:`edit_params`). ``generate`` (``foscu.generate``): ``n``
-    pairs into ``output``, seed, label/image DDIM steps, both weights, device."""
+    the weights' own), ``edits`` (:func:`edit_params`) and ``steer`` (:func:`steer_params`).
+    ``generate`` (``foscu.generate``): ``n`` pairs into ``output``, seed, label/image DDIM steps,
+    both weights, device."""
     if action not in ACTIONS:
         raise ValueError(f"Unknown action {action!r}; use one of {', '.join(ACTIONS)}.")
     w = dict(weights) if weights is not None else weights_params(WEIGHTS_DEMO)
@@ -315,6 +350,13 @@ def build_params(action: str, *, weights: Optional[Mapping[str, str]] = None, de
         if scale is not None:
             params["scale"] = _number("The ControlNet scale", scale, 0.0, MAX_SCALE)
         params.update(dict(edits or {}))
+        use = dict(steer or {}).get("use")
+        if use is not None:
+            if not isinstance(use, (list, tuple)) or STEER_NAMES[LIVER] not in use or \
+                    any(n not in STEER_NAMES.values() for n in use):
+                raise ValueError(f"The labels that steer must be the liver and any of portal_vein, hepatic_vein, "
+                                 f"hcc; got {use!r}.")
+            params["use"] = list(use)
         return params
     params.update(output=check_output_folder(output), n=_whole("The number of pairs", n, 1, MAX_PAIRS),
                   label_steps=_whole("Label DDIM steps", label_steps, 1, MAX_STEPS),
@@ -360,8 +402,11 @@ def generation_text(summary: Mapping[str, object]) -> str:
         return (f"Made no new pair: {folder} already holds pairs 1 to {pairs} (a rerun only adds missing pairs); "
                 "ask for more pairs or choose another folder.")
     kept = f", {pairs - made} kept from before" if pairs > made else ""
+    flagged = int(summary.get("anatomy_flagged") or 0)
+    flag = (f" {flagged} pair{'s' if flagged != 1 else ''} failed the anatomy check on every draw (see "
+            "anatomy_problem in cases.csv)." if flagged else "")
     return (f"Made {made} new pair{'s' if made != 1 else ''} ({pairs} in {folder}{kept}): images/, labels/, "
-            "cases.csv, index.html.")
+            "cases.csv, index.html." + flag)
 
 
 def pair_files(summary: Mapping[str, object], index: int = 0) -> Tuple[str, str, str]:

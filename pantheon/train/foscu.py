@@ -45,7 +45,7 @@ def _labels_batch(cases, stage, step, seed):
 
 def train_stage(stage: str, cases: Sequence, out_dir, steps: int, resume: bool = True, log=print, config=None,
                 seed: int = 0, checkpoint_every: int = 100, time_budget_s=None, progress=None, cancel=None):
-    from ..models.foscu.labelgen import build_labelgen, load_labelgen, save_labelgen
+    from ..models.foscu.labelgen import anatomy_limits, build_labelgen, load_labelgen, save_labelgen
     check_stage(stage, STAGES, "Duo-Diffusion label generator")
     out = Path(out_dir)
     (out / stage).mkdir(parents=True, exist_ok=True)
@@ -81,6 +81,7 @@ def train_stage(stage: str, cases: Sequence, out_dir, steps: int, resume: bool =
                      progress=progress, cancel=cancel, log=log, extra_state=lambda: {"stage": stage, "seed": int(seed)})
     result = loop.run(step_fn)
     model.eval()
+    model.anatomy_limits = anatomy_limits([c.labels for c in cases])  # what sampling may give (anatomy check)
     result.weights = save_labelgen(model, weights_path(out, stage), {"stage": stage, "steps": str(result.steps)})
     return result
 
@@ -129,10 +130,10 @@ def build_foscu_demo_weights(out_dir, cards_dir=None, budget_s: float = 5400.0, 
 def finish_foscu_demo(work, out_dir, training, held, cards_dir=None, n_samples: int = 16, t0=None):
     """Measure the run's final label generator and write the demo weights, metrics and card (also
     after more ldm steps were added to a kept ``--work-dir`` run)."""
-    from ..models.foscu.labelgen import load_labelgen, save_labelgen, tidy_labels
+    from ..models.foscu.labelgen import anatomy_limits, load_labelgen, sample_checked, save_labelgen, tidy_labels
     from ..models.lldm.synthesis import MODEL_SPACING
     from ..registry import CARDS_DIR, ModelCard, save_card, sha256_file
-    from .lldm import DEMO_TRAIN_SHAPE, HELD_OUT_SEEDS, TRAIN_SEEDS
+    from .lldm import DEMO_TRAIN_SHAPE, HELD_OUT_SEEDS, TRAIN_SEEDS, phantom_cases
     t0 = time.time() if t0 is None else t0
     out_dir = Path(out_dir)
     model = load_labelgen(weights_path(work, "ldm"))
@@ -144,16 +145,24 @@ def finish_foscu_demo(work, out_dir, training, held, cards_dir=None, n_samples: 
     for v, name in ((1, "liver"), (2, "portal_vein"), (3, "hepatic_vein"), (4, "hcc")):
         a, b = rec == v, x.numpy() == v
         recon_dice[name] = float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+    if model.anatomy_limits is None:  # weights trained before the check: measure it on the training maps
+        model.anatomy_limits = anatomy_limits([c.labels for c in phantom_cases(TRAIN_SEEDS)])
     t = time.time()
-    sampled = [tidy_labels(m) for m in model.sample(n_samples, 50, generator=torch.Generator().manual_seed(0))]
+    unchecked = [tidy_labels(model.sample(1, 50, generator=torch.Generator().manual_seed(s))[0])
+                 for s in range(n_samples)]  # pair n's first draw
     seconds = (time.time() - t) / n_samples
+    checked = [sample_checked(model, s, 50, voxel_ml) for s in range(n_samples)]
+    sampled = [c[0] for c in checked]
+    check = {"limits": model.anatomy_limits, "draws_mean": float(np.mean([c[2] for c in checked])),
+             "draws_max": int(max(c[2] for c in checked)), "failed": int(sum(c[3] is not None for c in checked))}
     metrics = {
         "demo": True, "note": "Label generator demo weights trained on phantom label maps only.",
         "grid_kji": list(DEMO_TRAIN_SHAPE), "model_spacing_mm": list(MODEL_SPACING),
         "train_seeds": [TRAIN_SEEDS[0], TRAIN_SEEDS[-1]], "held_out_seeds": [HELD_OUT_SEEDS[0], HELD_OUT_SEEDS[-1]],
         "training": training, "held_out_autoencoder_dice": recon_dice,
-        "sampled": label_statistics(sampled, voxel_ml), "held_out_real": label_statistics([c.labels for c in held],
-                                                                                       voxel_ml),
+        "sampled": label_statistics(sampled, voxel_ml), "anatomy_check": check,
+        "sampled_unchecked": label_statistics(unchecked, voxel_ml),
+        "held_out_real": label_statistics([c.labels for c in held], voxel_ml),
         "ddim_50_seconds_per_map": round(seconds, 2), "total_seconds": round(time.time() - t0, 1),
         "command": "python -m pantheon.train.foscu pantheon/registry/weights",
     }
@@ -173,7 +182,8 @@ def finish_foscu_demo(work, out_dir, training, held, cards_dir=None, n_samples: 
                                                         (4, "hcc"))],
         "file": dest.name, "sha256": sha256_file(dest, use_cache=False), "size_bytes": dest.stat().st_size,
         "references": ["https://arxiv.org/abs/2603.29343"],
-        "extra": {"architecture": json.loads(json.dumps(model.config)), "training": training},
+        "extra": {"architecture": json.loads(json.dumps(model.config)), "training": training,
+                  "anatomy_check": check},
     }
     cards = Path(cards_dir) if cards_dir else CARDS_DIR
     save_card(ModelCard.from_dict(card), cards / f"{FOSCU_DEMO_LABELGEN_CARD}.json")

@@ -39,8 +39,11 @@ BATCH = {"vae": 2, "ldm": 4, "controlnet": 4}
 #: Common padded model grid of the demo training volumes (K, J, I): a 300 x 250 x 170 mm phantom
 #: field at 6 mm is 29 x 43 x 51 voxels.
 DEMO_TRAIN_SHAPE = (32, 48, 64)
-#: Autoencoder training crop (K, J, I), divisible by the networks' size multiple.
-VAE_CROP = (32, 32, 32)
+#: Chance, per training volume, that the ControlNet sees a label channel merged into the liver
+#: (:func:`pantheon.models.lldm.synthesis.one_hot` ``use``): it learns to draw those vessels itself,
+#: which is what leaving a label out at synthesis means. Never the HCC: an empty HCC channel must
+#: keep meaning "no tumour".
+CONTROL_DROPOUT = {"portal_vein": 0.15, "hepatic_vein": 0.15}
 TRAIN_SEEDS = range(50000, 50160)
 VAL_SEEDS = range(55000, 55008)
 HELD_OUT_SEEDS = range(56000, 56016)
@@ -103,16 +106,19 @@ def prepare_pair_padded(case: VolumeCase, shape) -> VolumeCase:
 
 
 def _batch(cases: Sequence[VolumeCase], stage: str, step: int, seed: int):
+    from ..models.lldm.model import LABEL_CHANNELS
     from ..models.lldm.synthesis import one_hot
     rng = np.random.default_rng([int(seed), int(step)])
     idx = rng.choice(len(cases), size=min(BATCH[stage], len(cases)), replace=False)
-    images = [cases[i].image for i in idx]
-    if stage == "vae":  # a convolutional autoencoder: crops teach it as well, at a third of the cost
-        crop = [min(c, s) for c, s in zip(VAE_CROP, images[0].shape)]
-        starts = [int(rng.integers(0, s - c + 1)) for c, s in zip(crop, images[0].shape)]
-        images = [a[tuple(slice(o, o + c) for o, c in zip(starts, crop))] for a in images]
-    x = torch.from_numpy(np.stack(images))[:, None]
-    masks = torch.cat([one_hot(cases[i].labels) for i in idx]) if stage == "controlnet" else None
+    # Whole volumes, also for the autoencoder: trained on crops, its GroupNorm statistics did not
+    # carry over to the whole field it encodes at synthesis (the parenchyma came back 20 % too bright).
+    x = torch.from_numpy(np.stack([cases[i].image for i in idx]))[:, None]
+    masks = None
+    if stage == "vae":  # the labels weight its reconstruction loss (LLDM.reconstruction_weight)
+        masks = torch.cat([one_hot(cases[i].labels) for i in idx])
+    elif stage == "controlnet":
+        masks = torch.cat([one_hot(cases[i].labels, [n for n in LABEL_CHANNELS
+                                                     if rng.random() >= CONTROL_DROPOUT.get(n, 0.0)]) for i in idx])
     return x, masks, torch.Generator().manual_seed(int(seed) * 100003 + int(step))
 
 

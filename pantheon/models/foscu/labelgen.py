@@ -36,6 +36,8 @@ class LabelGen(nn.Module):
     (divisible by the autoencoder's and the UNet's downsampling). Sizes: assumptions."""
 
     kind = "labelgen"
+    #: limits of the anatomy check (:func:`anatomy_limits`), kept in the weights' metadata; None: unchecked
+    anatomy_limits: Optional[Dict] = None
 
     def __init__(self, grid: Sequence[int] = (32, 48, 64), ae_channels: Sequence[int] = (16, 32, 32),
                  latent_channels: int = 4, ae_norm_num_groups: int = 8, unet_channels: Sequence[int] = (32, 48, 64),
@@ -174,6 +176,57 @@ def tidy_labels(labels: np.ndarray) -> np.ndarray:
     return np.where(comp == largest, labels, 0).astype(np.uint8)
 
 
+#: Label maps one pair may draw before the anatomy check gives up and keeps the last (flagged).
+MAX_DRAWS = 8
+
+
+def anatomy_limits(maps: Sequence[np.ndarray]) -> Dict[str, object]:
+    """The anatomy check's limits, measured on the training maps: the range of their liver volumes
+    (voxels) and their largest HCC count."""
+    livers = [int((m == 1).sum()) for m in maps]
+    return {"liver_voxels": [min(livers), max(livers)], "hcc_count_max": max(hcc_count(m) for m in maps),
+            "n_maps": len(livers)}
+
+
+def anatomy_problem(labels: np.ndarray, limits: Optional[Dict], voxel_ml: float) -> Optional[str]:
+    """Why a sampled map is outside what the generator was trained on (None: inside, or no limits).
+
+    The small demo generator sometimes samples a liver that fills the whole field, or a speck
+    (livers of 0.2-9.7 l against 1-3.5 l in training): a dataset builder should never get those.
+    """
+    if not limits:
+        return None
+    lo, hi = limits["liver_voxels"]
+    liver = int((labels == 1).sum())
+    if not lo <= liver <= hi:
+        return (f"liver of {liver * voxel_ml:.0f} ml, outside the training maps' {lo * voxel_ml:.0f}-"
+                f"{hi * voxel_ml:.0f} ml")
+    n = hcc_count(labels)
+    if n > limits["hcc_count_max"]:
+        return f"{n} HCCs, more than the training maps' {limits['hcc_count_max']}"
+    return None
+
+
+def sample_checked(model: "LabelGen", seed: int, steps: int, voxel_ml: float, progress=None, cancel=None):
+    """(map, generator, draws, problem): the first of up to :data:`MAX_DRAWS` tidied maps that passes
+    the anatomy check of ``model.anatomy_limits``; draw 0 is seeded with ``seed`` alone (what an
+    unchecked sample gives), draw d > 0 with (``seed``, d). The generator continues from the kept
+    draw (3D-LLDM renders its volume with it). ``problem`` is None unless every draw failed."""
+    rep = Reporter(progress, cancel)
+    limits = getattr(model, "anatomy_limits", None)
+    for draw in range(MAX_DRAWS):
+        g = torch.Generator().manual_seed(int(seed) if draw == 0 else
+                                          int(np.random.SeedSequence([int(seed), draw]).generate_state(1)[0]))
+        lab = tidy_labels(model.sample(1, steps, generator=g, progress=rep.sub(draw / MAX_DRAWS,
+                                                                                (draw + 1) / MAX_DRAWS),
+                                       cancel=cancel)[0])
+        problem = anatomy_problem(lab, limits, voxel_ml)
+        if problem is None:
+            rep(1.0, "Label map sampled")
+            return lab, g, draw + 1, None
+    return lab, g, MAX_DRAWS, problem
+
+
 def hcc_count(labels: np.ndarray) -> int:
     """Connected HCCs (label 4) of a map."""
     from ..lldm.edits import hcc_components
@@ -186,6 +239,8 @@ def build_labelgen(**kw) -> LabelGen:
 
 def save_labelgen(model: LabelGen, path, extra_metadata: Optional[Dict[str, str]] = None):
     meta = {**(extra_metadata or {}), "format": FORMAT, "kind": LabelGen.kind, "config": json.dumps(model.config)}
+    if getattr(model, "anatomy_limits", None):
+        meta["anatomy_limits"] = json.dumps(model.anatomy_limits)
     return save_safetensors(model.state_dict(), path, meta)
 
 
@@ -197,7 +252,19 @@ def load_labelgen(path, map_location="cpu") -> LabelGen:
         raise CheckpointError(f"{path}: cannot build a label generator from its stored config: {exc}") from None
     check_state_dict(model, state, path, "label generator")
     model.load_state_dict(state, strict=True)
+    model.anatomy_limits = _read_limits(meta.get("anatomy_limits"), path)
     return model.to(map_location).eval()
+
+
+def _read_limits(text, path) -> Optional[Dict]:
+    if not text:
+        return None  # weights trained before the check: maps are not checked
+    try:
+        limits = json.loads(text)
+        lo, hi = (int(v) for v in limits["liver_voxels"])
+        return {**limits, "liver_voxels": [lo, hi], "hcc_count_max": int(limits["hcc_count_max"])}
+    except (ValueError, TypeError, KeyError):
+        raise CheckpointError(f"{path}: its anatomy limits are unreadable.") from None
 
 
 def load_labelgen_argument(weights, device="cpu"):

@@ -78,6 +78,11 @@ def _done(out: Path, case: str) -> bool:
                (("images", ".nii.gz"), ("labels", ".nii.gz"), ("labels", ".seg.nrrd"), ("thumbnails", ".png")))
 
 
+def _flag(row: dict) -> str:
+    problem = row.get("anatomy_problem")
+    return f'<br><b style="color:#b00">anatomy check failed: {html.escape(problem)}</b>' if problem else ""
+
+
 def _write_index(out: Path, rows: List[dict], notes: dict) -> None:
     from ...anatomy import HCC_COLORS
     legend = " ".join(f'<span style="background:rgb({",".join(str(int(255 * c)) for c in col)});padding:0 6px">'
@@ -85,7 +90,7 @@ def _write_index(out: Path, rows: List[dict], notes: dict) -> None:
     cells = "\n".join(
         f'<figure><img src="thumbnails/{r["case_id"]}.png" alt="{r["case_id"]}"><figcaption>{r["case_id"]} '
         f'(seed {r["seed"]}): liver {float(r["liver_ml"]):.0f} ml, {r["hcc_count"]} HCC, '
-        f'{float(r["hcc_ml"]):.1f} ml</figcaption></figure>' for r in rows)
+        f'{float(r["hcc_ml"]):.1f} ml{_flag(r)}</figcaption></figure>' for r in rows)
     page = (f"<!doctype html><meta charset=utf-8><title>Synthetic pairs</title>"
             f"<style>body{{font-family:sans-serif}}figure{{display:inline-block;margin:6px}}</style>"
             f"<h1>{len(rows)} synthetic (MR volume, label map) pairs</h1>"
@@ -93,6 +98,16 @@ def _write_index(out: Path, rows: List[dict], notes: dict) -> None:
             f"<p>Each thumbnail: axial (top) and coronal (bottom) through the liver; left the synthetic volume, "
             f"right with the labels outlined: {legend}</p>\n{cells}\n")
     write_text_atomic(out / "index.html", page)
+
+
+def _read_checks(out: Path) -> dict:
+    """case id -> {"draws", "problem"} from an existing cases.csv (empty when none)."""
+    try:
+        with open(out / "cases.csv", newline="", encoding="utf-8") as f:
+            return {r["case_id"]: {"draws": int(r["label_draws"]) if r.get("label_draws") else "",
+                                   "problem": r.get("anatomy_problem") or ""} for r in csv.DictReader(f)}
+    except (OSError, KeyError, ValueError):
+        return {}
 
 
 def generate_pairs(n: int, out_dir, labelgen, lldm, seed: int = 0, label_steps: int = 50, image_steps: int = 50,
@@ -104,7 +119,7 @@ def generate_pairs(n: int, out_dir, labelgen, lldm, seed: int = 0, label_steps: 
     from ...io.segnrrd import write_seg_nrrd
     from ...results import LabelOutput
     from ..lldm.synthesis import label_segments, one_hot
-    from .labelgen import hcc_count, tidy_labels
+    from .labelgen import MAX_DRAWS, hcc_count, sample_checked
     rep = Reporter(progress, cancel)
     if int(n) < 1:
         raise InputError(f"Generate at least one pair, got {n}.")
@@ -114,14 +129,14 @@ def generate_pairs(n: int, out_dir, labelgen, lldm, seed: int = 0, label_steps: 
     for sub in ("images", "labels", "thumbnails"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows, made = [], 0
+    checks = _read_checks(out)  # anatomy-check draws of the pairs made by an earlier run
     voxel_ml = float(np.prod(_grid_volume(np.zeros((1, 1, 1))).spacing)) / 1000.0
     for i in range(int(n)):
         case, s = CASE.format(i), int(seed) + i
         span = rep.sub(i / n, (i + 1) / n)
         if not _done(out, case):
-            g = torch.Generator().manual_seed(s)
-            lab = tidy_labels(labelgen.sample(1, label_steps, generator=g, progress=span.sub(0.0, 0.3),
-                                              cancel=cancel)[0])
+            lab, g, draws, problem = sample_checked(labelgen, s, label_steps, voxel_ml, span.sub(0.0, 0.3), cancel)
+            checks[case] = {"draws": draws, "problem": problem or ""}
             masks = one_hot(lab).to(lldm.scale_factor.device)
             with torch.inference_mode():
                 img = lldm.generate(masks, labels=None, num_inference_steps=image_steps, generator=g,
@@ -136,7 +151,9 @@ def generate_pairs(n: int, out_dir, labelgen, lldm, seed: int = 0, label_steps: 
         lab = read_volume(out / "labels" / f"{case}.nii.gz").array
         rows.append({"image": f"images/{case}.nii.gz", "label": f"labels/{case}.nii.gz", "case_id": case, "seed": s,
                      "liver_ml": round(float((lab == 1).sum() * voxel_ml), 1), "hcc_count": hcc_count(lab),
-                     "hcc_ml": round(float((lab == 4).sum() * voxel_ml), 2)})
+                     "hcc_ml": round(float((lab == 4).sum() * voxel_ml), 2),
+                     "label_draws": checks.get(case, {}).get("draws", ""),
+                     "anatomy_problem": checks.get(case, {}).get("problem", "")})
         with atomic_path(out / "cases.csv") as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -145,8 +162,15 @@ def generate_pairs(n: int, out_dir, labelgen, lldm, seed: int = 0, label_steps: 
         span(1.0, f"Pair {i + 1}/{n}")
     notes = {"how": f"Label maps sampled by the Duo-Diffusion label generator ({label_steps} DDIM steps), volumes by "
                     f"3D-LLDM ({image_steps} DDIM steps); pair n from seed {seed} + n."}
+    if labelgen.anatomy_limits:
+        lo, hi = (v * voxel_ml for v in labelgen.anatomy_limits["liver_voxels"])
+        notes["how"] += (f" Anatomy check: a map whose liver lies outside the training maps' {lo:.0f}-{hi:.0f} ml "
+                         f"or with more than {labelgen.anatomy_limits['hcc_count_max']} HCCs is drawn again "
+                         f"(up to {MAX_DRAWS} draws; label_draws in cases.csv).")
     if demo:
         notes["warning"] = "Demo weights trained on synthetic phantoms: research and tests only."
     _write_index(out, rows, notes)
     rep(1.0, "Done")
-    return {"folder": str(out), "pairs": len(rows), "made_now": made, "csv": str(out / "cases.csv")}
+    flagged = sum(bool(r["anatomy_problem"]) for r in rows)
+    return {"folder": str(out), "pairs": len(rows), "made_now": made, "csv": str(out / "cases.csv"),
+            "anatomy_flagged": flagged}

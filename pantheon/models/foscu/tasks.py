@@ -6,8 +6,9 @@ imports inside the functions).
     no inputs. params: ``output`` (folder, required), ``n`` (pairs, 1-1000), ``seed`` (default 0;
     pair n uses seed + n), ``label_steps`` / ``image_steps`` (DDIM, default 50), ``labelgen`` and
     ``lldm`` (weights path or model-card id; default the demo cards), ``device`` (3D-LLDM's).
-    result: ``summary`` (``folder``, ``pairs``, ``made_now``, ``csv``, ``index``) and the same counts
-    as scalars. Resumable: the same request again adds only the missing pairs.
+    result: ``summary`` (``folder``, ``pairs``, ``made_now``, ``csv``, ``index``, ``anatomy_flagged``:
+    pairs whose every label draw failed the anatomy check) and the counts as scalars. Resumable:
+    the same request again adds only the missing pairs.
 
 Both models are cached in the worker's LRU under ``("foscu-labelgen" | "lldm", weights identity,
 device)`` (note ``model_cache``: hit / miss).
@@ -58,7 +59,8 @@ def task_generate(ctx):
                              progress=progress_span(ctx, 0.02, 1.0), cancel=ctx.cancel, demo=demo_l or demo_i)
     summary["index"] = str(Path(summary["folder"]) / "index.html")
     ctx.progress(1.0, "Done")
-    return {"outputs": {}, "scalars": {"pairs": summary["pairs"], "made_now": summary["made_now"]}, "tables": {},
+    counts = {k: summary[k] for k in ("pairs", "made_now", "anatomy_flagged")}
+    return {"outputs": {}, "scalars": counts, "tables": {},
             "notes": dict(ctx.notes), "output_dir": ctx.output_dir, "summary": summary}
 
 

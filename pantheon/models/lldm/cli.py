@@ -27,13 +27,14 @@ def cmd_synthesize(args, progress):
     """A synthetic HBP MR volume for a label map, on the label map's grid."""
     from ...progress import run_and_write
     from ...runtime import pick_device
-    from .synthesis import load_model, synthesize
+    from .synthesis import check_use, load_model, synthesize
     run, write = run_and_write(progress)
+    use = check_use(args.labels)  # refused before the label map is read
     labels = read_input(args.input, args)
     labels = _edited(labels, args)
     model, wid, demo = load_model(args.weights, str(pick_device(args.device or "cpu")))
     result = synthesize(labels, model, steps=args.steps, seed=args.seed, conditioning_scale=args.scale,
-                        progress=run, max_voxels=args.max_pixels, weights_id=wid, demo=demo)
+                        progress=run, max_voxels=args.max_pixels, weights_id=wid, demo=demo, use=use)
     files = write_outputs(args, result, write, preview=False)
     return {"files": files, "scalars": result.scalars}
 
@@ -133,6 +134,10 @@ def add_commands(sub) -> None:
                    help="ControlNet scale: how strongly the labels steer (default: the weights' own)")
     p.add_argument("--weights", metavar="PATH|CARD", help="a .safetensors file or a model-card id "
                                                           "(default: the bundled demo card 'lldm-demo')")
+    p.add_argument("--labels", metavar="NAMES", default=None,
+                   help="the labels that steer the synthesis, comma-separated, among liver, portal_vein, "
+                        "hepatic_vein, hcc (default all; liver always). Those left out join the liver: the model "
+                        "draws vessels of its own there, and an HCC left out becomes liver")
     edits = p.add_argument_group("lesion edits (applied to the label map first; written with the result)")
     edits.add_argument("--remove-hcc", type=POSITIVE, action="append", metavar="N",
                        help="turn HCC number N (1 = the largest) back into liver; repeatable")

@@ -28,17 +28,20 @@ LABEL_CHANNELS: Tuple[str, ...] = ("liver", "portal_vein", "hepatic_vein", "hcc"
 #: The CPU demo configuration (assumption: sized so a 2-core CPU trains it in under an hour on
 #: 32 x 48 x 64 model grids). Autoencoder factor 4, UNet factor 4: grids divisible by 16.
 DEMO_CONFIG: Dict[str, object] = dict(
-    ae_channels=(8, 16, 32), ae_num_res_blocks=1, latent_channels=4, ae_norm_num_groups=8,
+    ae_channels=(8, 16, 32), ae_num_res_blocks=1, latent_channels=8, ae_norm_num_groups=8,
     unet_channels=(16, 32, 48), unet_attention_levels=(False, False, True), unet_num_head_channels=(0, 0, 16),
     unet_num_res_blocks=1, unet_norm_num_groups=8, controlnet_embedding_channels=(8, 16, 32),
-    num_train_timesteps=1000, tumour_loss_weight=5.0)
+    num_train_timesteps=1000, tumour_loss_weight=5.0, recon_label_weight=5.0)
 
 
 class LLDM(NeoGen):
     """NeoGen with ``mask_channels`` = len(:data:`LABEL_CHANNELS`) and no class conditioning. Every
     other argument as :class:`~pantheon.models.neonet.neogen.NeoGen` (``patch_size`` is only the
     nominal grid used to validate the configuration: any grid divisible by :attr:`size_multiple`
-    works). ``tumour_loss_weight`` weights the latent voxels under the HCC channel."""
+    works). ``tumour_loss_weight`` weights the latent voxels under the HCC channel in the ControlNet
+    stage; ``recon_label_weight`` weights the autoencoder's L1 loss on vessel and HCC voxels (small
+    dark structures a plain mean lets the autoencoder blur into the parenchyma; assumption, default 1
+    = unweighted)."""
 
     kind = "lldm"
     WEIGHTED_CHANNEL = LABEL_CHANNELS.index("hcc")  # ``tumour_loss_weight`` weights the HCC
@@ -46,18 +49,30 @@ class LLDM(NeoGen):
     #: channel (medians on the demo phantoms: enhancing parenchyma bright, vessels and HCC dark).
     GUIDE_INTENSITIES = (0.25, 0.82, 0.4, 0.4, 0.45)
 
-    def __init__(self, patch_size=(32, 48, 64), **kw):
+    def __init__(self, patch_size=(32, 48, 64), recon_label_weight: float = 1.0, **kw):
         kw.setdefault("mask_channels", len(LABEL_CHANNELS))
         kw.setdefault("num_classes", None)
         if kw["mask_channels"] != len(LABEL_CHANNELS):
             raise ValueError(f"3D-LLDM conditions on {len(LABEL_CHANNELS)} label channels "
                              f"({', '.join(LABEL_CHANNELS)}), got mask_channels={kw['mask_channels']}")
         super().__init__(patch_size=patch_size, **kw)
+        if not float(recon_label_weight) >= 1.0:
+            raise ValueError(f"recon_label_weight must be >= 1, got {recon_label_weight}")
+        if float(recon_label_weight) != 1.0:  # absent = 1.0: earlier checkpoints load unchanged
+            self.config["recon_label_weight"] = float(recon_label_weight)
 
     @property
     def size_multiple(self) -> int:
         """Every side of a model grid must be a multiple of this (autoencoder x UNet downsampling)."""
         return self.ae_factor * self.unet_factor
+
+    def reconstruction_weight(self, masks, x):
+        w = self.config.get("recon_label_weight", 1.0)
+        if masks is None or w == 1.0:
+            return None
+        self._check_masks(masks, x.shape[2:])
+        small = masks[:, 1:].float().amax(dim=1, keepdim=True).to(x.device)  # vessels and HCC
+        return 1.0 + (w - 1.0) * small
 
     def guide_image(self, masks: torch.Tensor) -> torch.Tensor:
         """A coarse image (B, in_channels, D, H, W) painted from the one-hot label channels."""

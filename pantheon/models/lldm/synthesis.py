@@ -14,7 +14,7 @@ signal, not scanner units.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -132,11 +132,45 @@ def prepare_labels(label_volume: Volume, spacing=MODEL_SPACING, multiple: int = 
     return arr, back, shape
 
 
-def one_hot(labels: np.ndarray):
-    """(1, 4, K, J, I) float32 torch tensor: one channel per :data:`LABEL_CHANNELS` value."""
+def one_hot(labels: np.ndarray, use: Optional[Sequence[str]] = None):
+    """(1, 4, K, J, I) float32 torch tensor: one channel per :data:`LABEL_CHANNELS` value.
+
+    ``use``: the labels that steer the synthesis (default all); the voxels of the others join the
+    liver channel, so their channel is empty and the liver is whole (see :func:`check_use`).
+    """
     import torch
+    left_out = [v for v, name in enumerate(LABEL_CHANNELS, start=1) if use is not None and name not in use]
+    if left_out:
+        labels = np.where(np.isin(labels, left_out), 1, labels)
     lab = torch.from_numpy(np.ascontiguousarray(labels)).long()
     return torch.stack([lab == v for v in range(1, len(LABEL_CHANNELS) + 1)])[None].float()
+
+
+#: Labels the user may leave out of the conditioning. The demo ControlNet was trained with the
+#: vessel channels dropped at random (merged into the liver), so where they are left out it draws
+#: vessels of its own; it was never taught to invent HCCs (a healthy map must stay healthy), so an
+#: HCC left out becomes liver. The liver itself always steers.
+OPTIONAL_LABELS: Tuple[str, ...] = ("portal_vein", "hepatic_vein", "hcc")
+
+
+def check_use(use) -> Tuple[str, ...]:
+    """The labels that steer a synthesis, validated (names of :data:`LABEL_CHANNELS`, the liver among
+    them), in channel order; None = all."""
+    if use is None:
+        return LABEL_CHANNELS
+    if isinstance(use, str):
+        use = [u for u in use.replace(" ", ",").split(",") if u]
+    if not isinstance(use, (list, tuple)) or not all(isinstance(u, str) for u in use):
+        raise InputError(f"The labels that steer the synthesis must be names among {', '.join(LABEL_CHANNELS)}, "
+                         f"got {use!r}.")
+    names = [str(u).strip().lower().replace("-", "_") for u in use]
+    unknown = [n for n in names if n not in LABEL_CHANNELS]
+    if unknown:
+        raise InputError(f"Unknown label {unknown[0]!r} to steer the synthesis; choose from "
+                         f"{', '.join(LABEL_CHANNELS)}.")
+    if "liver" not in names:
+        raise InputError("The liver always steers a 3D-LLDM synthesis; keep 'liver' among the labels.")
+    return tuple(n for n in LABEL_CHANNELS if n in names)
 
 
 def check_synthesis_params(steps, seed, conditioning_scale, model) -> Tuple[int, int, Optional[float]]:
@@ -151,16 +185,19 @@ def check_synthesis_params(steps, seed, conditioning_scale, model) -> Tuple[int,
 
 def synthesize(label_volume: Volume, model, steps: int = NEOGEN_DDIM_STEPS, seed: int = 0,
                conditioning_scale: Optional[float] = None, progress=None, cancel=None,
-               max_voxels: Optional[int] = MAX_VOXELS, weights_id: str = "", demo: bool = False) -> Result:
+               max_voxels: Optional[int] = MAX_VOXELS, weights_id: str = "", demo: bool = False,
+               use: Optional[Sequence[str]] = None) -> Result:
     """``volumes["synthetic_mri"]``: an HBP MR volume for the anatomy in ``label_volume``, on its grid.
 
     DDIM with ``steps`` steps from the seeded noise (same seed, same volume), ControlNet residuals
-    scaled by ``conditioning_scale`` (default: the model's). ``progress(fraction, message)`` after
-    every step; ``cancel`` raises :class:`pantheon.errors.Cancelled` between steps.
+    scaled by ``conditioning_scale`` (default: the model's). ``use``: the labels that steer it
+    (:func:`check_use`; default all). ``progress(fraction, message)`` after every step; ``cancel``
+    raises :class:`pantheon.errors.Cancelled` between steps.
     """
     import torch
     rep = Reporter(progress, cancel)
     steps, seed, conditioning_scale = check_synthesis_params(steps, seed, conditioning_scale, model)
+    use = check_use(use)
     if isinstance(label_volume, Volume):
         check_3d_size(label_volume, "label map", "3D-LLDM synthesises 3D volumes from 3D label maps", max_voxels,
                       "The label map")
@@ -168,7 +205,7 @@ def synthesize(label_volume: Volume, model, steps: int = NEOGEN_DDIM_STEPS, seed
     rep(0.02, "Putting the labels on the model grid")
     model_labels, back, shape = prepare_labels(labels, MODEL_SPACING, model.size_multiple)
     device = model.scale_factor.device
-    masks = one_hot(model_labels).to(device)
+    masks = one_hot(model_labels, use).to(device)
     g = torch.Generator(device=device).manual_seed(int(seed))
     with torch.inference_mode():
         img = model.generate(masks, labels=None, num_inference_steps=steps, generator=g, cancel=cancel,
@@ -196,6 +233,10 @@ def synthesize(label_volume: Volume, model, steps: int = NEOGEN_DDIM_STEPS, seed
                       "on the model's [0, 1] scale (0.5th / 99.5th percentile of a training image)"),
         "research_only": "Synthetic images for research and data augmentation; not for diagnosis.",
     })
+    if use != LABEL_CHANNELS:
+        res.notes["labels_used"] = (f"steered by {', '.join(use)}; "
+                                    f"{', '.join(n for n in LABEL_CHANNELS if n not in use)} left to the model "
+                                    "(merged into the liver)")
     if demo:
         res.notes["warning"] = "Demo weights trained on synthetic phantoms: they know phantoms, not patients."
     rep(1.0, "Done")

@@ -7,7 +7,8 @@ inside the functions).
     params: ``weights`` (path or model-card id; default the demo card), ``device``, ``steps`` (DDIM,
     default 50), ``seed`` (default 0), ``scale`` (ControlNet scale; default the weights' own), lesion
     edits ``remove_hcc`` (list of HCC numbers, 1 = largest), ``grow_hcc_mm`` with ``grow_hcc``
-    (numbers; default all) and ``add_hcc`` (list of ``[L, P, S, diameter_mm]``, LPS mm).
+    (numbers; default all) and ``add_hcc`` (list of ``[L, P, S, diameter_mm]``, LPS mm), ``use`` (the
+    labels that steer, a list of names; default all, see :func:`~.synthesis.check_use`).
     result: volume ``synthetic_mri`` and label map ``labels`` (the conditioning, after the edits) on
     the input's grid.
 
@@ -37,7 +38,7 @@ def _number(ctx, name, default=None):
 
 def task_synthesize(ctx):
     from .edits import apply_edits
-    from .synthesis import lldm_labels, load_model, synthesize
+    from .synthesis import check_use, lldm_labels, load_model, synthesize
     steps = _number(ctx, "steps", NEOGEN_DDIM_STEPS)
     seed = _number(ctx, "seed", 0)
     scale = _number(ctx, "scale")
@@ -46,6 +47,7 @@ def task_synthesize(ctx):
     add = ctx.params.get("add_hcc") or []
     if not isinstance(add, list) or not all(isinstance(a, (list, tuple)) and len(a) == 4 for a in add):
         raise InputError("'add_hcc' must be a list of [L, P, S, diameter_mm].")
+    use = check_use(ctx.params.get("use"))
     labels, _ = read_input(ctx, "labels")
     remove, grow_which, grow_mm = _ints(ctx, "remove_hcc"), _ints(ctx, "grow_hcc"), _number(ctx, "grow_hcc_mm", 0)
     if remove or grow_mm or add:  # edits are checked, and refused, before any model load
@@ -63,7 +65,7 @@ def task_synthesize(ctx):
                                      lambda e: parameter_bytes(e[0]))
     ctx.notes["model_cache"] = "hit" if hit else "miss"
     res = synthesize(labels, model, steps=steps, seed=int(seed), conditioning_scale=scale,
-                     progress=progress_span(ctx, 0.05, 0.9), cancel=ctx.cancel, weights_id=wid, demo=demo)
+                     progress=progress_span(ctx, 0.05, 0.9), cancel=ctx.cancel, weights_id=wid, demo=demo, use=use)
     ctx.progress(0.9, "Writing results")
     doc = write_outputs(res, ctx.output_dir, ctx.notes, progress_span(ctx, 0.9, 1.0))
     ctx.progress(1.0, "Done")

@@ -305,11 +305,16 @@ class NeoGen(nn.Module):
             self.__dict__["_perceptual_loss"] = loss  # not a submodule: stays out of the state dict
         return loss
 
+    def reconstruction_weight(self, masks: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Per-voxel weight (B, 1, D, H, W) of the autoencoder's L1 loss, or None for a plain mean."""
+        return None
+
     def training_losses(self, x: torch.Tensor, masks: Optional[torch.Tensor] = None, labels=None,
                         stage: str = "ldm", generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
         """Losses for one batch of one training stage; ``out["loss"]`` is what to backpropagate.
 
-        - "vae": ``recon`` (L1), ``kl`` (sum over latent voxels, mean over batch), optional ``perceptual``;
+        - "vae": ``recon`` (L1, weighted by :meth:`reconstruction_weight` when it gives one), ``kl`` (sum
+          over latent voxels, mean over batch), optional ``perceptual``;
           only the autoencoder receives gradients.
         - "ldm": ``mse`` of the UNet's noise prediction on noised scaled latents (autoencoder frozen);
           ``labels`` are the PNI classes.
@@ -323,7 +328,9 @@ class NeoGen(nn.Module):
         cfg = self.config
         if stage == "vae":
             recon, z_mu, z_sigma = self.autoencoder(x)
-            rec = F.l1_loss(recon.float(), x.float())
+            weight = self.reconstruction_weight(masks, x)
+            err = (recon.float() - x.float()).abs()
+            rec = err.mean() if weight is None else (err * weight).sum() / (weight.sum() * err.shape[1])
             kl = 0.5 * torch.sum(z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1,
                                  dim=list(range(1, z_mu.ndim))).mean()
             out = {"recon": rec, "kl": kl}
