@@ -110,8 +110,9 @@ index.html with thumbnails); a rerun adds only the missing pairs. Then open inde
 <p>Computation runs in a separate worker process; its Python needs PyTorch and MONAI, which the module offers to
 install on first use (never silently).</p>
 <p>No official weights are published. Pantheon ships <b>demo weights trained on synthetic phantoms only</b>: the
-liver lands on its label, but vessels and HCCs come out barely darker than the parenchyma. Weights you trained
-(<code>pantheon lldm train</code>, <code>pantheon foscu train</code>) can be chosen under Weights and device.</p>
+liver lands on its label and HCCs come out dark, but vessels less dark than in a real hepatobiliary phase. Weights
+you trained (<code>pantheon lldm train</code>, <code>pantheon foscu train</code>) can be chosen under Weights and
+device.</p>
 <p>Synthetic images for research and data augmentation only; never for diagnosis.</p>
 """)
         self.parent.acknowledgementText = _("""

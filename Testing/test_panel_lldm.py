@@ -120,7 +120,7 @@ def test_panel_opens(harness, panel, lib):
     assert ui.segmentsLabel.text == "Choose a segmentation with a liver segment."
     # the demo caveat is on show, not in the help only
     assert ui.warningLabel.text == lib.DEMO_WARNING and not ui.warningLabel.isHidden()
-    assert "barely darker" in ui.warningLabel.text
+    assert "vessels less dark than in a real hepatobiliary phase" in ui.warningLabel.text
 
 
 def test_weights_choice_changes_the_caveat(harness, panel, lib, tmp_path):

@@ -490,9 +490,6 @@ def test_hcc_case_synthesises_on_its_own_grid(hcc_case_synthesised):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the demo 3D-LLDM's autoencoder (factor 4 on a 6 mm grid, 4 latent channels, "
-                   "679 steps) does not keep HCC or vessel contrast: its own reconstruction of held-out phantoms "
-                   "renders HCC at 0.91 where the liver is 1.09 and the real HCC 0.50 (issue 17, section 2)")
 def test_hcc_case_synthesis_shows_the_hccs_dark(hcc_case_synthesised):
     labels, out, _demo = hcc_case_synthesised
     # hepatobiliary phase: the parenchyma enhances, HCCs take up no contrast (real phantom: 0.56 of the liver)

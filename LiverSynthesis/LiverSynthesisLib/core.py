@@ -69,9 +69,9 @@ MAX_SCALE = 10.0
 MAX_GROW_MM = 100.0
 HCC_DIAMETER_RANGE = (2.0, 200.0)
 
-DEMO_WARNING = ("Demo weights, trained on synthetic phantoms: the liver lands on its label, but vessels and HCCs "
-                "come out barely darker than the parenchyma, so HCC edits hardly show yet. Synthetic images for "
-                "research and data augmentation only; never for diagnosis.")
+DEMO_WARNING = ("Demo weights, trained on synthetic phantoms: the liver lands on its label and HCCs come out dark, "
+                "but vessels less dark than in a real hepatobiliary phase. Synthetic images for research and data "
+                "augmentation only; never for diagnosis.")
 FILE_WARNING = "Your own weights files: synthetic images for research and data augmentation only; never for diagnosis."
 
 # ------------------------------------------------------------------------------------ labels

@@ -218,7 +218,7 @@ def _timed(stage, cases, out, budget_s, log, **kw):
             "loss_last50": float(np.mean(h[-50:]))}
 
 
-def build_lldm_demo_weights(out_dir, cards_dir=None, budget_s: float = 3000.0, work_dir=None, log=print,
+def build_lldm_demo_weights(out_dir, cards_dir=None, budget_s: float = 4800.0, work_dir=None, log=print,
                             train_seeds=TRAIN_SEEDS, val_seeds=VAL_SEEDS, held_out_seeds=HELD_OUT_SEEDS):
     """Train the three stages on phantoms (``budget_s`` split 35 / 25 / 40 %), choose the sampling on
     validation phantoms, measure held-out phantoms; write the weights, card and metrics."""
@@ -305,7 +305,7 @@ if __name__ == "__main__":  # pragma: no cover
     ap = argparse.ArgumentParser(description="Train the 3D-LLDM demo weights on phantoms.")
     from ..registry import BUNDLED_WEIGHTS_DIR
     ap.add_argument("out_dir", nargs="?", default=str(BUNDLED_WEIGHTS_DIR))
-    ap.add_argument("--budget", type=float, default=3000.0, help="training seconds over the three stages")
+    ap.add_argument("--budget", type=float, default=4800.0, help="training seconds over the three stages")
     ap.add_argument("--work-dir", default=None, help="keep the stage checkpoints here (resumable)")
     a = ap.parse_args()
     build_lldm_demo_weights(a.out_dir, budget_s=a.budget, work_dir=a.work_dir)
