@@ -584,7 +584,7 @@ def test_generate_refuses_a_file_before_the_worker_and_reports_the_summary(mod, 
     summary = logic.generate(output=str(out), n=1, seed=5, label_steps=1, image_steps=1, device="cpu",
                              weights=logic.weightsArgument("file", labelgen=str(weights)), timeout=240)
     assert summary == {"folder": str(out), "pairs": 1, "made_now": 1, "csv": str(out / "cases.csv"),
-                       "index": str(out / "index.html")}
+                       "index": str(out / "index.html"), "anatomy_flagged": 0}
     case, image, label = lib.pair_files(summary)
     assert (case, Path(image).name, Path(label).name) == ("pair-00000", "pair-00000.nii.gz", "pair-00000.seg.nrrd")
 
