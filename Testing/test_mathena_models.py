@@ -371,3 +371,40 @@ def test_checkpoint_mismatch_names_keys(tmp_path):
     (tmp_path / "trunc.safetensors").write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError):
         load_mathena(tmp_path / "trunc.safetensors")
+
+
+# ----------------------------------------------------------------------------- inference
+class _FixedMapHENA:
+    """Caries logit = column index - 2 whatever the input (so a mirrored pass is told apart);
+    anomaly logit = 4 * (input - 0.5) per pixel (mirrors with its input); fixed score and stage."""
+
+    def __call__(self, x):
+        from pantheon.models.mathena import HENAOutput
+        B, _, H, W = x.shape
+        cols = torch.arange(W, dtype=torch.float32).expand(B, 1, H, W) - 2.0
+        score = x.mean(dim=(1, 2, 3)) * 0 + torch.tensor(0.7)
+        stage = torch.zeros(B, 8)
+        stage[:, 3] = 2.0
+        stage = stage + x[:, 0, 0, :1]  # the unmirrored crop's first pixel nudges the stage logits
+        return HENAOutput(caries=cols.clone(), anomaly=4.0 * (x - 0.5), anomaly_score=score, stage=stage,
+                          features=torch.zeros(B, 4), gcst=None)
+
+
+def test_crop_probabilities_mirror_average_hand_computed():
+    from pantheon.models.mathena import MASK_THRESHOLD, crop_probabilities
+    x = torch.rand(2, 1, 3, 5, generator=torch.Generator().manual_seed(0))
+    plain = crop_probabilities(_FixedMapHENA(), x, flip_average=False)
+    avg = crop_probabilities(_FixedMapHENA(), x, flip_average=True)
+    cols = torch.arange(5, dtype=torch.float32) - 2.0
+    # column c of the mirrored pass's output lands on column 4 - c: (sigmoid(c-2) + sigmoid(2-c)) / 2 = 0.5
+    torch.testing.assert_close(plain["caries"], torch.sigmoid(cols).expand(2, 3, 5))
+    torch.testing.assert_close(avg["caries"], torch.full((2, 3, 5), 0.5))
+    # a per-pixel model mirrors with its input: averaging changes nothing
+    torch.testing.assert_close(avg["anomaly"], torch.sigmoid(4.0 * (x[:, 0] - 0.5)))
+    torch.testing.assert_close(avg["anomaly"], plain["anomaly"])
+    # score and stage from the unmirrored crop only
+    torch.testing.assert_close(avg["anomaly_score"], torch.sigmoid(torch.full((2,), 0.7)))
+    want = torch.zeros(2, 8)
+    want[:, 3] = 2.0
+    torch.testing.assert_close(avg["stage"], torch.softmax(want + x[:, 0, 0, :1], -1))
+    assert 0.0 < MASK_THRESHOLD < 0.5

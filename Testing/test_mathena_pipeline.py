@@ -118,7 +118,9 @@ def test_paste_lands_in_the_right_box_hand_computed():
     vol = Volume(_opg(512, 1024)[None], spacing=(0.2, 0.3, 1.0), origin=(5.0, -7.0, 0.0))
     det = StubDetector([(100, 50, 140, 110), (300, 20, 320, 60), (10, 10, 30, 30)], [36, 11, 36],
                        [0.9, 0.2, 0.5])
-    res = mt.analyze(vol, det, StubHENA(), score_thresh=0.3)
+    # plain HENA output at 0.5 (the stub's quadrant does not mirror with its input, and the
+    # hand computation below is of one crop's probabilities)
+    res = mt.analyze(vol, det, StubHENA(), score_thresh=0.3, flip_average=False, mask_thresh=0.5)
     assert det.seen == (1, 1, 256, 512)
     rows = res.tables["findings"]
     assert [r["tooth"] for r in rows] == [36]  # 11 is below the threshold, the best 36 wins
@@ -153,7 +155,7 @@ def test_large_image_processed_at_model_resolution():
     H, W = 2048, 4096
     vol = Volume(np.tile(np.arange(W, dtype=np.uint16), (H, 1))[None], spacing=(0.05, 0.05, 1.0))
     det = StubDetector([(100, 50, 140, 110)], [21], [0.9])
-    res = mt.analyze(vol, det, StubHENA())
+    res = mt.analyze(vol, det, StubHENA(), flip_average=False, mask_thresh=0.5)
     assert det.seen == (1, 1, 256, 512)
     assert res.labels["caries"].volume.shape == (1, H, W)
     # scale 1/8: box (800, 400, 1120, 880); everything 4x the hand-computed 512x1024 case
@@ -230,9 +232,9 @@ def test_findings_are_called_by_area_and_probability_not_by_stray_pixels():
         def __call__(self, x):
             out = super().__call__(x)
             caries = torch.full_like(out.caries, -10.0)
-            caries[..., 31:34, 31:34] = 10.0  # 9 of 4096 crop pixels: 0.22% < 0.25%
+            caries[..., 31:33, 30:34] = 10.0  # 8 of 4096 crop pixels, mirror-symmetric: 0.20% < 0.25%
             anomaly = torch.full_like(out.anomaly, -10.0)
-            anomaly[..., 10:20, 10:20] = 10.0  # a clear blob, but the tooth's probability is low
+            anomaly[..., 10:20, 22:42] = 10.0  # a clear blob (mirror-symmetric), but the tooth's probability is low
             score = torch.full_like(out.anomaly_score, float(np.log(0.15 / 0.85)))
             return HENAOutput(caries=caries, anomaly=anomaly, anomaly_score=score, stage=out.stage,
                           features=out.features, gcst=None)
@@ -240,7 +242,7 @@ def test_findings_are_called_by_area_and_probability_not_by_stray_pixels():
     vol = Volume(_opg()[None], spacing=(0.2, 0.3, 1.0))
     res = mt.analyze(vol, StubDetector([(200, 100, 280, 220)], [36], [0.9]), SpeckHENA())
     row = res.tables["findings"][0]
-    assert 9 / 4096 < mt.MIN_CARIES_FRACTION and 0.15 < mt.ANOMALY_THRESHOLD
+    assert 8 / 4096 < mt.MIN_CARIES_FRACTION and 0.15 < mt.ANOMALY_THRESHOLD
     assert row["caries"] is False and row["anomaly"] is False
     assert row["caries_pixels"] == 0 and row["anomaly_pixels"] == 0
     assert res.labels["caries"].volume.array.sum() == 0 and res.labels["anomaly"].volume.array.sum() == 0

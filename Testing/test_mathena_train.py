@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pantheon.errors import InputError
-from pantheon.models.mathena import HENA
+from pantheon.models.mathena import FLIP_AVERAGE, HENA, MASK_THRESHOLD
 from pantheon.models.mathena.preprocess import CROP_SIZE, DETECTOR_INPUT_HW, crop_tooth, letterbox, to_grayscale_float
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,7 +240,26 @@ def test_demo_cards_match_bundled_files(card_id):
     # a HENA rebuilt alone keeps the detector: then the metrics say which command built that detector
     assert not metrics["detector_reused_from_earlier_run"] or \
         metrics["detector_built_by"].startswith("python -m pantheon.train.mathena_demo")
-    # the figures the demo is shipped with (measured: caries Dice 0.69 on positive crops, was 0.42;
-    # anomaly Dice 0.75, AUROC 0.998; stage accuracy 0.84; mAP@50 0.93)
-    assert metrics["anomaly_dice_positive"] >= 0.7 and metrics["anomaly_auroc"] >= 0.95
-    assert metrics["stage_accuracy"] >= 0.8 and metrics["caries_dice_positive"] >= 0.65 and metrics["map50"] >= 0.9
+    # the figures the demo is shipped with (measured: caries Dice 0.75 on positive crops, was 0.42, then
+    # 0.69 before the masks were mirror-averaged; anomaly Dice 0.81, AUROC 0.998; stage accuracy 0.84;
+    # mAP@50 0.93); issue 14's target for caries on our synthetic lesions is 0.7
+    assert metrics["anomaly_dice_positive"] >= 0.78 and metrics["anomaly_auroc"] >= 0.95
+    assert metrics["stage_accuracy"] >= 0.8 and metrics["caries_dice_positive"] >= 0.7 and metrics["map50"] >= 0.9
+    assert metrics["hena_inference"]["flip_average"] is FLIP_AVERAGE
+    assert metrics["hena_inference"]["mask_threshold"] == MASK_THRESHOLD
+
+
+@pytest.mark.slow
+def test_demo_hena_caries_dice_on_held_out_opgs():
+    """The demo HENA as ToothAnalysis runs it (mirror-averaged, MASK_THRESHOLD), on 10 held-out OPGs:
+    measured caries Dice 0.72 on positive crops (0.62 plain at 0.5), anomaly 0.74 (0.66)."""
+    from pantheon.models.mathena import load_mathena
+    from pantheon.registry import BUNDLED_WEIGHTS_DIR
+    from pantheon.train.mathena import evaluate, synthetic_opgs
+    from pantheon.train.mathena_demo import DEMO_OPG_KW, HELD_OUT_SEED0
+    hena = load_mathena(BUNDLED_WEIGHTS_DIR / "mathena-demo-hena.safetensors")
+    opgs = synthetic_opgs(range(HELD_OUT_SEED0, HELD_OUT_SEED0 + 10), DETECTOR_INPUT_HW, **DEMO_OPG_KW)
+    m = evaluate(None, hena, opgs)
+    assert m["caries_positive_crops"] >= 15 and m["anomaly_positive_crops"] >= 8
+    assert m["caries_dice_positive"] >= 0.7 and m["anomaly_dice_positive"] >= 0.72
+    assert "mirrored" in m["conventions"]["dice"] and f">= {MASK_THRESHOLD:g}" in m["conventions"]["dice"]

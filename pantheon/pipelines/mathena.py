@@ -14,8 +14,9 @@ Data flow (MATHE detects, HENA analyses per-tooth crops, as in the paper; sizes 
 3. Each box is expanded by ``CROP_MARGIN``, cropped from the *source-resolution* image and
    letterboxed to ``CROP_SIZE`` (:func:`crop_tooth`); HENA gives caries and anomaly logits per
    crop pixel, an image-level anomaly logit and Demirjian stage logits.
-4. Caries / anomaly probabilities are pasted back onto the source grid (``ToothCrop.paste``; where
-   crops overlap the maximum wins) and thresholded at 0.5.
+4. Caries / anomaly probabilities (the crop's averaged with its mirror image's) are pasted back onto
+   the source grid (``ToothCrop.paste``; where crops overlap the maximum wins) and thresholded at
+   ``MASK_THRESHOLD`` (0.3; both chosen on validation OPGs, ``pantheon.models.mathena.hena``).
 
 So a very large image is *processed* at the models' resolutions (detector input, crop size) and
 its outputs are still on the source grid: label volumes are ``volume.with_array(...)``, the exact
@@ -46,6 +47,7 @@ from ..io.validate import (
     require_volume,
 )
 from ..io.volume import Volume
+from ..models.mathena.hena import FLIP_AVERAGE, MASK_THRESHOLD, crop_probabilities
 from ..progress import Reporter
 from ..results import HeatmapOutput, LabelOutput, Result, Segment
 
@@ -84,10 +86,11 @@ ANOMALY_CODE = ("SCT", "263654008", "Abnormal")  # impacted teeth and periapical
 # Per-tooth finding rules. Stray pixels above 0.5 appear on many healthy teeth (on held-out
 # synthetic OPGs: any caries pixel on 11-42% of caries-free teeth, any anomaly pixel on 42% of
 # normal ones), so a tooth is called from an area / probability, not from one pixel.
-# Operating points measured on the demo's held-out synthetic OPGs (no separate validation set:
-# treat them as demo defaults): caries >= 0.25% of the 64x64 crop (~10 px) -> sensitivity 0.70,
-# 4% of caries-free teeth flagged; anomaly probability >= 0.2 -> sensitivity 0.76, 0.2% flagged
-# (the probability is calibrated to the data's prevalence, so 0.5 calls only half the anomalies).
+# Caries >= 0.25% of the 64x64 crop (~10 px) above MASK_THRESHOLD: on 60 validation OPGs (seeds
+# 43000-43059, GT-box crops, demo HENA) sensitivity 0.92 with 1.1% of the 1560 caries-free teeth
+# flagged (0.5% of the crop: 0.80 / 0.8%; any pixel: 0.97 / 3.3%). Anomaly probability >= 0.2,
+# measured on the held-out OPGs when the demo was first built: sensitivity 0.76, 0.2% flagged (the
+# probability is calibrated to the data's prevalence, so 0.5 calls only half the anomalies).
 MIN_CARIES_FRACTION = 0.0025
 ANOMALY_THRESHOLD = 0.2
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -317,15 +320,6 @@ def detect_teeth(detector, gray: np.ndarray, score_thresh: float = MATHENA_SCORE
     return rows(found, {"number_probability": found["number_probability"]})
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
-
-
 def _box_pixels(box, H, W):
     """Integer pixel bounds (half-open) of the pixels whose centres lie in a pixel-edge box."""
     x0, y0, x1, y1 = box
@@ -352,14 +346,17 @@ def _paste_max(target: np.ndarray, info, crop_map: np.ndarray, thresh: float) ->
 
 # ---------------------------------------------------------------------------- pipeline
 def analyze(volume: Volume, detector, hena, score_thresh: float = MATHENA_SCORE_THRESHOLD, progress=None, cancel=None,
-            batch_size: int = 8, mask_thresh: float = 0.5, detector_id: str = "unknown",
+            batch_size: int = 8, mask_thresh: float = MASK_THRESHOLD, detector_id: str = "unknown",
             hena_id: str = "unknown", demo: Optional[bool] = None,
             known_spacing: Optional[bool] = None, anomaly_thresh: float = ANOMALY_THRESHOLD,
-            min_caries_fraction: float = MIN_CARIES_FRACTION, max_pixels: Optional[int] = MAX_PIXELS) -> Result:
+            min_caries_fraction: float = MIN_CARIES_FRACTION, max_pixels: Optional[int] = MAX_PIXELS,
+            flip_average: bool = FLIP_AVERAGE) -> Result:
     """Tooth detection and per-tooth caries / anomaly / stage analysis of one OPG.
 
     ``detector`` / ``hena`` are models (or a :class:`MathenaModels` as ``detector`` with ``hena``
     None). ``known_spacing`` overrides the rule "spacing exactly (1, 1) means unknown".
+    Caries / anomaly probabilities are HENA's on the crop averaged with its mirror image
+    (``flip_average``; :data:`~pantheon.models.mathena.hena.FLIP_AVERAGE` says why).
     A tooth has caries when at least ``min_caries_fraction`` of its crop is above ``mask_thresh``,
     and an anomaly when HENA's per-tooth anomaly probability is at least ``anomaly_thresh``; the
     caries / anomaly segmentations keep only those teeth's pixels (the probability maps keep all).
@@ -422,12 +419,8 @@ def analyze(volume: Volume, detector, hena, score_thresh: float = MATHENA_SCORE_
             crops.append(np.asarray(crop, np.float32))
             infos.append(info)
         x = torch.from_numpy(np.stack(crops)[:, None]).repeat(1, cin, 1, 1).to(dev)
-        with torch.inference_mode():
-            out = hena(x)
-        car = torch.sigmoid(out.caries.float()).cpu().numpy()[:, 0]
-        ano = torch.sigmoid(out.anomaly.float()).cpu().numpy()[:, 0]
-        score = _sigmoid(out.anomaly_score.float().cpu().numpy().reshape(-1))
-        stage = _softmax(out.stage.float().cpu().numpy())
+        probs = {k: v.cpu().numpy() for k, v in crop_probabilities(hena, x, flip_average).items()}
+        car, ano, score, stage = probs["caries"], probs["anomaly"], probs["anomaly_score"], probs["stage"]
         for k, (d, info) in enumerate(zip(chunk, infos)):
             has_caries = float((car[k] > mask_thresh).mean()) >= min_caries_fraction
             has_anomaly = float(score[k]) >= anomaly_thresh

@@ -44,7 +44,8 @@ the result under ``"conventions"``:
   AP = area under the monotone (all-point interpolated) precision-recall curve (VOC 2010+ / COCO
   without the 101-point sampling); averaged over the classes with at least one GT box.
 - Dice (:func:`pantheon.metrics.dice_scores`; caries, anomaly) on HENA crops of the ground-truth
-  boxes, prediction = sigmoid > 0.5:
+  boxes, prediction as ToothAnalysis draws it (probability averaged with the mirrored crop's,
+  >= ``MASK_THRESHOLD``; :mod:`pantheon.models.mathena.hena`):
   ``*_dice_positive``: mean per-crop Dice over crops whose GT mask is non-empty;
   ``*_dice_pooled``: 2 |P ∩ G| / (|P| + |G|) summed over all crops (negatives included).
 - ``anomaly_image_accuracy`` (sigmoid(anomaly_score) > 0.5 vs the tooth's anomaly label) and
@@ -84,6 +85,7 @@ from ..models.mathena import (
     load_mathena,
     save_mathena,
 )
+from ..models.mathena.hena import FLIP_AVERAGE, MASK_THRESHOLD, crop_probabilities
 from ..models.mathena.preprocess import (
     CROP_MARGIN,
     CROP_SIZE,
@@ -533,14 +535,16 @@ def detect(detector: MATHEDetector, image2d: np.ndarray, input_hw=DETECTOR_INPUT
 
 
 @torch.no_grad()
-def predict_crops(hena: HENA, crops: np.ndarray, batch_size: int = 64) -> dict:
+def predict_crops(hena: HENA, crops: np.ndarray, batch_size: int = 64, flip_average: bool = FLIP_AVERAGE) -> dict:
+    """HENA on (N, H, W) crops as ToothAnalysis runs it (:func:`~pantheon.models.mathena.hena.crop_probabilities`):
+    caries / anomaly probabilities, anomaly_score probability, stage index."""
     outs = {"caries": [], "anomaly": [], "anomaly_score": [], "stage": []}
     for i in range(0, len(crops), batch_size):
-        o = hena(torch.from_numpy(crops[i:i + batch_size])[:, None])
-        outs["caries"].append(torch.sigmoid(o.caries[:, 0]).numpy())
-        outs["anomaly"].append(torch.sigmoid(o.anomaly[:, 0]).numpy())
-        outs["anomaly_score"].append(torch.sigmoid(o.anomaly_score).numpy())
-        outs["stage"].append(o.stage.argmax(-1).numpy())
+        p = crop_probabilities(hena, torch.from_numpy(np.ascontiguousarray(crops[i:i + batch_size]))[:, None],
+                               flip_average)
+        for k in ("caries", "anomaly", "anomaly_score"):
+            outs[k].append(p[k].numpy())
+        outs["stage"].append(p["stage"].argmax(-1).numpy())
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
@@ -566,7 +570,9 @@ def evaluate(detector: Optional[MATHEDetector], hena: Optional[HENA], opgs, inpu
                               "conventions": {
                                   "map50": "per-FDI-class AP at IoU 0.5 (greedy matching by score, all-point "
                                            "interpolation), mean over classes with GT",
-                                  "dice": "HENA on GT-box crops, threshold 0.5; 'positive' = mean per-crop Dice "
+                                  "dice": "HENA on GT-box crops as ToothAnalysis runs it: probabilities "
+                                          + ("averaged with the left-right mirrored crop's, " if FLIP_AVERAGE else "")
+                                          + f"mask where >= {MASK_THRESHOLD:g}; 'positive' = mean per-crop Dice "
                                           "over crops with non-empty GT, 'pooled' = Dice over all crops' pixels",
                                   "anomaly_image": "per tooth (GT-box crop): sigmoid(anomaly_score) vs 'tooth "
                                                    "has an anomaly'; accuracy at 0.5, AUROC (ties count 1/2)",
@@ -601,8 +607,8 @@ def evaluate(detector: Optional[MATHEDetector], hena: Optional[HENA], opgs, inpu
         hena.eval()
         data = CropData(samples, crop_size)
         pr = predict_crops(hena, data.crops)
-        c = dice_scores(pr["caries"] > 0.5, data.caries > 0.5)
-        a = dice_scores(pr["anomaly"] > 0.5, data.anomaly > 0.5)
+        c = dice_scores(pr["caries"] >= MASK_THRESHOLD, data.caries > 0.5)
+        a = dice_scores(pr["anomaly"] >= MASK_THRESHOLD, data.anomaly > 0.5)
         st = stage_scores(pr["stage"], data.stage)
         out.update({"caries_dice_positive": c["positive"], "caries_dice_pooled": c["pooled"],
                     "caries_positive_crops": c["positive_crops"], "anomaly_dice_positive": a["positive"],

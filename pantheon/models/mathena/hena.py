@@ -384,3 +384,33 @@ class HENA(nn.Module):
         if stage == "dds":
             return F.cross_entropy(out.stage, targets["stage"].long())
         raise ValueError(f"unknown HENA training stage {stage!r}; expected one of {STAGES}")
+
+
+# -- inference ----------------------------------------------------------------------------------------
+
+#: Caries / anomaly masks at inference average the probabilities of the crop and of its left-right
+#: mirror, and are drawn where that mean is at least MASK_THRESHOLD. A mirrored tooth is still a
+#: plausible tooth (the contralateral one), while an upside-down one is a tooth of the other jaw.
+#: Both chosen on 60 validation OPGs (seeds 43000-43059, disjoint from training and held-out images,
+#: demo HENA): Dice on positive crops, caries 0.700 -> 0.729, anomaly 0.819 -> 0.832 (plain at 0.5:
+#: 0.695 / 0.815); adding the up-down flips scored lower (0.713 / 0.814), so they are not used.
+#: The image-level anomaly score and the stage come from the unmirrored crop alone (mirroring did
+#: not improve them on the same images: stage accuracy 0.797 against 0.799). Cost: HENA runs twice;
+#: a whole analysis of a 700 x 1400 OPG with 28 teeth takes 1.05 s instead of 0.61 s (one thread).
+FLIP_AVERAGE = True
+MASK_THRESHOLD = 0.3
+
+
+@torch.inference_mode()
+def crop_probabilities(hena: nn.Module, crops: torch.Tensor, flip_average: bool = FLIP_AVERAGE) -> dict:
+    """HENA's probabilities for a batch of crops (B, C, H, W): ``caries`` and ``anomaly`` (B, H, W)
+    (mirror-averaged when ``flip_average``), ``anomaly_score`` (B,), ``stage`` (B, stages) softmax."""
+    out = hena(crops)
+    caries = torch.sigmoid(out.caries.float())[:, 0]
+    anomaly = torch.sigmoid(out.anomaly.float())[:, 0]
+    if flip_average:
+        mirrored = hena(torch.flip(crops, dims=[-1]))
+        caries = (caries + torch.flip(torch.sigmoid(mirrored.caries.float())[:, 0], dims=[-1])) / 2
+        anomaly = (anomaly + torch.flip(torch.sigmoid(mirrored.anomaly.float())[:, 0], dims=[-1])) / 2
+    return {"caries": caries, "anomaly": anomaly, "anomaly_score": torch.sigmoid(out.anomaly_score.float().reshape(-1)),
+            "stage": torch.softmax(out.stage.float(), dim=-1)}
