@@ -47,8 +47,12 @@ def four_phantom_cts(tmp_path_factory):
 
 @pytest.fixture
 def mrml_scene():
-    """A fresh real MRML scene (PyPI slicer-core) installed as ``slicer.mrmlScene`` for one test."""
+    """A fresh real MRML scene (PyPI slicer-core) installed as ``slicer.mrmlScene`` for one test, with
+    the segmentation converters registered, as Slicer's Segmentations module does at startup
+    (without them a test passed only when an earlier one had registered them)."""
     slicer = pytest.importorskip("slicer")
+    from pantheon.slicerbridge.scene import ensure_converters
+    ensure_converters()
     scene = slicer.vtkMRMLScene()
     previous = getattr(slicer, "mrmlScene", None)
     slicer.mrmlScene = scene

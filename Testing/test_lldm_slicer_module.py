@@ -375,8 +375,6 @@ def _segmentation(labels, scene, segments=(("Liver", (1, 4)), ("portal vein", (2
     import slicer
     import vtk
 
-    from pantheon.slicerbridge.scene import ensure_converters
-    ensure_converters()  # the Segmentations module does this in Slicer
     arr, m = labels.to_slicer()
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     for segment_name, values in segments:

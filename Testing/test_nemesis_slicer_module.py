@@ -467,9 +467,7 @@ def test_train_probe_from_segmentations(nem, logic, scene, tmp_path):
     import slicer
     import vtk
 
-    from pantheon.slicerbridge.scene import ensure_converters
     from pantheon.synth import BTCV_LABELS
-    ensure_converters()  # slicer-core does not register the segmentation converters (the app does)
     names = BTCV_LABELS if isinstance(BTCV_LABELS, dict) else dict(enumerate(BTCV_LABELS))
     pairs = []
     for seed in (2, 3):

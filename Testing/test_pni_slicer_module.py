@@ -193,8 +193,6 @@ def _segmentation(lab, scene, keep=((1, "liver"), (2, "tumour"))):
     import slicer
     import vtk
 
-    from pantheon.slicerbridge.scene import ensure_converters
-    ensure_converters()  # the Segmentations module does this in Slicer
     arr, m = lab.to_slicer()
     values = [v for v, _ in keep]
     remap = np.zeros(arr.shape, np.uint8)

@@ -294,8 +294,6 @@ def test_analyze_oblique_opg_end_to_end(tooth, logic, scene, opg_file):
     import slicer
 
     from pantheon.slicerbridge import ATTR_INPUT
-    from pantheon.slicerbridge.scene import ensure_converters
-    ensure_converters()
     node = _load(scene, opg_file, "opg")
     m = _matrix(node)
     assert abs(m[0, 0]) / np.linalg.norm(m[:3, 0]) < 0.95, "the test image's grid should be oblique"
@@ -365,8 +363,6 @@ def test_rgb_vector_volume_lands_on_the_same_pixels(tooth, logic, scene, opg_fil
     """An RGB (vector) volume of the same picture on the same oblique grid gives the same teeth."""
     import slicer
 
-    from pantheon.slicerbridge.scene import ensure_converters
-    ensure_converters()
     gray = _load(scene, opg_file, "gray")
     arr, m = slicer.util.arrayFromVolume(gray), _matrix(gray)
     rgb = slicer.util.addVolumeFromArray(np.repeat(arr[..., None], 3, axis=-1), ijkToRAS=m, name="rgb",
