@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from extension_build import build_and_install, configure, skip_or_fail_without_tools
-from test_extension_layout import MODEL_MODULES, MODULES, read_cmake
+from extension_layout import MODEL_MODULES, MODULES, read_cmake
 
 REPO = Path(__file__).resolve().parents[1]
 

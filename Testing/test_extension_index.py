@@ -16,7 +16,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from test_extension_layout import MODEL_MODULES, _png_size, find, read_cmake
+from extension_layout import MODEL_MODULES, find, png_size, read_cmake
 
 try:
     import tomllib
@@ -105,7 +105,7 @@ def test_cmake_metadata_agrees_with_the_catalog_entry(entry, cmake_vars):
     owner_repo = urllib.parse.urlsplit(repo_url).path.strip("/")
     raw = f"https://raw.githubusercontent.com/{owner_repo}/{entry['scm_revision']}/"
     assert icon[0] == cmake_vars["EXTENSION_ICONURL"][0] == raw + "Resources/Icons/Pantheon.png"
-    assert _png_size(REPO / "Resources" / "Icons" / "Pantheon.png") == (128, 128)
+    assert png_size(REPO / "Resources" / "Icons" / "Pantheon.png") == (128, 128)
     urls = shots[0].split()
     assert urls == cmake_vars["EXTENSION_SCREENSHOTURLS"][0].split()
     # one screenshot per model panel (as in the README); tool modules (PantheonReview) have none
@@ -118,7 +118,7 @@ def test_screenshots_exist():
     if missing:
         pytest.skip(f"screenshots not made yet: {', '.join(missing)} (EXTENSION_SCREENSHOTURLS names them)")
     for p in shots:
-        w, h = _png_size(p)
+        w, h = png_size(p)
         assert w >= 320 and h >= 200, f"{p.name} is {w}x{h}: too small to show a panel"
 
 

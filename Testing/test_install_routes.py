@@ -18,8 +18,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from extension_layout import MODULES
 from qt_harness.fixtures import skip_without_harness
-from test_extension_layout import MODULES
 
 from pantheon.registry import list_cards
 

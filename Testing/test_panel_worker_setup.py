@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_extension_layout import MODEL_MODULES
+from extension_layout import MODEL_MODULES
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = "ToothAnalysis"
