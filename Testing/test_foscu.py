@@ -124,9 +124,11 @@ def test_two_stages_train_and_refuse_out_of_order(tmp_path):
         tf.train_stage("ldm", cases, tmp_path, steps=1, log=None)
     small = dict(ae_channels=(8, 8, 8), unet_channels=(8, 8, 8), unet_num_head_channels=(0, 0, 8))
     vae = tf.train_stage("vae", cases, tmp_path, steps=2, log=None, config=small)
-    ldm = tf.train_stage("ldm", cases, tmp_path, steps=2, log=None)
+    ldm = tf.train_stage("ldm", cases, tmp_path, steps=2, log=None, vessel_fit_maps=2)
     m = load_labelgen(ldm.weights)
     assert float(m.scale_factor) != 1.0 and vae.steps == ldm.steps == 2
+    # the weights carry their anatomy limits and vessel offsets (only the vessel classes move)
+    assert m.anatomy_limits["n_maps"] == 3 and len(m.class_bias) == 5 and m.class_bias[:2] + m.class_bias[4:] == [0] * 3
     # the ldm stage trains only the UNet: the autoencoder is the vae stage's
     before = load_labelgen(vae.weights).autoencoder.state_dict()
     assert all(torch.equal(v, before[k]) for k, v in m.autoencoder.state_dict().items())
@@ -250,9 +252,75 @@ def test_demo_label_generator_with_the_anatomy_check_gives_livers_of_real_size()
     from pantheon.models.foscu.labelgen import load_labelgen_argument, sample_checked
     model, wid, demo = load_labelgen_argument(None)
     assert demo and model.anatomy_limits["liver_voxels"] == [4539, 16278] and model.anatomy_limits["hcc_count_max"] == 3
-    livers = []
+    livers, vessels = [], []
     for seed in range(8):
         lab, _, draws, problem = sample_checked(model, seed, 50, 0.216)
         assert problem is None
         livers.append((lab == 1).sum() * 0.216)
+        vessels.append(np.isin(lab, (2, 3)).sum() * 0.216)
     assert all(980 <= v <= 3517 for v in livers) and 1300 < np.mean(livers) < 2600, livers
+    # with the fitted vessel offsets (portal +2.96, hepatic +3.70) the vessels come out near the real
+    # 30 ml (held-out SD 5.5): measured 23 ml on pairs 0-7; without the offsets 10 ml
+    assert model.class_bias[2] > 1 and model.class_bias[3] > 1
+    assert 17 < np.mean(vessels) < 40, vessels
+
+
+class _RampLogits:
+    """A generator whose every sample is one 4x10x10 block of liver (logit 0) in background (logit 10
+    outside, -10 inside), with portal-vein logits -i/100 on the block's voxels i = 0..399 (hepatic
+    veins never): an offset b turns ceil(100 b) voxels into portal vein (ties stay liver)."""
+
+    anatomy_limits = None
+
+    def sample_logits(self, n, steps, generator=None, progress=None, cancel=None):
+        if self.anatomy_limits and generator.initial_seed() % 2:  # odd seeds: liver filling the field, all
+            logits = torch.full((1, 5, 6, 12, 12), -100.0)       # of it portal vein at any offset > -1
+            logits[0, 1], logits[0, 2] = 0.0, 1.0
+            return logits
+        logits = torch.full((1, 5, 6, 12, 12), -100.0)
+        logits[0, 0] = 10.0
+        block = (slice(1, 5), slice(1, 11), slice(1, 11))
+        logits[(0, 0) + block] = -10.0
+        logits[(0, 1) + block] = 0.0
+        logits[(0, 2) + block] = -torch.arange(400, dtype=torch.float32).reshape(4, 10, 10) / 100
+        return logits
+
+
+def test_vessel_offsets_fitted_hand_computed():
+    """Training maps with 10 portal-vein voxels per 90 of liver: 40 of the block's 400 voxels must turn
+    portal vein (40 / 360 = 1/9), which offsets just above 0.39 do (0.39 itself gives 39)."""
+    from pantheon.models.foscu.labelgen import fit_vessel_bias, vessel_share
+    train = np.zeros((4, 10, 10), np.uint8)
+    train[0, :9] = 1
+    train[0, 9] = 2
+    assert vessel_share([train]) == {"portal_vein": 10 / 90, "hepatic_vein": 0.0}
+    fit = fit_vessel_bias(_RampLogits(), [train], n=2, steps=1)
+    assert 0.39 < fit["bias"][2] <= 0.39 + 12 / 2 ** 18 and fit["bias"][3] <= 0 and fit["bias"][:2] == [0.0, 0.0]
+    assert fit["sampled_before"]["portal_vein"] == 0.0
+    assert fit["sampled_after"]["portal_vein"] == pytest.approx(1 / 9)
+    assert fit["n_maps"] == 2 and fit["target"]["portal_vein"] == pytest.approx(1 / 9)
+    # maps the anatomy check refuses (here every other one, filling the field) do not count
+    gen = _RampLogits()
+    gen.anatomy_limits = {"liver_voxels": [300, 400], "hcc_count_max": 1}
+    fit = fit_vessel_bias(gen, [train], n=4, steps=1, seed0=10)
+    assert fit["n_maps_in_range"] == 2 and 0.39 < fit["bias"][2] <= 0.39 + 12 / 2 ** 18
+
+
+def test_class_offsets_change_the_argmax_and_travel_in_the_weights(models, tmp_path):
+    from pantheon.errors import CheckpointError
+    labelgen = build_labelgen(**TINY)
+    logits = torch.zeros(1, 5, 1, 1, 2)
+    logits[0, 1] = 1.0  # liver leads by 1 everywhere
+    logits[0, 2, 0, 0, 1] = 0.5
+    assert labelgen.labels_from_logits(logits).tolist() == [[[[1, 1]]]]
+    labelgen.class_bias = [0.0, 0.0, 0.6, 0.0, 0.0]
+    assert labelgen.labels_from_logits(logits).tolist() == [[[[1, 2]]]]
+    assert load_labelgen(models[2]).class_bias is None
+    back = load_labelgen(save_labelgen(labelgen, tmp_path / "l.safetensors"))
+    assert back.class_bias == [0.0, 0.0, 0.6, 0.0, 0.0]
+    torch.manual_seed(0)
+    z = back.sample_logits(1, 2, torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(back.sample(1, 2, torch.Generator().manual_seed(3)), back.labels_from_logits(z))
+    labelgen.class_bias = [0.0, 1.0]
+    with pytest.raises(CheckpointError, match="its class offsets are unreadable"):
+        load_labelgen(save_labelgen(labelgen, tmp_path / "bad.safetensors"))

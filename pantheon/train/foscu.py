@@ -44,8 +44,12 @@ def _labels_batch(cases, stage, step, seed):
 
 
 def train_stage(stage: str, cases: Sequence, out_dir, steps: int, resume: bool = True, log=print, config=None,
-                seed: int = 0, checkpoint_every: int = 100, time_budget_s=None, progress=None, cancel=None):
-    from ..models.foscu.labelgen import anatomy_limits, build_labelgen, load_labelgen, save_labelgen
+                seed: int = 0, checkpoint_every: int = 100, time_budget_s=None, progress=None, cancel=None,
+                vessel_fit_maps: int = 32):
+    """Train one stage; after "ldm" the anatomy limits are measured on ``cases`` and the vessel
+    offsets fitted on ``vessel_fit_maps`` sampled maps (:func:`~pantheon.models.foscu.labelgen.fit_vessel_bias`;
+    0: none), both stored with the weights."""
+    from ..models.foscu.labelgen import anatomy_limits, build_labelgen, fit_vessel_bias, load_labelgen, save_labelgen
     check_stage(stage, STAGES, "Duo-Diffusion label generator")
     out = Path(out_dir)
     (out / stage).mkdir(parents=True, exist_ok=True)
@@ -82,6 +86,11 @@ def train_stage(stage: str, cases: Sequence, out_dir, steps: int, resume: bool =
     result = loop.run(step_fn)
     model.eval()
     model.anatomy_limits = anatomy_limits([c.labels for c in cases])  # what sampling may give (anatomy check)
+    if stage == "ldm" and vessel_fit_maps > 0:
+        fit = fit_vessel_bias(model, [c.labels for c in cases], n=int(vessel_fit_maps))
+        model.class_bias = fit["bias"]
+        (log or print)(f"[ldm] vessel offsets {fit['bias'][2]:+.2f} / {fit['bias'][3]:+.2f}: vessel share of the "
+                       f"liver {fit['sampled_before']} -> {fit['sampled_after']} (training maps {fit['target']})")
     result.weights = save_labelgen(model, weights_path(out, stage), {"stage": stage, "steps": str(result.steps)})
     return result
 
@@ -130,7 +139,14 @@ def build_foscu_demo_weights(out_dir, cards_dir=None, budget_s: float = 5400.0, 
 def finish_foscu_demo(work, out_dir, training, held, cards_dir=None, n_samples: int = 16, t0=None):
     """Measure the run's final label generator and write the demo weights, metrics and card (also
     after more ldm steps were added to a kept ``--work-dir`` run)."""
-    from ..models.foscu.labelgen import anatomy_limits, load_labelgen, sample_checked, save_labelgen, tidy_labels
+    from ..models.foscu.labelgen import (
+        anatomy_limits,
+        fit_vessel_bias,
+        load_labelgen,
+        sample_checked,
+        save_labelgen,
+        tidy_labels,
+    )
     from ..models.lldm.synthesis import MODEL_SPACING
     from ..registry import CARDS_DIR, ModelCard, save_card, sha256_file
     from .lldm import DEMO_TRAIN_SHAPE, HELD_OUT_SEEDS, TRAIN_SEEDS, phantom_cases
@@ -145,8 +161,13 @@ def finish_foscu_demo(work, out_dir, training, held, cards_dir=None, n_samples: 
     for v, name in ((1, "liver"), (2, "portal_vein"), (3, "hepatic_vein"), (4, "hcc")):
         a, b = rec == v, x.numpy() == v
         recon_dice[name] = float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+    training_maps = [c.labels for c in phantom_cases(TRAIN_SEEDS)]
     if model.anatomy_limits is None:  # weights trained before the check: measure it on the training maps
-        model.anatomy_limits = anatomy_limits([c.labels for c in phantom_cases(TRAIN_SEEDS)])
+        model.anatomy_limits = anatomy_limits(training_maps)
+    vessel_fit = None
+    if model.class_bias is None:  # weights trained before the vessel offsets: fit them now
+        vessel_fit = fit_vessel_bias(model, training_maps)
+        model.class_bias = vessel_fit["bias"]
     t = time.time()
     unchecked = [tidy_labels(model.sample(1, 50, generator=torch.Generator().manual_seed(s))[0])
                  for s in range(n_samples)]  # pair n's first draw
@@ -161,6 +182,7 @@ def finish_foscu_demo(work, out_dir, training, held, cards_dir=None, n_samples: 
         "train_seeds": [TRAIN_SEEDS[0], TRAIN_SEEDS[-1]], "held_out_seeds": [HELD_OUT_SEEDS[0], HELD_OUT_SEEDS[-1]],
         "training": training, "held_out_autoencoder_dice": recon_dice,
         "sampled": label_statistics(sampled, voxel_ml), "anatomy_check": check,
+        "vessel_offsets": {"bias": model.class_bias, **({"fit": vessel_fit} if vessel_fit else {})},
         "sampled_unchecked": label_statistics(unchecked, voxel_ml),
         "held_out_real": label_statistics([c.labels for c in held], voxel_ml),
         "ddim_50_seconds_per_map": round(seconds, 2), "total_seconds": round(time.time() - t0, 1),
