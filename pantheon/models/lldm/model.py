@@ -31,7 +31,9 @@ DEMO_CONFIG: Dict[str, object] = dict(
     ae_channels=(8, 16, 32), ae_num_res_blocks=1, latent_channels=8, ae_norm_num_groups=8,
     unet_channels=(16, 32, 48), unet_attention_levels=(False, False, True), unet_num_head_channels=(0, 0, 16),
     unet_num_res_blocks=1, unet_norm_num_groups=8, controlnet_embedding_channels=(8, 16, 32),
-    num_train_timesteps=1000, tumour_loss_weight=5.0, recon_label_weight=5.0)
+    # recon_label_weight 20: at 5 the autoencoder's own reconstructions of held-out phantoms had the
+    # vessels at 0.68-0.76 of the liver (real 0.48-0.50), at 20 at 0.54-0.64 (1285 steps, one thread)
+    num_train_timesteps=1000, tumour_loss_weight=5.0, recon_label_weight=20.0)
 
 
 class LLDM(NeoGen):
