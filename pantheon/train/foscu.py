@@ -162,8 +162,8 @@ def finish_foscu_demo(work, out_dir, training, held, cards_dir=None, n_samples: 
         a, b = rec == v, x.numpy() == v
         recon_dice[name] = float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
     training_maps = [c.labels for c in phantom_cases(TRAIN_SEEDS)]
-    if model.anatomy_limits is None:  # weights trained before the check: measure it on the training maps
-        model.anatomy_limits = anatomy_limits(training_maps)
+    if not (model.anatomy_limits or {}).get("vessel_share"):  # weights trained before the check (or before
+        model.anatomy_limits = anatomy_limits(training_maps)  # it judged vessels): measure it on the training maps
     vessel_fit = None
     if model.class_bias is None:  # weights trained before the vessel offsets: fit them now
         vessel_fit = fit_vessel_bias(model, training_maps)

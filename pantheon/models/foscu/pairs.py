@@ -89,7 +89,8 @@ def _write_index(out: Path, rows: List[dict], notes: dict) -> None:
                       f"{html.escape(name.replace('_', ' '))}</span>" for name, col in HCC_COLORS.items())
     cells = "\n".join(
         f'<figure><img src="thumbnails/{r["case_id"]}.png" alt="{r["case_id"]}"><figcaption>{r["case_id"]} '
-        f'(seed {r["seed"]}): liver {float(r["liver_ml"]):.0f} ml, {r["hcc_count"]} HCC, '
+        f'(seed {r["seed"]}): liver {float(r["liver_ml"]):.0f} ml, vessels {float(r["vessels_ml"]):.0f} ml, '
+        f'{r["hcc_count"]} HCC, '
         f'{float(r["hcc_ml"]):.1f} ml{_flag(r)}</figcaption></figure>' for r in rows)
     page = (f"<!doctype html><meta charset=utf-8><title>Synthetic pairs</title>"
             f"<style>body{{font-family:sans-serif}}figure{{display:inline-block;margin:6px}}</style>"
@@ -150,7 +151,8 @@ def generate_pairs(n: int, out_dir, labelgen, lldm, seed: int = 0, label_steps: 
             made += 1
         lab = read_volume(out / "labels" / f"{case}.nii.gz").array
         rows.append({"image": f"images/{case}.nii.gz", "label": f"labels/{case}.nii.gz", "case_id": case, "seed": s,
-                     "liver_ml": round(float((lab == 1).sum() * voxel_ml), 1), "hcc_count": hcc_count(lab),
+                     "liver_ml": round(float((lab == 1).sum() * voxel_ml), 1),
+                     "vessels_ml": round(float(np.isin(lab, (2, 3)).sum() * voxel_ml), 1), "hcc_count": hcc_count(lab),
                      "hcc_ml": round(float((lab == 4).sum() * voxel_ml), 2),
                      "label_draws": checks.get(case, {}).get("draws", ""),
                      "anatomy_problem": checks.get(case, {}).get("problem", "")})
@@ -165,8 +167,11 @@ def generate_pairs(n: int, out_dir, labelgen, lldm, seed: int = 0, label_steps: 
     if labelgen.anatomy_limits:
         lo, hi = (v * voxel_ml for v in labelgen.anatomy_limits["liver_voxels"])
         notes["how"] += (f" Anatomy check: a map whose liver lies outside the training maps' {lo:.0f}-{hi:.0f} ml "
-                         f"or with more than {labelgen.anatomy_limits['hcc_count_max']} HCCs is drawn again "
-                         f"(up to {MAX_DRAWS} draws; label_draws in cases.csv).")
+                         f"or with more than {labelgen.anatomy_limits['hcc_count_max']} HCCs"
+                         + (" or with vessels outside the training maps' {:.2f}-{:.2f} % of the liver".format(
+                             *(100 * v for v in labelgen.anatomy_limits["vessel_share"]))
+                            if labelgen.anatomy_limits.get("vessel_share") else "")
+                         + f" is drawn again (up to {MAX_DRAWS} draws; label_draws in cases.csv).")
     if demo:
         notes["warning"] = "Demo weights trained on synthetic phantoms: research and tests only."
     _write_index(out, rows, notes)
