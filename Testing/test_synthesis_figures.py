@@ -41,6 +41,7 @@ def test_paper_figures_at_toy_size(tmp_path):
     # 2 held-out volumes, 2 + 2 synthetic cases, each timed
     assert f["ddim_seconds_per_volume"]["n"] == 6 and f["peak_rss_gb"] > 0
     assert "### Augmentation with foscu" in run.stdout and "Gain, mean [95 % CI]" in run.stdout
+    assert run.stdout.count("unet seed 1: HCC Dice ") == 2  # each trained pair of arms reported as it ends
     bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "synthesis_paper_figures.py"), "--sources",
                           "gan"], capture_output=True, encoding="utf-8", env=UTF8_ENV, cwd=REPO, timeout=120)
     assert bad.returncode == 2

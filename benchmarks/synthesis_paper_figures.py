@@ -149,7 +149,7 @@ def main(argv=None):
             synthetic, s = foscu_pairs(labelgen, model, a.n_synthetic, a.steps, 3000, held_out[1].shape[1:])
         seconds += s
         res = ev.augmentation_experiment(real_train, synthetic, held_out, nets=nets, seeds=range(a.seeds),
-                                         steps=a.seg_steps)
+                                         steps=a.seg_steps, log=lambda line: print(line, flush=True))
         figures[f"augmentation_{source}"] = res
         print(f"\n### Augmentation with {source} ({a.n_real} real + {a.n_synthetic} synthetic, "
               f"{len(nets)} nets x {a.seeds} seeds, {a.seg_steps} steps each; Dice on {a.n_held} held-out real)\n")
