@@ -42,6 +42,15 @@ def test_paper_figures_at_toy_size(tmp_path):
     assert f["ddim_seconds_per_volume"]["n"] == 6 and f["peak_rss_gb"] > 0
     assert "### Augmentation with foscu" in run.stdout and "Gain, mean [95 % CI]" in run.stdout
     assert run.stdout.count("unet seed 1: HCC Dice ") == 2  # each trained pair of arms reported as it ends
+    # the augmentation alone (the fidelity tables from another run), as the protocol's runs are split
+    out = tmp_path / "augmentation.json"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "synthesis_paper_figures.py"), "--tiny",
+                          "--threads", "1", "--sources", "lldm", "--skip-fidelity", "--out", str(out)],
+                         capture_output=True, encoding="utf-8", env=UTF8_ENV, cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    f = json.loads(out.read_text())
+    assert "fidelity_neoseg" not in f and "augmentation_foscu" not in f and len(f["augmentation_lldm"]["runs"]) == 2
+    assert f["ddim_seconds_per_volume"]["n"] == 2 and "fidelity on the held-out" not in run.stdout
     bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "synthesis_paper_figures.py"), "--sources",
                           "gan"], capture_output=True, encoding="utf-8", env=UTF8_ENV, cwd=REPO, timeout=120)
     assert bad.returncode == 2

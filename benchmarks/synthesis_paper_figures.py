@@ -20,6 +20,10 @@ Protocol (all on the model grid, 6 mm, 32 x 48 x 64 voxels, intensities on the [
 
     .venv/bin/python benchmarks/synthesis_paper_figures.py [--n-real 8 --n-synthetic 16 --n-held 16]
         [--sources lldm,foscu] [--seeds 3] [--seg-steps 300] [--steps 50] [--out figures.json] [--tiny]
+        [--nets unet,segresnet,attentionunet] [--skip-fidelity]
+
+The full protocol takes about 80 min per source on one thread: run one process per source
+(``--sources lldm`` and ``--sources foscu``), side by side.
 """
 
 import argparse
@@ -88,6 +92,28 @@ def source_list(text):
     return sources
 
 
+def fidelity(model, real_train, held_out, a, figures):
+    """3D-LLDM's fidelity: paired synthetic volumes of the held-out label maps, measured and printed into
+    ``figures``; returns the seconds each volume took."""
+    syn_held, seconds = lldm_volumes(model, held_out[1], a.steps, seed=1000)
+    segmenter = ev.train_segmenter("unet", *real_train, steps=a.seg_steps, seed=0)
+    for enc in ("neoseg", "random"):
+        figures[f"fidelity_{enc}"] = ev.evaluate_synthetic(*held_out, syn_held, segmenter=segmenter if enc == "neoseg"
+                                                           else None, encoder=enc)
+    fid = figures["fidelity_neoseg"]
+    print("\n### 3D-LLDM fidelity on the held-out label maps (paired)\n")
+    print("| Fréchet distance (NeoSeg) | Fréchet distance (random encoder) | MS-SSIM fidelity | "
+          "MS-SSIM diversity synthetic / real |\n|---|---|---|---|")
+    print(f"| {fid['frechet_distance']:.3f} | {figures['fidelity_random']['frechet_distance']:.3f} | "
+          f"{fid['ms_ssim_fidelity']:.3f} | {fid['ms_ssim_diversity_synthetic']:.3f} / "
+          f"{fid['ms_ssim_diversity_real']:.3f} |")
+    print(f"\nLabel Dice of a UNet trained on {a.n_real} real cases ({a.seg_steps} steps):\n")
+    print("| Images | " + " | ".join(LABELS) + " |\n|---|" + "---|" * len(LABELS))
+    print(f"| real held-out | {fmt(fid['label_dice_real'])} |\n| 3D-LLDM from the same labels | "
+          f"{fmt(fid['label_dice_synthetic'])} |")
+    return seconds
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-real", type=POSITIVE, default=8, help="real training cases (N)")
@@ -103,6 +129,8 @@ def main(argv=None):
     ap.add_argument("--labelgen", default=None, help="Duo-Diffusion label generator (default: the demo card)")
     ap.add_argument("--threads", type=POSITIVE, default=2)
     ap.add_argument("--out", default=None, help="write every figure here as JSON")
+    ap.add_argument("--skip-fidelity", action="store_true",
+                    help="the augmentation experiment only (the fidelity tables taken from another run)")
     ap.add_argument("--tiny", action="store_true", help="toy sizes (tests): 2 + 2 cases, 2 steps, one net")
     a = ap.parse_args(argv)
     if a.tiny:
@@ -118,24 +146,8 @@ def main(argv=None):
           f"{'x'.join(map(str, held_out[0].shape[1:]))} model grid; DDIM {a.steps} steps; "
           f"{torch.get_num_threads()} threads; load average {'%.2f %.2f %.2f' % os.getloadavg()}")
 
-    # fidelity: paired synthetic volumes of the held-out label maps
-    syn_held, seconds = lldm_volumes(model, held_out[1], a.steps, seed=1000)
-    segmenter = ev.train_segmenter("unet", *real_train, steps=a.seg_steps, seed=0)
     figures = {"protocol": dict(vars(a)), "lldm_weights": lldm_id}
-    for enc in ("neoseg", "random"):
-        figures[f"fidelity_{enc}"] = ev.evaluate_synthetic(*held_out, syn_held, segmenter=segmenter if enc == "neoseg"
-                                                           else None, encoder=enc)
-    fid = figures["fidelity_neoseg"]
-    print("\n### 3D-LLDM fidelity on the held-out label maps (paired)\n")
-    print("| Fréchet distance (NeoSeg) | Fréchet distance (random encoder) | MS-SSIM fidelity | "
-          "MS-SSIM diversity synthetic / real |\n|---|---|---|---|")
-    print(f"| {fid['frechet_distance']:.3f} | {figures['fidelity_random']['frechet_distance']:.3f} | "
-          f"{fid['ms_ssim_fidelity']:.3f} | {fid['ms_ssim_diversity_synthetic']:.3f} / "
-          f"{fid['ms_ssim_diversity_real']:.3f} |")
-    print(f"\nLabel Dice of a UNet trained on {a.n_real} real cases ({a.seg_steps} steps):\n")
-    print("| Images | " + " | ".join(LABELS) + " |\n|---|" + "---|" * len(LABELS))
-    print(f"| real held-out | {fmt(fid['label_dice_real'])} |\n| 3D-LLDM from the same labels | "
-          f"{fmt(fid['label_dice_synthetic'])} |")
+    seconds = fidelity(model, real_train, held_out, a, figures) if not a.skip_fidelity else []
 
     nets = [n for n in a.nets.split(",") if n]
     for source in sources:

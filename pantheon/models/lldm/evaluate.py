@@ -115,7 +115,9 @@ def build_segmenter(name: str) -> torch.nn.Module:
         return UNet(spatial_dims=3, in_channels=1, out_channels=N_CLASSES, channels=(16, 32, 64),
                     strides=(2, 2), num_res_units=1)
     if name == "segresnet":
-        return SegResNet(spatial_dims=3, in_channels=1, out_channels=N_CLASSES, init_filters=8,
+        # 16 filters, not 8: with 8 (one channel per group norm) it found no vessel or HCC in 300 steps at
+        # any of lr 2e-3, 5e-3, 1e-2 (liver 0.93-0.98); with 16, 0.62 / 0.42 at 2e-3 (UNet: 0.35 / 0.29)
+        return SegResNet(spatial_dims=3, in_channels=1, out_channels=N_CLASSES, init_filters=16,
                          blocks_down=(1, 1, 1), blocks_up=(1, 1))
     if name == "attentionunet":
         return AttentionUnet(spatial_dims=3, in_channels=1, out_channels=N_CLASSES, channels=(16, 32, 64),
