@@ -145,7 +145,7 @@ class LiverSynthesisParameterNode:
     synthesisSteps: Annotated[int, WithinRange(1, lib.MAX_STEPS), Default(lib.DEFAULT_STEPS)]
     synthesisSeed: Annotated[int, WithinRange(0, lib.MAX_SEED), Default(0)]
     useControlNetScale: Annotated[bool, Default(False)]
-    controlNetScale: Annotated[float, WithinRange(0.0, lib.MAX_SCALE), Default(1.0)]
+    controlNetScale: Annotated[float, WithinRange(0.0, lib.MAX_SCALE), Default(3.0)]  # the demo weights' own
     steerPortalVein: Annotated[bool, Default(True)]  # unchecked: the model draws the vessels itself
     steerHepaticVein: Annotated[bool, Default(True)]
     steerHCC: Annotated[bool, Default(True)]  # unchecked: the HCC voxels become liver

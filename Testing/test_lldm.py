@@ -476,8 +476,9 @@ def test_training_batches_drop_vessel_labels_but_never_the_hcc():
 def test_demo_weights_put_the_liver_where_the_labels_say():
     """The bundled demo weights on a held-out phantom: the enhancing liver lands on the liver label,
     the volume correlates with the real phantom, and the HCC and the vessels come out darker than the
-    parenchyma, as in the hepatobiliary phase (measured: HCC 0.71 and vessels 0.79-0.85 of the liver
-    on this grid; the real phantom 0.56 and 0.46)."""
+    parenchyma, as in the hepatobiliary phase (measured with the sampling chosen from the wider grid,
+    ControlNet scale 3 from 0.8 of the schedule: HCC 0.54 and vessels 0.70 of the liver on this grid,
+    0.71 and 0.79-0.85 at scale 1 from 0.6; the real phantom 0.48 and 0.41)."""
     from pantheon.models.lldm.synthesis import load_model
     from pantheon.models.neonet.preprocess import normalize_mri
     model, wid, demo = load_model()
@@ -487,13 +488,13 @@ def test_demo_weights_put_the_liver_where_the_labels_say():
     syn = res.volumes["synthetic_mri"].array
     liver, outside = labels.array == 1, labels.array == 0
     assert syn[liver].mean() - syn[outside].mean() > 0.4
-    assert syn[labels.array == 4].mean() < 0.8 * syn[liver].mean()
+    assert syn[labels.array == 4].mean() < 0.65 * syn[liver].mean()
     vessels = np.isin(labels.array, (2, 3))
-    assert syn[vessels].mean() < 0.9 * syn[liver].mean()
-    # labels left out: the vessels no longer steer (their voxels come out brighter: measured 0.78 against
-    # 0.72 steered), and an HCC left out is liver
+    assert syn[vessels].mean() < 0.8 * syn[liver].mean()
+    # labels left out: the vessels no longer steer (their voxels come out brighter: measured 0.77 against
+    # 0.61 steered), and an HCC left out is liver
     free = synthesize(labels, model, steps=20, seed=0, use=("liver", "hcc")).volumes["synthetic_mri"].array
-    assert free[vessels].mean() > syn[vessels].mean() + 0.03
+    assert free[vessels].mean() > syn[vessels].mean() + 0.08
     no_hcc = synthesize(labels, model, steps=20, seed=0, use=("liver", "portal_vein", "hepatic_vein"))
     no_hcc = no_hcc.volumes["synthetic_mri"].array
     assert no_hcc[labels.array == 4].mean() > 0.95 * no_hcc[liver].mean()
@@ -512,3 +513,44 @@ def test_cli_train_one_step_and_refuse_both_sources(tmp_path, capsys):
                  str(tmp_path / "run2"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "either --phantoms N or --data" in err[0], err
+
+
+def test_label_fidelity_and_the_sampling_choice_on_a_stub_model():
+    """label_fidelity's figures hand-computed on a stub whose volume depends on the sampling asked
+    for; choose_sampling keeps the choice with the best validation r as the model's default (an init
+    strength of 1.0 is stored as absent, what older checkpoints mean by it)."""
+    from pantheon.train.lldm import VolumeCase, choose_sampling, label_fidelity
+    label_map = np.zeros((4, 6, 8), np.uint8)
+    label_map[1:3, 1:5, 1:7] = 1
+    label_map[2, 2, 2:4] = 2  # portal vein
+    label_map[1, 3, 5] = 4  # HCC
+    image = np.where(label_map == 1, 0.8, np.where(label_map == 2, 0.4, np.where(label_map == 4, 0.5, 0.1)))
+    image = (image + np.linspace(0, 0.05, image.size).reshape(image.shape)).astype(np.float32)
+    case = VolumeCase(image=image, labels=label_map)
+
+    class Stub:
+        config = {"conditioning_scale": 1.0, "init_strength": 0.6}
+
+        def generate(self, masks, labels=None, num_inference_steps=20, generator=None, conditioning_scale=None,
+                     init_strength=None):
+            out = torch.from_numpy(image).clone()
+            if (conditioning_scale, init_strength) != (3.0, 0.8):
+                out = out.flip(-1)  # a worse volume: the real one mirrored
+            out[torch.from_numpy(label_map == 2)] *= 1.25  # vessels brighter than real
+            return out[None, None]
+
+    stub = Stub()
+    f = label_fidelity(stub, [case], conditioning_scale=3.0, init_strength=0.8)
+    syn = np.where(label_map == 2, image * 1.25, image)
+    assert f["pearson_r_mean"] == pytest.approx(np.corrcoef(syn.ravel(), image.ravel())[0, 1], abs=1e-6)
+    assert f["portal_vein_to_liver_real"] == pytest.approx(image[label_map == 2].mean() / image[label_map == 1].mean())
+    assert f["portal_vein_to_liver_synthetic"] == pytest.approx(syn[label_map == 2].mean() / syn[label_map == 1].mean())
+    assert f["hcc_synthetic_mean"] == pytest.approx(image[label_map == 4].mean()) and "hepatic_vein_real_mean" not in f
+    table = choose_sampling(stub, [case], choices=((1.0, 0.6), (3.0, 0.8), (2.0, 1.0)), log=lambda *_: None)
+    assert list(table) == ["1/0.6", "3/0.8", "2/1"]
+    assert max(table, key=lambda k: table[k]["pearson_r_mean"]) == "3/0.8"
+    assert stub.config == {"conditioning_scale": 3.0, "init_strength": 0.8}
+    assert table["3/0.8"]["portal_vein_to_liver_synthetic"] == pytest.approx(f["portal_vein_to_liver_synthetic"])
+    stub.generate = lambda masks, **kw: torch.from_numpy(image)[None, None].clone()  # every choice the same
+    choose_sampling(stub, [case], choices=((2.0, 1.0), (1.0, 0.6)), log=lambda *_: None)
+    assert stub.config == {"conditioning_scale": 2.0}

@@ -123,6 +123,18 @@ def test_panel_opens(harness, panel, lib):
     assert "vessels less dark than in a real hepatobiliary phase" in ui.warningLabel.text
 
 
+def test_the_scale_box_starts_at_the_demo_weights_own_scale(harness, panel):
+    """Ticking "ControlNet scale" alone changes nothing: the box starts at the scale the bundled demo
+    weights sample with (their card), which is what the unticked box uses."""
+    import json
+
+    from pantheon.registry import CARDS_DIR
+    own = json.loads((CARDS_DIR / "lldm-demo.json").read_text())["extra"]["architecture"]["conditioning_scale"]
+    assert not panel._parameterNode.useControlNetScale and not panel.ui.controlNetScaleSpinBox.enabled
+    assert panel._parameterNode.controlNetScale == own == panel.ui.controlNetScaleSpinBox.value == 3.0
+    assert f"({own:g} for the demo weights)" in panel.ui.controlNetScaleCheckBox.toolTip
+
+
 def test_weights_choice_changes_the_caveat(harness, panel, lib, tmp_path):
     """The demo caveat stays as long as 3D-LLDM runs with the demo weights."""
     ui = panel.ui
